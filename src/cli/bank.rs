@@ -1,0 +1,564 @@
+//! `ovdiff-bank add|list|show|remove|rename`: building classes into a bank and looking after them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::{print_json, Context};
+use crate::bank::{
+    Bank, ClassBuild, ClassRecord, ClassRecordDraft, ClassSource, EncoderInfo, PrototypeCounts,
+    SupportImageInfo,
+};
+use crate::features::Encoder;
+use crate::home::DEFAULT_ENCODER;
+use crate::prototypes::builder::BuildOptions;
+use crate::prototypes::split::SplitMethod;
+use crate::support_set::{self, Event, LearnOptions};
+
+/// Arguments of `add`.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// The class name (e.g. giraffe).
+    pub class: String,
+    /// A folder of support images (PNG or JPEG) showing the class.
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// The bank: a name under <home>/banks, or a path.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub bank: Option<String>,
+    /// Encoder bundle(s): names under <home>/models, or folders. Repeatable.
+    #[arg(long = "encoder", value_name = "BUNDLE", default_value = DEFAULT_ENCODER)]
+    pub encoders: Vec<String>,
+    /// A stuff class (sky, grass, water): keep foreground prototypes only.
+    #[arg(long)]
+    pub stuff: bool,
+    /// Rebuild the class if it exists (the old one stays until the new one is complete).
+    #[arg(long)]
+    pub replace: bool,
+    /// Foreground/background split: saliency or feature-split.
+    #[arg(long, default_value = "saliency", value_name = "METHOD")]
+    pub split: SplitMethod,
+    /// Number of K-means part prototypes per side.
+    #[arg(long, default_value_t = 32, value_name = "K")]
+    pub parts: usize,
+    /// Seed for K-means and the feature split.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct AddReport {
+    class: String,
+    bank: PathBuf,
+    images_used: usize,
+    images_skipped: Vec<SkippedImage>,
+    fallback_splits: u32,
+    encoders: Vec<EncoderReport>,
+    seconds: f64,
+    encode_seconds: f64,
+    pool_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SkippedImage {
+    path: PathBuf,
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct EncoderReport {
+    name: String,
+    fingerprint: String,
+    prototypes: usize,
+    counts: CountsJson,
+}
+
+#[derive(Debug, Serialize)]
+struct CountsJson {
+    class_fg: u32,
+    class_bg: u32,
+    instance_fg: u32,
+    instance_bg: u32,
+    part_fg: u32,
+    part_bg: u32,
+}
+
+impl From<PrototypeCounts> for CountsJson {
+    fn from(c: PrototypeCounts) -> Self {
+        CountsJson {
+            class_fg: c.class_fg,
+            class_bg: c.class_bg,
+            instance_fg: c.instance_fg,
+            instance_bg: c.instance_bg,
+            part_fg: c.part_fg,
+            part_bg: c.part_bg,
+        }
+    }
+}
+
+fn open_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {
+    let path = ctx.home.bank_path(arg);
+    Ok(Bank::open(&path).with_context(|| format!("opening bank {}", path.display()))?)
+}
+
+fn open_existing_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {
+    let path = ctx.home.bank_path(arg);
+    if !path.exists() {
+        bail!(
+            "bank {} does not exist; build one with `ovdiff-bank add CLASS --images DIR`",
+            path.display()
+        );
+    }
+    open_bank(ctx, arg)
+}
+
+/// `add`
+pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    crate::bank::validate_class_name(&args.class)
+        .map_err(|p| anyhow::anyhow!("class name `{}` is not valid: {p}", args.class))?;
+    if !args.images.is_dir() {
+        bail!(
+            "support folder {} does not exist or is not a folder",
+            args.images.display()
+        );
+    }
+    let images = support_set::list_images(&args.images)?;
+    if images.is_empty() {
+        bail!(
+            "no PNG or JPEG images in {}; nothing was written",
+            args.images.display()
+        );
+    }
+    let bank = open_bank(ctx, args.bank.as_deref())?;
+    if !args.replace && bank.class(&args.class)?.is_some() {
+        bail!(
+            "class `{}` already exists in bank {}; pass --replace to rebuild it",
+            args.class,
+            bank.path().display()
+        );
+    }
+    let runtime = ctx.runtime()?;
+    let mut encoders = Vec::new();
+    for name in &args.encoders {
+        let bundle = runtime.open_bundle(&ctx.home.bundle_path(name))?;
+        let enc = Encoder::load(&runtime, bundle)?;
+        let info = EncoderInfo {
+            fingerprint: enc.bundle().fingerprint().to_string(),
+            name: enc.bundle().name().to_string(),
+            dim: enc.dim() as u32,
+            dtype: "f16".into(),
+        };
+        bank.register_encoder(&info)?;
+        encoders.push(enc);
+    }
+    support_set::check_encoders(&encoders, args.split)?;
+
+    let pb = if ctx.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(images.len() as u64)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} images, {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("invariant: template is valid")
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(format!("add {}", args.class));
+    let opts = LearnOptions {
+        split: args.split,
+        build: BuildOptions {
+            parts: args.parts,
+            seed: args.seed,
+            stuff: args.stuff,
+            ..BuildOptions::default()
+        },
+    };
+    let learned = support_set::learn(&images, &mut encoders, &opts, &mut |ev| match ev {
+        Event::Used { .. } => pb.inc(1),
+        Event::Skipped { path, error } => {
+            pb.suspend(|| eprintln!("warning: skipping {}: {}", path.display(), error.report()));
+            pb.inc(1);
+        }
+    });
+    pb.finish_and_clear();
+    let learned = learned?;
+
+    let build = ClassBuild {
+        record: ClassRecordDraft {
+            name: args.class.clone(),
+            stuff: args.stuff,
+            source: ClassSource::Images {
+                dir: args.images.display().to_string(),
+            },
+            split_method: args.split.as_str().to_string(),
+            images_used: learned.images.len() as u32,
+            images_skipped: learned.skipped.len() as u32,
+            fallback_splits: learned.fallback_splits,
+            support: learned
+                .images
+                .iter()
+                .map(|i| SupportImageInfo {
+                    name: i.name.clone(),
+                    width: i.width,
+                    height: i.height,
+                })
+                .collect(),
+        },
+        encoders: learned
+            .encoders
+            .iter()
+            .map(|e| (e.fingerprint.clone(), e.prototypes.clone()))
+            .collect(),
+        thumbnails: learned.images.iter().map(|i| i.thumbnail.clone()).collect(),
+    };
+    bank.put_class(&build, args.replace)?;
+
+    let report = AddReport {
+        class: args.class.clone(),
+        bank: bank.path().to_path_buf(),
+        images_used: learned.images.len(),
+        images_skipped: learned
+            .skipped
+            .iter()
+            .map(|(path, reason)| SkippedImage {
+                path: path.clone(),
+                reason: reason.clone(),
+            })
+            .collect(),
+        fallback_splits: learned.fallback_splits,
+        encoders: learned
+            .encoders
+            .iter()
+            .map(|e| EncoderReport {
+                name: e.name.clone(),
+                fingerprint: e.fingerprint.clone(),
+                prototypes: e.prototypes.len(),
+                counts: PrototypeCounts::of(&e.prototypes).into(),
+            })
+            .collect(),
+        seconds: started.elapsed().as_secs_f64(),
+        encode_seconds: learned.encode_time.as_secs_f64(),
+        pool_seconds: learned.pool_time.as_secs_f64(),
+    };
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "added `{}` to {}: {} images used, {} skipped, {} fallback splits, {:.1} s \
+             (encoder {:.1} s, pooling {:.1} s)",
+            report.class,
+            report.bank.display(),
+            report.images_used,
+            report.images_skipped.len(),
+            report.fallback_splits,
+            report.seconds,
+            report.encode_seconds,
+            report.pool_seconds
+        );
+        for e in &report.encoders {
+            let c = &e.counts;
+            println!(
+                "  {}: {} prototypes (class {}+{}, instance {}+{}, part {}+{} fg+bg)",
+                e.name,
+                e.prototypes,
+                c.class_fg,
+                c.class_bg,
+                c.instance_fg,
+                c.instance_bg,
+                c.part_fg,
+                c.part_bg
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct ClassRow {
+    name: String,
+    stuff: bool,
+    source: String,
+    split: String,
+    images: u32,
+    prototypes: u64,
+    encoders: Vec<String>,
+    created_unix: u64,
+}
+
+fn source_text(s: &ClassSource) -> String {
+    match s {
+        ClassSource::Images { dir } => format!("images:{dir}"),
+        ClassSource::Generator { fingerprint, .. } => {
+            format!("generator:{}", &fingerprint[..12.min(fingerprint.len())])
+        }
+    }
+}
+
+fn row(rec: &ClassRecord, encoders: &[EncoderInfo]) -> ClassRow {
+    let enc_name = |fp: &str| {
+        encoders
+            .iter()
+            .find(|e| e.fingerprint == fp)
+            .map(|e| e.name.clone())
+            .unwrap_or_else(|| fp[..12.min(fp.len())].to_string())
+    };
+    ClassRow {
+        name: rec.name.clone(),
+        stuff: rec.stuff,
+        source: source_text(&rec.source),
+        split: rec.split_method.clone(),
+        images: rec.images_used,
+        prototypes: rec.encoders.iter().map(|e| e.counts.total()).sum(),
+        encoders: rec
+            .encoders
+            .iter()
+            .map(|e| enc_name(&e.fingerprint))
+            .collect(),
+        created_unix: rec.created_unix,
+    }
+}
+
+/// `list`
+pub fn list(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
+    let bank = open_existing_bank(ctx, bank)?;
+    let encoders = bank.encoders()?;
+    let rows: Vec<ClassRow> = bank.classes()?.iter().map(|r| row(r, &encoders)).collect();
+    if ctx.json {
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("bank {} has no classes", bank.path().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<6} {:>6} {:>10}  {:<16} source",
+        "class", "stuff", "images", "prototypes", "encoders"
+    );
+    for r in &rows {
+        println!(
+            "{:<20} {:<6} {:>6} {:>10}  {:<16} {}",
+            r.name,
+            if r.stuff { "yes" } else { "no" },
+            r.images,
+            r.prototypes,
+            r.encoders.join(","),
+            r.source
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Known names closest to `name` (edit distance), for "did you mean".
+pub(crate) fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut scored: Vec<(usize, &str)> = known
+        .into_iter()
+        .map(|k| (edit_distance(&name.to_lowercase(), &k.to_lowercase()), k))
+        .collect();
+    scored.sort();
+    let limit = (name.chars().count() / 2).max(2);
+    scored
+        .into_iter()
+        .filter(|(d, _)| *d <= limit)
+        .take(3)
+        .map(|(_, k)| k)
+        .collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The error for a class that is not in the bank.
+pub(crate) fn unknown_class(bank: &Bank, name: &str) -> anyhow::Error {
+    let classes = bank.classes().unwrap_or_default();
+    let near = closest(name, classes.iter().map(|c| c.name.as_str()));
+    let hint = if near.is_empty() {
+        format!(
+            "`ovdiff-bank list --bank {}` shows its classes",
+            bank.path().display()
+        )
+    } else {
+        format!(
+            "did you mean {}?",
+            near.iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    anyhow::anyhow!(
+        "no class `{name}` in bank {}; {hint}",
+        bank.path().display()
+    )
+}
+
+#[derive(Debug, Serialize)]
+struct ShowReport {
+    #[serde(flatten)]
+    row: ClassRow,
+    images_skipped: u32,
+    fallback_splits: u32,
+    source_params: Vec<(String, String)>,
+    per_encoder: Vec<EncoderReport>,
+    support: Vec<SupportJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct SupportJson {
+    index: usize,
+    name: String,
+    width: u32,
+    height: u32,
+    thumbnail_bytes: usize,
+}
+
+/// `show CLASS`
+pub fn show(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<ExitCode> {
+    let bank = open_existing_bank(ctx, bank)?;
+    let Some(rec) = bank.class(class)? else {
+        return Err(unknown_class(&bank, class));
+    };
+    let encoders = bank.encoders()?;
+    let mut support = Vec::new();
+    for (i, s) in rec.support.iter().enumerate() {
+        let thumb = bank.thumbnail(&rec, i as u32)?;
+        support.push(SupportJson {
+            index: i,
+            name: s.name.clone(),
+            width: s.width,
+            height: s.height,
+            thumbnail_bytes: thumb.map(|t| t.len()).unwrap_or(0),
+        });
+    }
+    let report = ShowReport {
+        row: row(&rec, &encoders),
+        images_skipped: rec.images_skipped,
+        fallback_splits: rec.fallback_splits,
+        source_params: match &rec.source {
+            ClassSource::Generator { params, .. } => params.clone(),
+            ClassSource::Images { .. } => vec![],
+        },
+        per_encoder: rec
+            .encoders
+            .iter()
+            .map(|e| EncoderReport {
+                name: encoders
+                    .iter()
+                    .find(|i| i.fingerprint == e.fingerprint)
+                    .map(|i| i.name.clone())
+                    .unwrap_or_default(),
+                fingerprint: e.fingerprint.clone(),
+                prototypes: e.counts.total() as usize,
+                counts: e.counts.into(),
+            })
+            .collect(),
+        support,
+    };
+    if ctx.json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r = &report.row;
+    println!(
+        "class      {}{}",
+        r.name,
+        if r.stuff { " (stuff)" } else { "" }
+    );
+    println!("source     {}", r.source);
+    for (k, v) in &report.source_params {
+        println!("           {k} = {v}");
+    }
+    println!(
+        "split      {} ({} fallback splits)",
+        r.split, report.fallback_splits
+    );
+    println!(
+        "images     {} used, {} skipped",
+        r.images, report.images_skipped
+    );
+    for e in &report.per_encoder {
+        let c = &e.counts;
+        println!(
+            "encoder    {} {}: {} prototypes (class {}+{}, instance {}+{}, part {}+{} fg+bg)",
+            e.name,
+            &e.fingerprint[..12.min(e.fingerprint.len())],
+            e.prototypes,
+            c.class_fg,
+            c.class_bg,
+            c.instance_fg,
+            c.instance_bg,
+            c.part_fg,
+            c.part_bg
+        );
+    }
+    println!("support images:");
+    for s in &report.support {
+        println!(
+            "  #{:<3} {} ({}×{}, thumbnail {} bytes)",
+            s.index, s.name, s.width, s.height, s.thumbnail_bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `remove CLASS`
+pub fn remove(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<ExitCode> {
+    let bank = open_existing_bank(ctx, bank)?;
+    if !bank.remove_class(class)? {
+        return Err(unknown_class(&bank, class));
+    }
+    if !ctx.json {
+        println!("removed `{class}` from {}", bank.path().display());
+    } else {
+        print_json(&serde_json::json!({ "removed": class }))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rename OLD NEW`
+pub fn rename(ctx: &Context, bank: Option<&str>, old: &str, new: &str) -> anyhow::Result<ExitCode> {
+    let bank = open_existing_bank(ctx, bank)?;
+    if bank.class(old)?.is_none() {
+        return Err(unknown_class(&bank, old));
+    }
+    bank.rename_class(old, new)?;
+    if !ctx.json {
+        println!("renamed `{old}` to `{new}` in {}", bank.path().display());
+    } else {
+        print_json(&serde_json::json!({ "renamed": old, "to": new }))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_names_are_suggested() {
+        let known = ["person", "cat", "cup", "rocket"];
+        assert_eq!(closest("persn", known), vec!["person"]);
+        assert_eq!(closest("cap", known)[..2], ["cat", "cup"]);
+        assert!(closest("zzzzzzzz", known).is_empty());
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}

@@ -1,0 +1,156 @@
+//! The `ovdiff-bank` command line: argument parsing and one module per command.
+
+mod bank;
+mod encode;
+mod models;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::runtime::{Provider, Runtime, RuntimeOptions, VerifyMode};
+use crate::Home;
+
+/// Zero-shot open-vocabulary segmentation from prototype banks (OVDiff).
+#[derive(Debug, Parser)]
+#[command(name = "ovdiff-bank", version, about, long_about = None)]
+pub struct Cli {
+    /// Options shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Intra-op threads for ONNX Runtime [default: the machine's cores].
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Execution provider: cpu, or cuda with a GPU build of ONNX Runtime.
+    #[arg(long, global = true, default_value = "cpu", value_name = "cpu|cuda")]
+    pub provider: Provider,
+    /// Skip sha256 checks of model bundle files.
+    #[arg(long, global = true)]
+    pub no_verify: bool,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Learn a class from support images and store its prototypes in a bank.
+    Add(bank::AddArgs),
+    /// List the classes of a bank.
+    List(BankArg),
+    /// Describe one class: its record, prototypes and support images.
+    Show {
+        /// The class.
+        class: String,
+        /// The bank.
+        #[command(flatten)]
+        bank: BankArg,
+    },
+    /// Remove a class from a bank.
+    Remove {
+        /// The class.
+        class: String,
+        /// The bank.
+        #[command(flatten)]
+        bank: BankArg,
+    },
+    /// Rename a class.
+    Rename {
+        /// The current name.
+        old: String,
+        /// The new name.
+        new: String,
+        /// The bank.
+        #[command(flatten)]
+        bank: BankArg,
+    },
+    /// List or check installed model bundles.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Encode one image and print its patch-grid statistics.
+    Encode(encode::EncodeArgs),
+}
+
+/// `--bank NAME|PATH`
+#[derive(Debug, clap::Args)]
+pub struct BankArg {
+    /// The bank: a name under <home>/banks, or a path [default: default].
+    #[arg(long, value_name = "NAME|PATH")]
+    pub bank: Option<String>,
+}
+
+/// `ovdiff-bank models …`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List the bundles under <home>/models.
+    List,
+    /// Check bundles: manifest, file hashes, graph signature and a test forward pass.
+    Check {
+        /// A bundle name or folder [default: every installed bundle].
+        name: Option<String>,
+    },
+}
+
+/// What every command gets: the home folder and runtime options.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// `<home>`.
+    pub home: Home,
+    /// Session options.
+    pub runtime: RuntimeOptions,
+    /// `--json`.
+    pub json: bool,
+}
+
+impl Context {
+    fn from_args(g: &GlobalArgs) -> Context {
+        let mut runtime = RuntimeOptions::default();
+        if let Some(t) = g.threads {
+            runtime.threads = t.max(1);
+        }
+        runtime.provider = g.provider;
+        if g.no_verify {
+            runtime.verify = VerifyMode::Off;
+        }
+        Context {
+            home: Home::from_env(),
+            runtime,
+            json: g.json,
+        }
+    }
+
+    /// Load ONNX Runtime.
+    pub fn runtime(&self) -> crate::Result<Runtime> {
+        Runtime::init(&self.home, self.runtime)
+    }
+}
+
+/// Run a parsed command line. Ok(code) is the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Context::from_args(&cli.global);
+    match cli.command {
+        Command::Models(ModelsCommand::List) => models::list(&ctx),
+        Command::Models(ModelsCommand::Check { name }) => models::check(&ctx, name.as_deref()),
+        Command::Encode(args) => encode::run(&ctx, &args),
+        Command::Add(args) => bank::add(&ctx, &args),
+        Command::List(b) => bank::list(&ctx, b.bank.as_deref()),
+        Command::Show { class, bank: b } => bank::show(&ctx, b.bank.as_deref(), &class),
+        Command::Remove { class, bank: b } => bank::remove(&ctx, b.bank.as_deref(), &class),
+        Command::Rename { old, new, bank: b } => bank::rename(&ctx, b.bank.as_deref(), &old, &new),
+    }
+}
+
+/// Print a value as pretty JSON on stdout.
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
