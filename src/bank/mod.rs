@@ -1177,37 +1177,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("other");
         {
-            let db = sled::Config::new()
-                .path(&path)
-                .segment_size(format::SLED_SEGMENT_SIZE)
-                .open()
-                .unwrap();
+            let db = raw_sled(&path, format::SLED_SEGMENT_SIZE);
             db.open_tree("users").unwrap().insert("alice", "1").unwrap();
             db.flush().unwrap();
         }
-        let err = Bank::open(&path).unwrap_err();
+        let err = open_after_raw_sled(&path).unwrap_err();
         assert!(matches!(err, BankError::NotABank { .. }), "{err}");
-        let db = sled::Config::new()
-            .path(&path)
-            .segment_size(format::SLED_SEGMENT_SIZE)
-            .open()
-            .unwrap();
-        assert!(db
-            .open_tree("users")
-            .unwrap()
-            .get("alice")
-            .unwrap()
-            .is_some());
+        let db = raw_sled(&path, format::SLED_SEGMENT_SIZE);
+        let users = db.open_tree("users").unwrap();
+        assert!(users.get("alice").unwrap().is_some());
     }
 
     #[test]
     fn sled_database_with_other_config_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("other");
-        drop(sled::open(&path).unwrap()); // default segment size
-        let err = Bank::open(&path).unwrap_err();
+        drop(raw_sled(&path, 512 * 1024)); // sled's default segment size
+        let err = open_after_raw_sled(&path).unwrap_err();
         assert!(matches!(err, BankError::Open { .. }), "{err}");
         assert!(err.to_string().contains("cannot open"), "{err}");
+    }
+
+    /// Opens a plain sled database, waiting out a lock a dropped handle still holds.
+    fn raw_sled(path: &Path, segment_size: usize) -> sled::Db {
+        let start = Instant::now();
+        loop {
+            let config = sled::Config::new().path(path).segment_size(segment_size);
+            match config.open() {
+                Ok(db) => return db,
+                Err(_) if start.elapsed().as_secs() < 3 => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// [`Bank::open`] right after a plain sled handle on `path` was dropped:
+    /// `Bank` only waits for locks of banks it closed itself.
+    fn open_after_raw_sled(path: &Path) -> Result<Bank> {
+        let start = Instant::now();
+        loop {
+            match Bank::open(path) {
+                Err(BankError::Locked { .. }) if start.elapsed().as_secs() < 3 => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other,
+            }
+        }
     }
 
     #[test]
@@ -1361,6 +1378,19 @@ mod tests {
         );
         drop(first);
         Bank::open(&path).unwrap();
+    }
+
+    #[test]
+    fn immediate_reopen_after_drop_succeeds() {
+        // sled releases its file lock lazily after a drop; open must wait it out.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bank");
+        for i in 0..15u64 {
+            let bank = open_with(&path, &[encoder('a', 384)]);
+            bank.put_class(&build("c", &[('a', 130, 384)], i), true)
+                .unwrap();
+        }
+        assert_eq!(Bank::open(&path).unwrap().leftovers_cleaned(), 0);
     }
 
     #[test]

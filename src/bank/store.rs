@@ -12,6 +12,8 @@ use std::fmt;
 use std::fs::{self, File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -98,12 +100,72 @@ pub(crate) struct Store {
     support: sled::Tree,
     /// Trees that existed before open, other than sled's default and ours.
     foreign_trees: Vec<String>,
+    /// Canonical path, recorded on drop in [`RECENTLY_CLOSED`].
+    canonical: Option<PathBuf>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(c) = self.canonical.take() {
+            let mut closed = RECENTLY_CLOSED.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            closed.retain(|(p, t)| *p != c && now.duration_since(*t) < LINGER_WAIT);
+            closed.push((c, now));
+        }
+    }
+}
+
+/// How long a bank closed by this process may still be locked by sled.
+const LINGER_WAIT: Duration = Duration::from_secs(2);
+/// Delay between open attempts while waiting for such a lock.
+const LINGER_POLL: Duration = Duration::from_millis(10);
+
+/// Banks this process closed recently, with when.
+static RECENTLY_CLOSED: Mutex<Vec<(PathBuf, Instant)>> = Mutex::new(Vec::new());
+
+fn recently_closed(canonical: &Path) -> Option<Instant> {
+    let closed = RECENTLY_CLOSED.lock().unwrap_or_else(|p| p.into_inner());
+    closed.iter().find(|(p, _)| p == canonical).map(|(_, t)| *t)
+}
+
+fn forget_closed(canonical: &Path) {
+    let mut closed = RECENTLY_CLOSED.lock().unwrap_or_else(|p| p.into_inner());
+    closed.retain(|(p, _)| p != canonical);
 }
 
 impl Store {
     /// Opens (creating if missing) the sled database at `path`.
+    ///
+    /// sled 0.34 keeps its file lock for a moment after a `Db` is dropped
+    /// (background I/O threads still hold the file; sled issue #1234). A bank
+    /// closed by this process within [`LINGER_WAIT`] is therefore retried
+    /// until that deadline; any other held lock fails at once with
+    /// [`BankError::Locked`].
     pub(crate) fn open(path: &Path) -> Result<Store> {
         check_directory(path)?;
+        let canonical = fs::canonicalize(path).ok();
+        let deadline = canonical
+            .as_deref()
+            .and_then(recently_closed)
+            .map(|closed| closed + LINGER_WAIT);
+        loop {
+            match Store::open_once(path) {
+                Err(BankError::Locked { .. }) if deadline.is_some_and(|d| Instant::now() < d) => {
+                    std::thread::sleep(LINGER_POLL);
+                }
+                Ok(mut store) => {
+                    store.canonical = fs::canonicalize(path).ok();
+                    if let Some(c) = &store.canonical {
+                        forget_closed(c);
+                    }
+                    return Ok(store);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Store> {
         check_not_locked(path)?;
         let db = sled::Config::new()
             .path(path)
@@ -131,6 +193,7 @@ impl Store {
             support: open_tree(TreeId::Support)?,
             db,
             foreign_trees,
+            canonical: None,
         })
     }
 
@@ -382,11 +445,23 @@ impl Store {
     }
 }
 
+/// Sums file lengths under `dir`. sled deletes blob files concurrently, so
+/// entries that vanish during the walk count as zero.
 fn dir_size(dir: &Path) -> io::Result<u64> {
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) => return Ok(0),
+        Err(e) => return Err(e),
+    };
     let mut total = 0;
-    for entry in fs::read_dir(dir)? {
+    for entry in entries {
         let entry = entry?;
-        let meta = entry.metadata()?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
         if meta.is_dir() {
             total += dir_size(&entry.path())?;
         } else if meta.is_file() {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -102,7 +102,7 @@ impl From<PrototypeCounts> for CountsJson {
 
 fn open_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {
     let path = ctx.home.bank_path(arg);
-    Ok(Bank::open(&path).with_context(|| format!("opening bank {}", path.display()))?)
+    Bank::open(&path).map_err(anyhow::Error::from)
 }
 
 fn open_existing_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {

@@ -1,4 +1,6 @@
 //! Integration tests: the real `ovdiff-bank` binary on real files, one binary, grouped by topic.
 
+mod bank;
 mod harness;
 mod models;
+mod real_model;
