@@ -1,6 +1,7 @@
 //! Integration tests: the real `ovdiff-bank` binary on real files, one binary, grouped by topic.
 
 mod bank;
+mod bank_compat;
 mod harness;
 mod models;
 mod real_model;
