@@ -130,6 +130,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A bank operation failed (locked, too new, corrupt, …); its message is
+    /// already complete.
+    #[error(transparent)]
+    Bank(#[from] crate::bank::BankError),
     /// The user's input is invalid (bad flag combination, empty vocabulary, …).
     #[error("{0}")]
     Invalid(String),

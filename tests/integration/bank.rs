@@ -370,3 +370,18 @@ fn levels_and_sides_are_in_builder_order() {
         .filter(|p| p.level == Level::Instance)
         .all(|p| p.provenance.image < 2));
 }
+
+#[test]
+fn a_second_writer_fails_fast_with_a_clear_message() {
+    let sb = Sandbox::bare();
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("bank");
+    let held = Bank::open(&path).unwrap();
+    let started = std::time::Instant::now();
+    let out = sb.run(&["list", "--bank", path.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is in use by another process"), "{stderr}");
+    assert!(started.elapsed().as_secs() < 10, "it must not hang");
+    drop(held);
+}
