@@ -38,6 +38,7 @@ pub mod features;
 pub mod home;
 pub mod prototypes;
 pub mod runtime;
+pub mod segment;
 pub mod support_set;
 
 pub use error::Error;
