@@ -356,59 +356,9 @@ pub fn list(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Known names closest to `name` (edit distance), for "did you mean".
-pub(crate) fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut scored: Vec<(usize, &str)> = known
-        .into_iter()
-        .map(|k| (edit_distance(&name.to_lowercase(), &k.to_lowercase()), k))
-        .collect();
-    scored.sort();
-    let limit = (name.chars().count() / 2).max(2);
-    scored
-        .into_iter()
-        .filter(|(d, _)| *d <= limit)
-        .take(3)
-        .map(|(_, k)| k)
-        .collect()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// The error for a class that is not in the bank.
 pub(crate) fn unknown_class(bank: &Bank, name: &str) -> anyhow::Error {
-    let classes = bank.classes().unwrap_or_default();
-    let near = closest(name, classes.iter().map(|c| c.name.as_str()));
-    let hint = if near.is_empty() {
-        format!(
-            "`ovdiff-bank list --bank {}` shows its classes",
-            bank.path().display()
-        )
-    } else {
-        format!(
-            "did you mean {}?",
-            near.iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    anyhow::anyhow!(
-        "no class `{name}` in bank {}; {hint}",
-        bank.path().display()
-    )
+    crate::segment::query::unknown_class_error(bank, name).into()
 }
 
 #[derive(Debug, Serialize)]
@@ -547,18 +497,4 @@ pub fn rename(ctx: &Context, bank: Option<&str>, old: &str, new: &str) -> anyhow
         print_json(&serde_json::json!({ "renamed": old, "to": new }))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn closest_names_are_suggested() {
-        let known = ["person", "cat", "cup", "rocket"];
-        assert_eq!(closest("persn", known), vec!["person"]);
-        assert_eq!(closest("cap", known)[..2], ["cat", "cup"]);
-        assert!(closest("zzzzzzzz", known).is_empty());
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-    }
 }

@@ -3,6 +3,7 @@
 mod bank;
 mod encode;
 mod models;
+mod segment;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Learn a class from support images and store its prototypes in a bank.
     Add(bank::AddArgs),
+    /// Segment images: label every pixel with the nearest candidate class.
+    Segment(segment::SegmentArgs),
     /// List the classes of a bank.
     List(BankArg),
     /// Describe one class: its record, prototypes and support images.
@@ -142,6 +145,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models(ModelsCommand::Check { name }) => models::check(&ctx, name.as_deref()),
         Command::Encode(args) => encode::run(&ctx, &args),
         Command::Add(args) => bank::add(&ctx, &args),
+        Command::Segment(args) => segment::run(&ctx, &args),
         Command::List(b) => bank::list(&ctx, b.bank.as_deref()),
         Command::Show { class, bank: b } => bank::show(&ctx, b.bank.as_deref(), &class),
         Command::Remove { class, bank: b } => bank::remove(&ctx, b.bank.as_deref(), &class),

@@ -11,6 +11,7 @@ pub mod engine;
 mod font;
 #[cfg(test)]
 mod oracle;
+pub mod query;
 pub mod render;
 pub mod window;
 

@@ -5,3 +5,4 @@ mod bank_compat;
 mod harness;
 mod models;
 mod real_model;
+mod segment;

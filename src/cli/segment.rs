@@ -1,0 +1,546 @@
+//! `ovdiff-bank segment`: label every pixel of images with the nearest class, write label maps, overlays and explanations.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::{print_json, Context};
+use crate::bank::{Bank, ClassRecord};
+use crate::features::preprocess;
+use crate::prototypes::{Level, Side};
+use crate::segment::engine::{segment_image_ensemble, EnsembleMember, SegmentOptions};
+use crate::segment::query::{self, QueryMember};
+use crate::segment::render::{self, ExplainMatch, ExplainOptions, ExplainRow, PatchMask};
+use crate::support_set;
+
+/// Which matcher scores patches against prototypes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineChoice {
+    /// Exact below the measured crossover size, HNSW above it.
+    Auto,
+    /// Exact blocked matrix multiply.
+    Exact,
+    /// Approximate nearest neighbours (HNSW).
+    Hnsw,
+}
+
+/// Arguments of `segment`.
+#[derive(Debug, clap::Args)]
+pub struct SegmentArgs {
+    /// Images: files, folders, or globs (quoted, e.g. 'photos/*.jpg').
+    #[arg(required = true)]
+    pub inputs: Vec<String>,
+    /// Candidate classes, comma-separated (e.g. giraffe,zebra).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "all_classes",
+        required_unless_present = "all_classes"
+    )]
+    pub classes: Vec<String>,
+    /// Use every class of the bank as a candidate.
+    #[arg(long)]
+    pub all_classes: bool,
+    /// The bank: a name under <home>/banks, or a path [default: default].
+    #[arg(long, value_name = "NAME|PATH")]
+    pub bank: Option<String>,
+    /// Output folder.
+    #[arg(long, default_value = "ovdiff-out", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Matcher: auto, exact or hnsw.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: EngineChoice,
+    /// Encoder bundle(s) to use [default: the installed bundles the bank's classes were built with].
+    #[arg(long = "encoder", value_name = "BUNDLE")]
+    pub encoders: Vec<String>,
+    /// Also write NAME.explain.png and print, per class, the support images whose prototypes won its pixels.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ClassFound {
+    label: u8,
+    name: String,
+    pixels: u64,
+    fraction: f64,
+    mean_score: f32,
+    support: Vec<SupportMatch>,
+}
+
+#[derive(Debug, Serialize)]
+struct SupportMatch {
+    image: u32,
+    name: String,
+    pixels: u64,
+    prototypes: Vec<ProtoMatch>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+struct ProtoMatch {
+    kind: String,
+    id: u32,
+    pixels: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ImageReport {
+    image: PathBuf,
+    width: u32,
+    height: u32,
+    labels: PathBuf,
+    overlay: PathBuf,
+    report: PathBuf,
+    explain: Option<PathBuf>,
+    classes: Vec<ClassFound>,
+    background_fraction: f64,
+    timings_ms: BTreeMap<&'static str, f64>,
+    windows: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Failure {
+    image: PathBuf,
+    error: String,
+}
+
+/// Expand files, folders and globs into image paths, in order, without repeats.
+pub fn expand_inputs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for arg in inputs {
+        let p = Path::new(arg);
+        let found: Vec<PathBuf> = if p.is_dir() {
+            support_set::list_images(p)?
+        } else if p.exists() {
+            vec![p.to_path_buf()]
+        } else if arg.contains(['*', '?', '[']) {
+            let mut v: Vec<PathBuf> = glob::glob(arg)
+                .with_context(|| format!("bad glob pattern `{arg}`"))?
+                .flatten()
+                .filter(|p| p.is_file())
+                .collect();
+            v.sort();
+            if v.is_empty() {
+                bail!("no files match `{arg}`");
+            }
+            v
+        } else {
+            bail!("input {arg} does not exist");
+        };
+        for f in found {
+            if seen.insert(f.clone()) {
+                out.push(f);
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("no PNG or JPEG images among the inputs");
+    }
+    Ok(out)
+}
+
+/// Pixels a support image won for a class: in all, and per (kind, prototype id).
+type ImageWins = (u64, BTreeMap<(String, u32), u64>);
+
+fn kind(level: Level, side: Side) -> String {
+    let l = match level {
+        Level::Class => "class",
+        Level::Instance => "instance",
+        Level::Part => "part",
+    };
+    let s = match side {
+        Side::Foreground => "fg",
+        Side::Background => "bg",
+    };
+    format!("{l} {s}")
+}
+
+/// A unique output stem per input (`photo`, `photo-2`, …).
+fn stems(paths: &[PathBuf]) -> Vec<String> {
+    let mut used = HashSet::new();
+    paths
+        .iter()
+        .map(|p| {
+            let base = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image".into());
+            let mut name = base.clone();
+            let mut i = 2;
+            while !used.insert(name.clone()) {
+                name = format!("{base}-{i}");
+                i += 1;
+            }
+            name
+        })
+        .collect()
+}
+
+/// Run `segment`.
+pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
+    let inputs = expand_inputs(&args.inputs)?;
+    let bank_path = ctx.home.bank_path(args.bank.as_deref());
+    if !bank_path.exists() {
+        bail!(
+            "bank {} does not exist; build classes with `ovdiff-bank add CLASS --images DIR`",
+            bank_path.display()
+        );
+    }
+    let bank = Bank::open(&bank_path)?;
+    let names = if args.all_classes {
+        None
+    } else {
+        let v: Vec<String> = args
+            .classes
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if v.is_empty() {
+            bail!("the vocabulary is empty; name classes with --classes a,b,c");
+        }
+        Some(v)
+    };
+    let classes = query::resolve_classes(&bank, names.as_deref())?;
+    if args.engine == EngineChoice::Hnsw {
+        bail!("the hnsw engine is not available in this build yet; use --engine exact");
+    }
+    let runtime = ctx.runtime()?;
+    let explicit: Vec<PathBuf> = args
+        .encoders
+        .iter()
+        .map(|e| ctx.home.bundle_path(e))
+        .collect();
+    let mut members = query::plan(&runtime, &bank, &classes, &explicit, ctx.runtime.threads)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating output folder {}", args.out.display()))?;
+
+    let opts = SegmentOptions {
+        threads: ctx.runtime.threads,
+        ..SegmentOptions::default()
+    };
+    let stems = stems(&inputs);
+    let pb = if ctx.json || inputs.len() == 1 {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(inputs.len() as u64)
+    };
+    pb.set_style(
+        ProgressStyle::with_template("segment [{bar:30}] {pos}/{len} images, ETA {eta} {msg}")
+            .expect("invariant: template is valid")
+            .progress_chars("=> "),
+    );
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
+    // Decode the next image on a second thread while this one segments.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (tx, rx) = mpsc::sync_channel::<(usize, Result<RgbImage, crate::Error>, f64)>(2);
+        let paths = &inputs;
+        scope.spawn(move || {
+            for (i, p) in paths.iter().enumerate() {
+                let t = Instant::now();
+                let img = preprocess::load_rgb(p);
+                if tx.send((i, img, t.elapsed().as_secs_f64() * 1e3)).is_err() {
+                    break;
+                }
+            }
+        });
+        for (i, img, decode_ms) in rx {
+            let path = &inputs[i];
+            let result = img.map_err(anyhow::Error::from).and_then(|img| {
+                segment_one(
+                    &bank,
+                    &classes.records,
+                    &mut members,
+                    &img,
+                    path,
+                    &stems[i],
+                    args,
+                    &opts,
+                    decode_ms,
+                )
+            });
+            match result {
+                Ok(report) => {
+                    if !ctx.json {
+                        pb.suspend(|| print_summary(&report, args.explain));
+                    }
+                    reports.push(report);
+                }
+                Err(e) => {
+                    pb.suspend(|| eprintln!("ovdiff-bank: {}: {e:#}", path.display()));
+                    failures.push(Failure {
+                        image: path.clone(),
+                        error: format!("{e:#}"),
+                    });
+                }
+            }
+            pb.inc(1);
+        }
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    if ctx.json {
+        print_json(&serde_json::json!({ "images": reports, "failed": failures }))?;
+    } else if !failures.is_empty() {
+        eprintln!(
+            "ovdiff-bank: {} of {} images failed",
+            failures.len(),
+            inputs.len()
+        );
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_summary(r: &ImageReport, explain: bool) {
+    let found: Vec<String> = r
+        .classes
+        .iter()
+        .map(|c| format!("{} {:.1}%", c.name, c.fraction * 100.0))
+        .collect();
+    println!(
+        "{}: {} → {} ({:.0} ms)",
+        r.image.display(),
+        if found.is_empty() {
+            "background only".to_string()
+        } else {
+            found.join(", ")
+        },
+        r.overlay.display(),
+        r.timings_ms.get("total").copied().unwrap_or(0.0)
+    );
+    if explain {
+        // The explanation as one JSON line, as the sheet shows it.
+        let classes: Vec<_> = r
+            .classes
+            .iter()
+            .map(|c| serde_json::json!({ "class": c.name, "fraction": c.fraction, "support": c.support }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "image": r.image, "explain_sheet": r.explain, "classes": classes })
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn segment_one(
+    bank: &Bank,
+    records: &[ClassRecord],
+    members: &mut [QueryMember],
+    img: &RgbImage,
+    path: &Path,
+    stem: &str,
+    args: &SegmentArgs,
+    opts: &SegmentOptions,
+    decode_ms: f64,
+) -> anyhow::Result<ImageReport> {
+    let started = Instant::now();
+    let seg = {
+        let mut ensemble: Vec<EnsembleMember<'_>> = members
+            .iter_mut()
+            .map(|m| EnsembleMember {
+                encoder: &mut m.encoder,
+                matcher: &m.vocabulary,
+            })
+            .collect();
+        segment_image_ensemble(&mut ensemble, img, opts)?
+    };
+    let t_write = Instant::now();
+    let labels = seg.labels.labels_u8()?;
+    let (w, h) = img.dimensions();
+    let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+    let counts = seg.labels.pixel_counts(names.len() + 1);
+    let total = (w as u64 * h as u64).max(1);
+
+    // Mean winning score per label.
+    let mut score_sum = vec![0f64; names.len() + 1];
+    for (l, s) in seg.labels.labels.iter().zip(&seg.labels.score) {
+        score_sum[*l as usize] += f64::from(*s);
+    }
+    // Pixels won per (label, support image) and per prototype.
+    let mut per_image: BTreeMap<(u16, u32), ImageWins> = BTreeMap::new();
+    for ((label, source, row), pixels) in seg.labels.proto_wins() {
+        if label == 0 {
+            continue;
+        }
+        let m = &members[source as usize];
+        let Some(r) = m.vocabulary.proto_ref(row) else {
+            continue;
+        };
+        let Some(p) = m.prototypes[r.class as usize - 1].get(r.id as usize) else {
+            continue;
+        };
+        let e = per_image
+            .entry((label, p.provenance.image))
+            .or_insert_with(|| (0, BTreeMap::new()));
+        e.0 += pixels;
+        *e.1.entry((kind(p.level, p.side), r.id)).or_insert(0) += pixels;
+    }
+    let mut classes = Vec::new();
+    for (k, rec) in records.iter().enumerate() {
+        let label = (k + 1) as u16;
+        let pixels = counts[label as usize];
+        if pixels == 0 {
+            continue;
+        }
+        let mut support: Vec<SupportMatch> = per_image
+            .iter()
+            .filter(|((l, _), _)| *l == label)
+            .map(|((_, image), (px, protos))| {
+                let mut prototypes: Vec<ProtoMatch> = protos
+                    .iter()
+                    .map(|((kind, id), n)| ProtoMatch {
+                        kind: kind.clone(),
+                        id: *id,
+                        pixels: *n,
+                    })
+                    .collect();
+                prototypes.sort_by_key(|p| std::cmp::Reverse(p.pixels));
+                prototypes.truncate(5);
+                SupportMatch {
+                    image: *image,
+                    name: rec
+                        .support
+                        .get(*image as usize)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default(),
+                    pixels: *px,
+                    prototypes,
+                }
+            })
+            .collect();
+        support.sort_by_key(|s| std::cmp::Reverse(s.pixels));
+        support.truncate(3);
+        classes.push(ClassFound {
+            label: label as u8,
+            name: rec.name.clone(),
+            pixels,
+            fraction: pixels as f64 / total as f64,
+            mean_score: (score_sum[label as usize] / pixels as f64) as f32,
+            support,
+        });
+    }
+
+    let labels_path = args.out.join(format!("{stem}.png"));
+    let overlay_path = args.out.join(format!("{stem}.overlay.png"));
+    let report_path = args.out.join(format!("{stem}.json"));
+    render::write_label_png(&labels_path, w, h, &labels)?;
+    let over = render::overlay(img, &labels, &names, 0.5);
+    render::write_rgb_png(&overlay_path, &over)?;
+    let explain = if args.explain {
+        let p = args.out.join(format!("{stem}.explain.png"));
+        let rows = explain_rows(bank, records, &classes)?;
+        let sheet = render::explain_sheet(
+            img,
+            &labels,
+            &rows,
+            &ExplainOptions {
+                title: Some(path.display().to_string()),
+                ..ExplainOptions::default()
+            },
+        );
+        render::write_rgb_png(&p, &sheet)?;
+        Some(p)
+    } else {
+        None
+    };
+    let write_ms = t_write.elapsed().as_secs_f64() * 1e3;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let t = seg.timings;
+    let timings_ms = BTreeMap::from([
+        ("decode", decode_ms),
+        ("resize", ms(t.resize)),
+        ("encoder", ms(t.encode)),
+        ("matching", ms(t.matching)),
+        ("upsampling", ms(t.upsample)),
+        ("writing", write_ms),
+        ("total", started.elapsed().as_secs_f64() * 1e3 + decode_ms),
+    ]);
+    let report = ImageReport {
+        image: path.to_path_buf(),
+        width: w,
+        height: h,
+        labels: labels_path,
+        overlay: overlay_path,
+        report: report_path.clone(),
+        explain,
+        background_fraction: counts[0] as f64 / total as f64,
+        classes,
+        timings_ms,
+        windows: t.windows,
+    };
+    let json = serde_json::to_vec_pretty(&report)?;
+    write_file_atomic(&report_path, &json)?;
+    Ok(report)
+}
+
+fn explain_rows(
+    bank: &Bank,
+    records: &[ClassRecord],
+    found: &[ClassFound],
+) -> anyhow::Result<Vec<ExplainRow>> {
+    let mut rows = Vec::new();
+    for c in found {
+        let rec = &records[c.label as usize - 1];
+        let fp = rec
+            .encoders
+            .first()
+            .map(|e| e.fingerprint.clone())
+            .unwrap_or_default();
+        let protos = bank.prototypes(rec, &fp)?;
+        let mut matches = Vec::new();
+        for s in &c.support {
+            let Some(thumb) = bank.thumbnail(rec, s.image)? else {
+                continue;
+            };
+            let best = s.prototypes.first();
+            let region = best
+                .and_then(|b| protos.get(b.id as usize))
+                .map(|p| PatchMask {
+                    grid_h: p.provenance.grid_h,
+                    grid_w: p.provenance.grid_w,
+                    cells: p.provenance.region.clone(),
+                });
+            let caption = match best {
+                Some(b) => format!(
+                    "{} #{}: {:.1}%",
+                    b.kind,
+                    b.id,
+                    100.0 * s.pixels as f64 / c.pixels.max(1) as f64
+                ),
+                None => s.name.clone(),
+            };
+            matches.push(ExplainMatch {
+                image: thumb,
+                region,
+                caption,
+            });
+        }
+        rows.push(ExplainRow {
+            class: c.name.clone(),
+            label: c.label,
+            matches,
+        });
+    }
+    Ok(rows)
+}
+
+fn write_file_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

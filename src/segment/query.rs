@@ -1,0 +1,281 @@
+//! Query planning: from a bank and a vocabulary of class names to encoders and matchers ready to segment.
+//!
+//! A bank records, for every class, the fingerprints of the encoders its
+//! prototypes came from. A query needs, for each encoder it uses, the very
+//! bundle with that fingerprint (a different encoder's features are not
+//! comparable), and every candidate class must have prototypes for it.
+//! Several shared encoders are fused late, with equal weight.
+
+use std::path::{Path, PathBuf};
+
+use crate::bank::{Bank, ClassRecord, EncoderInfo};
+use crate::features::Encoder;
+use crate::prototypes::Prototype;
+use crate::runtime::manifest::MANIFEST_FILE;
+use crate::runtime::{Bundle, Runtime, VerifyMode};
+use crate::segment::engine::{Candidate, Vocabulary};
+use crate::{Error, Home, Result};
+
+/// The classes of a query, resolved against a bank.
+#[derive(Debug, Clone)]
+pub struct ResolvedClasses {
+    /// The candidate classes, in query order.
+    pub records: Vec<ClassRecord>,
+}
+
+/// Known class names closest to `name` (edit distance), best first.
+pub fn closest_names<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let lower = name.to_lowercase();
+    let mut scored: Vec<(usize, &str)> = known
+        .into_iter()
+        .map(|k| (edit_distance(&lower, &k.to_lowercase()), k))
+        .collect();
+    scored.sort();
+    let limit = (name.chars().count() / 2).max(2);
+    scored
+        .into_iter()
+        .filter(|(d, _)| *d <= limit)
+        .take(3)
+        .map(|(_, k)| k)
+        .collect()
+}
+
+/// Levenshtein distance over characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The "no such class" error, with the closest known names.
+pub fn unknown_class_error(bank: &Bank, name: &str) -> Error {
+    let classes = bank.classes().unwrap_or_default();
+    let near = closest_names(name, classes.iter().map(|c| c.name.as_str()));
+    let hint = if near.is_empty() {
+        format!(
+            "`ovdiff-bank list --bank {}` shows its classes",
+            bank.path().display()
+        )
+    } else {
+        let names: Vec<String> = near.iter().map(|n| format!("`{n}`")).collect();
+        format!("did you mean {}?", names.join(", "))
+    };
+    Error::Invalid(format!(
+        "no class `{name}` in bank {}; {hint}",
+        bank.path().display()
+    ))
+}
+
+/// Look up the named classes (or all, when `names` is `None`).
+pub fn resolve_classes(bank: &Bank, names: Option<&[String]>) -> Result<ResolvedClasses> {
+    let records = match names {
+        None => bank.classes()?,
+        Some(names) => {
+            let mut out = Vec::with_capacity(names.len());
+            for n in names {
+                if out.iter().any(|r: &ClassRecord| &r.name == n) {
+                    return Err(Error::Invalid(format!("class `{n}` is named twice")));
+                }
+                match bank.class(n)? {
+                    Some(r) => out.push(r),
+                    None => return Err(unknown_class_error(bank, n)),
+                }
+            }
+            out
+        }
+    };
+    if records.is_empty() {
+        return Err(Error::Invalid(match names {
+            None => format!(
+                "bank {} has no classes; add some with `ovdiff-bank add`",
+                bank.path().display()
+            ),
+            Some(_) => "the vocabulary is empty; name classes with --classes a,b,c".into(),
+        }));
+    }
+    if records.len() > 254 {
+        return Err(Error::Invalid(format!(
+            "{} classes asked for; label PNGs hold at most 254 classes per query",
+            records.len()
+        )));
+    }
+    Ok(ResolvedClasses { records })
+}
+
+/// Fingerprints shared by every candidate class, in the first class's order.
+pub fn shared_encoders(classes: &ResolvedClasses) -> Vec<String> {
+    let first = &classes.records[0];
+    first
+        .encoders
+        .iter()
+        .map(|e| e.fingerprint.clone())
+        .filter(|fp| {
+            classes
+                .records
+                .iter()
+                .all(|r| r.encoders.iter().any(|e| &e.fingerprint == fp))
+        })
+        .collect()
+}
+
+/// Installed bundles under `<home>/models`, with their fingerprints
+/// (computed from manifests and recorded hashes; files are not hashed here).
+pub fn installed_bundles(home: &Home) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(home.models_dir()) else {
+        return out;
+    };
+    let mut dirs: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(MANIFEST_FILE).is_file())
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        if let Ok(b) = Bundle::open(&d, VerifyMode::Off, &home.cache_dir()) {
+            out.push((d, b.fingerprint().to_string()));
+        }
+    }
+    out
+}
+
+/// One encoder of a query: the loaded encoder, its matcher, and each
+/// candidate's prototypes (for explanations).
+#[derive(Debug)]
+pub struct QueryMember {
+    /// The encoder.
+    pub encoder: Encoder,
+    /// Its candidates, stacked.
+    pub vocabulary: Vocabulary,
+    /// Per candidate (query order), its prototypes as stored.
+    pub prototypes: Vec<Vec<Prototype>>,
+}
+
+/// Load the encoders a query needs and build one vocabulary per encoder.
+///
+/// `explicit` bundles (from `--encoder`) must each match a fingerprint the
+/// candidates share; otherwise every shared fingerprint is looked up among
+/// the installed bundles. A bank encoder that is not installed is an error
+/// naming the fingerprints involved.
+pub fn plan(
+    runtime: &Runtime,
+    bank: &Bank,
+    classes: &ResolvedClasses,
+    explicit: &[PathBuf],
+    threads: usize,
+) -> Result<Vec<QueryMember>> {
+    let shared = shared_encoders(classes);
+    let known: Vec<EncoderInfo> = bank.encoders()?;
+    let describe = |fp: &str| {
+        let name = known
+            .iter()
+            .find(|e| e.fingerprint == fp)
+            .map(|e| e.name.as_str())
+            .unwrap_or("?");
+        format!("{name} ({fp})")
+    };
+    if shared.is_empty() {
+        return Err(Error::Invalid(
+            "the candidate classes share no encoder (each was built with a different one); \
+             rebuild them with a common --encoder"
+                .into(),
+        ));
+    }
+    let mut bundles: Vec<Bundle> = Vec::new();
+    if explicit.is_empty() {
+        let installed = installed_bundles(runtime.home());
+        for fp in &shared {
+            match installed.iter().find(|(_, f)| f == fp) {
+                Some((dir, _)) => bundles.push(runtime.open_bundle(dir)?),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "the bank's classes were built with encoder {}, which is not installed \
+                         in {} (installed: {}); install that bundle or pass --encoder DIR",
+                        describe(fp),
+                        runtime.home().models_dir().display(),
+                        if installed.is_empty() {
+                            "none".to_string()
+                        } else {
+                            installed
+                                .iter()
+                                .map(|(d, f)| format!("{} ({})", dir_name(d), &f[..12]))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    )))
+                }
+            }
+        }
+    } else {
+        for dir in explicit {
+            let b = runtime.open_bundle(dir)?;
+            if !shared.iter().any(|fp| fp == b.fingerprint()) {
+                return Err(Error::Invalid(format!(
+                    "encoder {} has fingerprint {}, but the candidate classes were built with: {}; \
+                     features of different encoders cannot be compared",
+                    b.name(),
+                    b.fingerprint(),
+                    shared.iter().map(|f| describe(f)).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            bundles.push(b);
+        }
+    }
+    let mut members = Vec::new();
+    for bundle in bundles {
+        let fp = bundle.fingerprint().to_string();
+        let encoder = Encoder::load(runtime, bundle)?;
+        let mut candidates = Vec::new();
+        let mut prototypes = Vec::new();
+        for rec in &classes.records {
+            let protos = bank.prototypes(rec, &fp)?;
+            if let Some(p) = protos.first() {
+                if p.vector.len() != encoder.dim() {
+                    return Err(Error::DimensionMismatch {
+                        what: format!("prototypes of `{}`", rec.name),
+                        expected: encoder.dim().to_string(),
+                        found: p.vector.len().to_string(),
+                    });
+                }
+            }
+            candidates.push(Candidate::from_prototypes(&rec.name, rec.stuff, &protos)?);
+            prototypes.push(protos);
+        }
+        let vocabulary = Vocabulary::new(candidates)?.with_threads(threads);
+        members.push(QueryMember {
+            encoder,
+            vocabulary,
+            prototypes,
+        });
+    }
+    Ok(members)
+}
+
+fn dir_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_names_are_suggested() {
+        let known = ["person", "cat", "cup", "rocket"];
+        assert_eq!(closest_names("persn", known), vec!["person"]);
+        assert_eq!(closest_names("cap", known)[..2], ["cat", "cup"]);
+        assert!(closest_names("zzzzzzzz", known).is_empty());
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}
