@@ -34,6 +34,7 @@
 pub mod bank;
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod features;
 pub mod home;
 pub mod prototypes;

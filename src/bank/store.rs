@@ -11,6 +11,7 @@
 use std::fmt;
 use std::fs::{self, File, TryLockError};
 use std::io;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -93,11 +94,13 @@ pub(crate) enum RenameOutcome {
 /// An open sled database with the bank's trees.
 pub(crate) struct Store {
     path: PathBuf,
-    db: sled::Db,
-    meta: sled::Tree,
-    classes: sled::Tree,
-    prototypes: sled::Tree,
-    support: sled::Tree,
+    // ManuallyDrop so that `drop` can close sled first and then wait for
+    // its file lock to go (see `Drop for Store`).
+    db: ManuallyDrop<sled::Db>,
+    meta: ManuallyDrop<sled::Tree>,
+    classes: ManuallyDrop<sled::Tree>,
+    prototypes: ManuallyDrop<sled::Tree>,
+    support: ManuallyDrop<sled::Tree>,
     /// Trees that existed before open, other than sled's default and ours.
     foreign_trees: Vec<String>,
     /// Canonical path, recorded on drop in [`RECENTLY_CLOSED`].
@@ -106,6 +109,24 @@ pub(crate) struct Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // SAFETY: the handles are dropped exactly once, here, and never used
+        // again: `self` is being dropped.
+        unsafe {
+            ManuallyDrop::drop(&mut self.meta);
+            ManuallyDrop::drop(&mut self.classes);
+            ManuallyDrop::drop(&mut self.prototypes);
+            ManuallyDrop::drop(&mut self.support);
+            ManuallyDrop::drop(&mut self.db);
+        }
+        // sled's background threads release the file lock a moment later
+        // (sled issue #1234). Wait for that, so that another process can
+        // open the bank as soon as this one has closed it.
+        let deadline = Instant::now() + LINGER_WAIT;
+        while matches!(check_not_locked(&self.path), Err(BankError::Locked { .. }))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(LINGER_POLL);
+        }
         if let Some(c) = self.canonical.take() {
             let mut closed = RECENTLY_CLOSED.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -187,11 +208,11 @@ impl Store {
         let open_tree = |t: TreeId| db.open_tree(t.name()).map_err(|e| open_error(path, e));
         Ok(Store {
             path: path.to_path_buf(),
-            meta: open_tree(TreeId::Meta)?,
-            classes: open_tree(TreeId::Classes)?,
-            prototypes: open_tree(TreeId::Prototypes)?,
-            support: open_tree(TreeId::Support)?,
-            db,
+            meta: ManuallyDrop::new(open_tree(TreeId::Meta)?),
+            classes: ManuallyDrop::new(open_tree(TreeId::Classes)?),
+            prototypes: ManuallyDrop::new(open_tree(TreeId::Prototypes)?),
+            support: ManuallyDrop::new(open_tree(TreeId::Support)?),
+            db: ManuallyDrop::new(db),
             foreign_trees,
             canonical: None,
         })

@@ -2,6 +2,7 @@
 
 mod bank;
 mod encode;
+mod eval;
 mod models;
 mod segment;
 
@@ -48,6 +49,8 @@ pub enum Command {
     Add(bank::AddArgs),
     /// Segment images: label every pixel with the nearest candidate class.
     Segment(segment::SegmentArgs),
+    /// Evaluate on a VOC-layout dataset: mIoU, per-class IoU, pixel accuracy.
+    Eval(eval::EvalArgs),
     /// List the classes of a bank.
     List(BankArg),
     /// Describe one class: its record, prototypes and support images.
@@ -146,6 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Encode(args) => encode::run(&ctx, &args),
         Command::Add(args) => bank::add(&ctx, &args),
         Command::Segment(args) => segment::run(&ctx, &args),
+        Command::Eval(args) => eval::run(&ctx, &args),
         Command::List(b) => bank::list(&ctx, b.bank.as_deref()),
         Command::Show { class, bank: b } => bank::show(&ctx, b.bank.as_deref(), &class),
         Command::Remove { class, bank: b } => bank::remove(&ctx, b.bank.as_deref(), &class),

