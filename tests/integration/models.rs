@@ -119,3 +119,19 @@ fn installed_dinov2_bundle_verifies() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("× 384 dims"), "{stdout}");
 }
+
+#[test]
+fn cuda_without_a_gpu_build_is_a_clear_error() {
+    let Some(sb) = Sandbox::with_runtime() else {
+        return;
+    };
+    let tiny = fixture("models/tiny-encoder");
+    let out = sb.run(&["--provider", "cuda", "models", "check", tiny.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("execution provider `cuda` is not available"), "{stderr}");
+    assert!(stderr.contains("--provider cpu"), "{stderr}");
+    // and threads are settable
+    let out = sb.run(&["--threads", "1", "models", "check", tiny.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+}
