@@ -126,10 +126,19 @@ fn cuda_without_a_gpu_build_is_a_clear_error() {
         return;
     };
     let tiny = fixture("models/tiny-encoder");
-    let out = sb.run(&["--provider", "cuda", "models", "check", tiny.to_str().unwrap()]);
+    let out = sb.run(&[
+        "--provider",
+        "cuda",
+        "models",
+        "check",
+        tiny.to_str().unwrap(),
+    ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
-    assert!(stderr.contains("execution provider `cuda` is not available"), "{stderr}");
+    assert!(
+        stderr.contains("execution provider `cuda` is not available"),
+        "{stderr}"
+    );
     assert!(stderr.contains("--provider cpu"), "{stderr}");
     // and threads are settable
     let out = sb.run(&["--threads", "1", "models", "check", tiny.to_str().unwrap()]);
