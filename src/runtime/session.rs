@@ -31,31 +31,20 @@ impl ModelSession {
         let path = manifest
             .graph_path(bundle.dir())
             .ok_or_else(|| Error::bundle(bundle.dir(), "bundle has no [graph] to load"))?;
-        let opts = runtime.options();
-        let ctx = |what: &str| format!("{what} for {}", path.display());
-        let mut builder = Session::builder(runtime.environment())
-            .map_err(|e| Error::ort(ctx("creating a session builder"), e))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| Error::ort(ctx("setting the optimisation level"), e.into()))?
-            .with_intra_threads(opts.threads.max(1))
-            .map_err(|e| Error::ort(ctx("setting intra-op threads"), e.into()))?;
-        if opts.provider == Provider::Cuda {
-            builder = builder
-                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
-                .map_err(|e| Error::ort(ctx("registering the CUDA provider"), e.into()))?;
-        }
-        let session = builder.commit_from_file(&path).map_err(|e| {
-            Error::bundle(
-                bundle.dir(),
-                format!(
-                    "`{}` could not be loaded as an ONNX model ({e}); the file is damaged \
-                     or not ONNX — re-run `scripts/setup` or rebuild the bundle",
-                    path.display()
-                ),
-            )
-        })?;
+        let session = build(runtime, &path, bundle.dir())?;
         check_signature(&session, &path, &manifest.inputs, &manifest.outputs)?;
         Ok(ModelSession { session, path })
+    }
+
+    /// Build a session for a bare ONNX file that has no manifest (a graph
+    /// inside an exported pipeline folder, say): the caller checks its
+    /// inputs and outputs. `dir` is the folder named in errors.
+    pub fn from_graph(runtime: &Runtime, path: &Path, dir: &Path) -> Result<ModelSession> {
+        let session = build(runtime, path, dir)?;
+        Ok(ModelSession {
+            session,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The graph file.
@@ -63,10 +52,47 @@ impl ModelSession {
         &self.path
     }
 
+    /// The graph's inputs as the session reports them (name, dtype, shape).
+    pub fn inputs(&self) -> Vec<Signature> {
+        signatures(self.session.inputs())
+    }
+
+    /// The graph's outputs as the session reports them.
+    pub fn outputs(&self) -> Vec<Signature> {
+        signatures(self.session.outputs())
+    }
+
     /// The underlying session, for running it.
     pub(crate) fn session_mut(&mut self) -> &mut Session {
         &mut self.session
     }
+}
+
+/// A session for `path` with the runtime's options (threads, provider).
+fn build(runtime: &Runtime, path: &Path, dir: &Path) -> Result<Session> {
+    let opts = runtime.options();
+    let ctx = |what: &str| format!("{what} for {}", path.display());
+    let mut builder = Session::builder(runtime.environment())
+        .map_err(|e| Error::ort(ctx("creating a session builder"), e))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| Error::ort(ctx("setting the optimisation level"), e.into()))?
+        .with_intra_threads(opts.threads.max(1))
+        .map_err(|e| Error::ort(ctx("setting intra-op threads"), e.into()))?;
+    if opts.provider == Provider::Cuda {
+        builder = builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| Error::ort(ctx("registering the CUDA provider"), e.into()))?;
+    }
+    builder.commit_from_file(path).map_err(|e| {
+        Error::bundle(
+            dir,
+            format!(
+                "`{}` could not be loaded as an ONNX model ({e}); the file is damaged \
+                 or not ONNX — re-run `scripts/setup` or rebuild the bundle",
+                path.display()
+            ),
+        )
+    })
 }
 
 fn dtype_of(t: TensorElementType) -> Option<Dtype> {

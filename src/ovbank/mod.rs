@@ -1,0 +1,522 @@
+//! Bank exchange files (`.ovbank`): one self-describing, versioned, checksummed file per shared bank.
+//!
+//! A [`Bank`] is a sled directory that one process holds open; teams share
+//! banks as single `.ovbank` files instead (layout: `schema/ovbank-v1.md`).
+//!
+//! * [`export`] writes some or all classes of a bank to a file, atomically.
+//! * [`OvBankFile::open`] memory-maps a file and validates its header and
+//!   metadata without reading the vectors; [`OvBankFile::vectors`] then gives
+//!   zero-copy `&[f16]` views, [`OvBankFile::prototypes`] decoded prototypes
+//!   with their regions, [`OvBankFile::thumbnail`] the JPEG bytes.
+//! * [`verify`] checks every checksum and every record.
+//! * [`import`] puts a file's classes into a bank, one atomic
+//!   [`Bank::put_class`] per class.
+//! * [`merge`] combines files into one, without a bank.
+//!
+//! Files are deterministic: the same classes give the same bytes, so
+//! [`merge`] is reproducible and `export → import → export` gives the same
+//! file up to the classes' creation times (see [`import`]).
+
+mod error;
+pub mod format;
+mod read;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+pub use error::{OvBankError, Result};
+pub use format::{SectionKind, OVBANK_FORMAT_VERSION, OVBANK_OLDEST_SUPPORTED};
+pub use read::{
+    AnnEntry, Header, OvBankFile, OvClass, PrototypeMeta, SectionInfo, VectorsView, VerifyReport,
+};
+pub use write::ExportStats;
+
+use crate::bank::{Bank, ClassBuild, EncoderInfo};
+use write::{BlockIn, Writer};
+
+/// What to do when a class being imported or merged has the name of one already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Keep the class already there; drop the incoming one.
+    Skip,
+    /// Replace the class already there with the incoming one.
+    Replace,
+    /// Keep both: the incoming class gets the first free name `name (2)`, `name (3)`, ….
+    Rename,
+}
+
+/// What [`import`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportStats {
+    /// Encoders the bank did not have before.
+    pub encoders_registered: usize,
+    /// Classes added under their own name.
+    pub added: Vec<String>,
+    /// Classes that replaced a class of the same name.
+    pub replaced: Vec<String>,
+    /// Classes added under a new name: (name in the file, name in the bank).
+    pub renamed: Vec<(String, String)>,
+    /// Classes not imported because the bank had one of that name.
+    pub skipped: Vec<String>,
+    /// Prototypes stored, over all imported classes.
+    pub prototypes: u64,
+}
+
+/// What [`merge`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeStats {
+    /// The written file.
+    pub file: ExportStats,
+    /// Classes dropped: (input index, name).
+    pub skipped: Vec<(usize, String)>,
+    /// Classes that replaced one of an earlier input: (input index, name).
+    pub replaced: Vec<(usize, String)>,
+    /// Classes written under a new name: (input index, old name, new name).
+    pub renamed: Vec<(usize, String, String)>,
+}
+
+/// Writes the classes of `bank` named in `classes` (all classes when `None`)
+/// to the `.ovbank` file `out`, with the encoders they use.
+///
+/// The file is written to a temporary file in the same directory, synced,
+/// and renamed over `out` (then the directory is synced): `out` is either
+/// left as it was or replaced by a complete file.
+pub fn export(bank: &Bank, classes: Option<&[String]>, out: &Path) -> Result<ExportStats> {
+    let records = match classes {
+        None => bank
+            .classes()
+            .map_err(OvBankError::bank("listing the classes"))?,
+        Some(names) => {
+            let names: BTreeSet<&String> = names.iter().collect();
+            let mut records = Vec::with_capacity(names.len());
+            for name in names {
+                let rec = bank
+                    .class(name)
+                    .map_err(OvBankError::bank(format!("reading class {name:?}")))?
+                    .ok_or_else(|| OvBankError::Bank {
+                        op: "export".into(),
+                        source: Box::new(crate::bank::BankError::ClassNotFound {
+                            path: bank.path().to_path_buf(),
+                            name: name.clone(),
+                        }),
+                    })?;
+                records.push(rec);
+            }
+            records
+        }
+    };
+    let fps: BTreeSet<&str> = records
+        .iter()
+        .flat_map(|r| r.encoders.iter().map(|e| e.fingerprint.as_str()))
+        .collect();
+    let mut encoders = Vec::with_capacity(fps.len());
+    for fp in fps {
+        let info = bank
+            .encoder(fp)
+            .map_err(OvBankError::bank(format!("reading encoder {fp}")))?
+            .ok_or_else(|| OvBankError::Unwritable {
+                what: format!("encoder {fp}"),
+                reason: "a class uses it but the bank does not list it".into(),
+            })?;
+        encoders.push(info);
+    }
+    let mut w = Writer::create(out, encoders)?;
+    for rec in &records {
+        let mut blocks = Vec::with_capacity(rec.encoders.len());
+        for e in &rec.encoders {
+            let protos = bank
+                .prototypes(rec, &e.fingerprint)
+                .map_err(OvBankError::bank(format!("reading class {:?}", rec.name)))?;
+            let number = w.encoder_number(&e.fingerprint).unwrap_or(u32::MAX);
+            blocks.push(BlockIn::from_prototypes(number, &protos)?);
+        }
+        let mut thumbs = Vec::with_capacity(rec.support.len());
+        for i in 0..rec.support.len() {
+            let t = bank
+                .thumbnail(rec, i as u32)
+                .map_err(OvBankError::bank(format!("reading class {:?}", rec.name)))?;
+            thumbs.push(t.unwrap_or_default());
+        }
+        let thumbs: Vec<&[u8]> = thumbs.iter().map(Vec::as_slice).collect();
+        w.add_class(&OvClass::from_record(rec), blocks, &thumbs)?;
+    }
+    w.finish()
+}
+
+/// Opens `path` and runs [`OvBankFile::verify`]: every section checksum, the
+/// whole-file checksum, and every record.
+pub fn verify(path: &Path) -> Result<VerifyReport> {
+    OvBankFile::open(path)?.verify()
+}
+
+/// Imports every class of `file` into `into`.
+///
+/// First the file's encoders are checked against the bank's (a fingerprint
+/// the bank has with another dimension is refused before anything changes)
+/// and registered. Then each class goes through [`Bank::put_class`], which
+/// is atomic **per class**: if the import fails half-way, the classes stored
+/// so far stay, complete, and the rest are not there. Conflicts with classes
+/// already in the bank follow `on_conflict`; a renamed class gets the first
+/// `name (k)`, k ≥ 2, that neither the bank nor the file uses.
+///
+/// The bank stamps each stored class with the time of the import, so the
+/// classes' `created_unix` differ from the file's.
+pub fn import(file: &OvBankFile, into: &Bank, on_conflict: OnConflict) -> Result<ImportStats> {
+    let mut stats = ImportStats::default();
+    let mut new_encoders = Vec::new();
+    for e in file.encoders() {
+        match into
+            .encoder(&e.fingerprint)
+            .map_err(OvBankError::bank("reading the bank's encoders"))?
+        {
+            Some(have) if have.dim != e.dim => {
+                return Err(OvBankError::DimensionMismatch {
+                    fingerprint: e.fingerprint.clone(),
+                    existing_in: format!("bank {}", into.path().display()),
+                    expected: have.dim,
+                    found: e.dim,
+                })
+            }
+            Some(_) => {}
+            None => new_encoders.push(e),
+        }
+    }
+    for e in new_encoders {
+        into.register_encoder(e).map_err(OvBankError::bank(format!(
+            "registering encoder {}",
+            e.fingerprint
+        )))?;
+        stats.encoders_registered += 1;
+    }
+    let mut taken: HashSet<String> = into
+        .classes()
+        .map_err(OvBankError::bank("listing the classes"))?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    let in_file: HashSet<&str> = file.classes().iter().map(|c| c.name.as_str()).collect();
+    // Decide every class's fate first (deterministic), then store them.
+    let mut plan: Vec<(&OvClass, String, bool)> = Vec::with_capacity(file.classes().len());
+    for c in file.classes() {
+        let (target, replace) = if !taken.contains(&c.name) {
+            stats.added.push(c.name.clone());
+            (c.name.clone(), false)
+        } else {
+            match on_conflict {
+                OnConflict::Skip => {
+                    stats.skipped.push(c.name.clone());
+                    continue;
+                }
+                OnConflict::Replace => {
+                    stats.replaced.push(c.name.clone());
+                    (c.name.clone(), true)
+                }
+                OnConflict::Rename => {
+                    let new = free_name(&c.name, |n| taken.contains(n) || in_file.contains(n));
+                    stats.renamed.push((c.name.clone(), new.clone()));
+                    (new, false)
+                }
+            }
+        };
+        taken.insert(target.clone());
+        plan.push((c, target, replace));
+    }
+    stats.prototypes = store_classes(file, into, &plan)?;
+    Ok(stats)
+}
+
+/// Stores the planned classes with a few threads (each [`Bank::put_class`]
+/// spends most of its time waiting for the disk). Stops at the first error
+/// and returns the error of the earliest failing class in the plan. Classes
+/// are stored in no particular order; each is atomic.
+fn store_classes(file: &OvBankFile, into: &Bank, plan: &[(&OvClass, String, bool)]) -> Result<u64> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<(usize, OvBankError)>> = Mutex::new(None);
+    let stored = AtomicU64::new(0);
+    let store_one = |c: &OvClass, target: &str, replace: bool| -> Result<u64> {
+        let mut encoders = Vec::with_capacity(c.encoders.len());
+        let mut n = 0;
+        for e in &c.encoders {
+            let protos = file.prototypes(&c.name, &e.fingerprint)?;
+            n += protos.len() as u64;
+            encoders.push((e.fingerprint.clone(), protos));
+        }
+        let build = ClassBuild {
+            record: c.to_draft(target),
+            encoders,
+            thumbnails: (0..c.support.len() as u32)
+                .map(|i| {
+                    file.thumbnail(&c.name, i)
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default()
+                })
+                .collect(),
+        };
+        into.put_class(&build, replace)
+            .map_err(OvBankError::bank(format!("storing class {target:?}")))?;
+        Ok(n)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, IMPORT_THREADS)
+        .min(plan.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= plan.len() || failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (c, target, replace) = &plan[i];
+                match store_one(c, target, *replace) {
+                    Ok(n) => {
+                        stored.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                        if slot.as_ref().is_none_or(|(j, _)| i < *j) {
+                            *slot = Some((i, e));
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some((_, e)) => Err(e),
+        None => Ok(stored.into_inner()),
+    }
+}
+
+/// Most threads [`import`] stores classes with.
+const IMPORT_THREADS: usize = 4;
+
+/// The first `name (k)`, k ≥ 2, for which `taken` is false.
+fn free_name(name: &str, taken: impl Fn(&str) -> bool) -> String {
+    (2u64..)
+        .map(|k| format!("{name} ({k})"))
+        .find(|n| !taken(n))
+        .unwrap_or_else(|| format!("{name} (copy)"))
+}
+
+/// Merges `inputs` into one `.ovbank` file `out` (written atomically, like [`export`]).
+///
+/// The output lists the encoders its classes use, united by fingerprint
+/// (the first input's name is kept). Two inputs that give the same encoder
+/// *name* different fingerprints are refused
+/// ([`OvBankError::EncoderNameConflict`]), as is a fingerprint with two
+/// dimensions. Classes of the same name follow `on_conflict`, in input order:
+/// `Skip` keeps the first, `Replace` the last, `Rename` writes later ones as
+/// `name (k)` with the first k ≥ 2 that no input uses. The output is
+/// deterministic; for inputs with disjoint class names, merging is
+/// associative byte for byte.
+pub fn merge(inputs: &[&OvBankFile], out: &Path, on_conflict: OnConflict) -> Result<MergeStats> {
+    // Encoder names must mean the same fingerprints everywhere.
+    let mut by_name: BTreeMap<&str, (usize, BTreeSet<&str>)> = BTreeMap::new();
+    for (i, f) in inputs.iter().enumerate() {
+        let mut mine: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for e in f.encoders() {
+            mine.entry(&e.name).or_default().insert(&e.fingerprint);
+        }
+        for (name, fps) in mine {
+            match by_name.get(name) {
+                Some((first, seen)) if *seen != fps => {
+                    let join =
+                        |s: &BTreeSet<&str>| s.iter().copied().collect::<Vec<_>>().join(", ");
+                    return Err(OvBankError::EncoderNameConflict {
+                        name: name.to_owned(),
+                        first_input: *first,
+                        first: join(seen),
+                        second_input: i,
+                        second: join(&fps),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    by_name.insert(name, (i, fps));
+                }
+            }
+        }
+    }
+    let mut encoders: BTreeMap<&str, (usize, &EncoderInfo)> = BTreeMap::new();
+    for (i, f) in inputs.iter().enumerate() {
+        for e in f.encoders() {
+            match encoders.get(e.fingerprint.as_str()) {
+                Some((j, have)) if have.dim != e.dim => {
+                    return Err(OvBankError::DimensionMismatch {
+                        fingerprint: e.fingerprint.clone(),
+                        existing_in: format!("input {j}"),
+                        expected: have.dim,
+                        found: e.dim,
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    encoders.insert(&e.fingerprint, (i, e));
+                }
+            }
+        }
+    }
+
+    let mut stats = MergeStats::default();
+    let all_names: HashSet<&str> = inputs
+        .iter()
+        .flat_map(|f| f.classes().iter().map(|c| c.name.as_str()))
+        .collect();
+    let mut chosen: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (i, f) in inputs.iter().enumerate() {
+        for (ci, c) in f.classes().iter().enumerate() {
+            if !chosen.contains_key(&c.name) {
+                chosen.insert(c.name.clone(), (i, ci));
+                continue;
+            }
+            match on_conflict {
+                OnConflict::Skip => stats.skipped.push((i, c.name.clone())),
+                OnConflict::Replace => {
+                    stats.replaced.push((i, c.name.clone()));
+                    chosen.insert(c.name.clone(), (i, ci));
+                }
+                OnConflict::Rename => {
+                    let new =
+                        free_name(&c.name, |n| chosen.contains_key(n) || all_names.contains(n));
+                    stats.renamed.push((i, c.name.clone(), new.clone()));
+                    chosen.insert(new, (i, ci));
+                }
+            }
+        }
+    }
+
+    // The encoders the chosen classes use.
+    let used: BTreeSet<&str> = chosen
+        .values()
+        .flat_map(|&(i, ci)| inputs[i].classes()[ci].encoders.iter())
+        .map(|e| e.fingerprint.as_str())
+        .collect();
+    let encoders = encoders
+        .into_iter()
+        .filter(|(fp, _)| used.contains(fp))
+        .map(|(_, (_, e))| e.clone())
+        .collect();
+    let mut w = Writer::create(out, encoders)?;
+    for (name, (i, ci)) in &chosen {
+        let f = inputs[*i];
+        let c = &f.classes()[*ci];
+        let mut blocks = Vec::with_capacity(c.encoders.len());
+        for e in &c.encoders {
+            let b = f.block(&c.name, &e.fingerprint)?;
+            blocks.push(BlockIn {
+                encoder: w.encoder_number(&e.fingerprint).unwrap_or(u32::MAX),
+                vectors: Cow::Borrowed(f.block_vector_bytes(b)),
+                metas: Cow::Borrowed(f.block_meta_bytes(b)),
+                regions: Cow::Borrowed(f.block_region_bytes(b)?),
+            });
+        }
+        let thumbs: Vec<&[u8]> = (0..c.support.len() as u32)
+            .map(|k| f.thumbnail(&c.name, k).unwrap_or_default())
+            .collect();
+        if *name == c.name {
+            w.add_class(c, blocks, &thumbs)?;
+        } else {
+            let renamed = OvClass {
+                name: name.clone(),
+                ..c.clone()
+            };
+            w.add_class(&renamed, blocks, &thumbs)?;
+        }
+    }
+    stats.file = w.finish()?;
+    Ok(stats)
+}
+
+/// Opens `data` as an `.ovbank` file and walks every accessor and
+/// [`OvBankFile::verify`], ignoring their errors: for fuzzing. Returns the
+/// number of items visited. Must never panic, whatever `data` holds.
+pub fn exercise_untrusted(data: Vec<u8>) -> usize {
+    let Ok(f) = OvBankFile::from_bytes(data) else {
+        return 0;
+    };
+    let mut n = f.sections().len() + usize::from(f.header().file_len > 0);
+    for e in f.encoders() {
+        n += usize::from(f.encoder(&e.fingerprint).is_some());
+    }
+    for c in f.classes() {
+        n += usize::from(f.class(&c.name).is_some());
+        for e in &c.encoders {
+            if let Ok(p) = f.prototypes(&c.name, &e.fingerprint) {
+                n += p.len();
+            }
+            if let Ok(v) = f.vectors(&c.name, &e.fingerprint) {
+                n += v.metas().count() + v.row(0).map_or(0, <[_]>::len) + v.as_slice().len();
+            }
+        }
+        for i in 0..=c.support.len() as u32 {
+            n += f.thumbnail(&c.name, i).map_or(0, <[u8]>::len);
+        }
+    }
+    n += usize::from(f.prototypes("no such class", &"0".repeat(64)).is_err());
+    if let Ok(entries) = f.ann_entries() {
+        for e in &entries {
+            n += f.ann_blob(e).map_or(0, <[u8]>::len) + usize::from(e.matches_this_build());
+        }
+    }
+    if let Ok(report) = f.verify() {
+        n += report.classes;
+    }
+    n
+}
+
+/// Recomputes every checksum of a (possibly damaged) file in place — the
+/// section checksums whose table entries lie within the file, the header
+/// checksum, and the footer (length, whole-file checksum, end magic) — so
+/// that a fuzzer's mutations reach the parsers behind the checksums. Never
+/// panics. **Not** for repairing real files: it hides corruption.
+#[doc(hidden)]
+pub fn fuzz_repair_checksums(bytes: &mut [u8]) {
+    use format::{
+        checksum, header_len, END_MAGIC, FOOTER_LEN, HEADER_FIXED_LEN, MAX_SECTIONS,
+        SECTION_ENTRY_LEN,
+    };
+    let len = bytes.len() as u64;
+    let rd = |b: &[u8], at: u64, n: usize| -> Option<u64> {
+        let s = b.get(at as usize..at as usize + n)?;
+        let mut a = [0u8; 8];
+        a[..n].copy_from_slice(s);
+        Some(u64::from_le_bytes(a))
+    };
+    let Some(count) = rd(bytes, 24, 4) else {
+        return;
+    };
+    let count = count.min(u64::from(MAX_SECTIONS)) as u32;
+    let hlen = header_len(count);
+    if hlen + FOOTER_LEN > len {
+        return;
+    }
+    for i in 0..u64::from(count) {
+        let at = HEADER_FIXED_LEN + i * SECTION_ENTRY_LEN;
+        let (Some(off), Some(n)) = (rd(bytes, at + 8, 8), rd(bytes, at + 16, 8)) else {
+            continue;
+        };
+        if let Some(end) = off.checked_add(n).filter(|&e| e <= len) {
+            let sum = checksum(&bytes[off as usize..end as usize]);
+            bytes[(at + 24) as usize..(at + 32) as usize].copy_from_slice(&sum.to_le_bytes());
+        }
+    }
+    let table_end = (hlen - 8) as usize;
+    let sum = checksum(&bytes[..table_end]);
+    bytes[table_end..table_end + 8].copy_from_slice(&sum.to_le_bytes());
+    let footer = (len - FOOTER_LEN) as usize;
+    bytes[footer..footer + 8].copy_from_slice(&len.to_le_bytes());
+    bytes[footer + 16..].copy_from_slice(&END_MAGIC);
+    let sum = checksum(&bytes[..footer]);
+    bytes[footer + 8..footer + 16].copy_from_slice(&sum.to_le_bytes());
+}
