@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -13,6 +13,10 @@ use crate::bank::{
     Bank, ClassBuild, ClassRecord, ClassRecordDraft, ClassSource, EncoderInfo, PrototypeCounts,
     SupportImageInfo,
 };
+use crate::diffusion::generate::{
+    Generator, Progress as GenProgress, SampleOptions, DEFAULT_NEGATIVE, DEFAULT_PROMPT,
+};
+use crate::diffusion::scheduler::SchedulerKind;
 use crate::features::Encoder;
 use crate::home::DEFAULT_ENCODER;
 use crate::prototypes::builder::BuildOptions;
@@ -24,9 +28,13 @@ use crate::support_set::{self, Event, LearnOptions};
 pub struct AddArgs {
     /// The class name (e.g. giraffe).
     pub class: String,
-    /// A folder of support images (PNG or JPEG) showing the class.
-    #[arg(long, value_name = "DIR")]
-    pub images: PathBuf,
+    /// A folder of support images (PNG or JPEG) showing the class. Without
+    /// it, the support set is sampled from a diffusion generator.
+    #[arg(long, value_name = "DIR", conflicts_with = "generator")]
+    pub images: Option<PathBuf>,
+    /// Options of the diffusion-sampled support set.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// The bank: a name under <home>/banks, or a path.
     #[arg(long, value_name = "NAME|PATH")]
     pub bank: Option<String>,
@@ -45,9 +53,139 @@ pub struct AddArgs {
     /// Number of K-means part prototypes per side.
     #[arg(long, default_value_t = 32, value_name = "K")]
     pub parts: usize,
-    /// Seed for K-means and the feature split.
+    /// Seed for sampling, K-means and the feature split.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+/// How `add` samples a support set when no `--images` are given (OVDiff's defaults).
+#[derive(Debug, clap::Args)]
+pub struct SamplingArgs {
+    /// A Stable Diffusion ONNX export folder (`optimum-cli export onnx`)
+    /// [default: `generator` in <home>/config.toml].
+    #[arg(long, value_name = "DIR")]
+    pub generator: Option<PathBuf>,
+    /// Support images to sample.
+    #[arg(long, default_value_t = 32)]
+    pub n: usize,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Classifier-free guidance scale (≤ 1 disables it).
+    #[arg(long, default_value_t = 8.0)]
+    pub guidance: f32,
+    /// Sampler: dpm++2m, ddim, euler or turbo (one step, for SD-Turbo).
+    #[arg(long, default_value = "dpm++2m")]
+    pub scheduler: SchedulerKind,
+    /// Images denoised together.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 512)]
+    pub size: u32,
+    /// Prompt template; `{}` is the class name.
+    #[arg(long, default_value = DEFAULT_PROMPT)]
+    pub prompt: String,
+    /// Negative prompt.
+    #[arg(long, default_value = DEFAULT_NEGATIVE)]
+    pub negative: String,
+    /// Also copy the sampled support images into this folder as PNGs.
+    #[arg(long, value_name = "DIR")]
+    pub keep_support: Option<PathBuf>,
+}
+
+/// `<home>/config.toml`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HomeConfig {
+    /// The default diffusion export folder.
+    generator: Option<PathBuf>,
+}
+
+fn generator_dir(ctx: &Context, arg: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = arg {
+        return Ok(p.clone());
+    }
+    let cfg_path = ctx.home.root().join("config.toml");
+    let cfg: HomeConfig = match std::fs::read_to_string(&cfg_path) {
+        Ok(t) => toml::from_str(&t).with_context(|| format!("reading {}", cfg_path.display()))?,
+        Err(_) => HomeConfig::default(),
+    };
+    cfg.generator.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no support images and no generator: pass --images DIR, or a Stable Diffusion ONNX \
+             export with --generator DIR. To make one (with the weights and Python's optimum): \
+             `optimum-cli export onnx --model stabilityai/sd-turbo sd-turbo-onnx/`; then pass \
+             --generator sd-turbo-onnx, or put `generator = \"/abs/path/sd-turbo-onnx\"` in {} \
+             (see docs/generators.md)",
+            cfg_path.display()
+        )
+    })
+}
+
+/// Sample the support set; returns the cached image paths and the class source.
+fn sample_support(
+    ctx: &Context,
+    runtime: &crate::runtime::Runtime,
+    class: &str,
+    s: &SamplingArgs,
+    seed: u64,
+) -> anyhow::Result<(Vec<PathBuf>, ClassSource)> {
+    let dir = generator_dir(ctx, s.generator.as_ref())?;
+    let mut generator = Generator::open(runtime, &dir)
+        .with_context(|| format!("opening generator {}", dir.display()))?;
+    let opts = SampleOptions {
+        n: s.n,
+        steps: s.steps,
+        guidance: s.guidance,
+        scheduler: s.scheduler,
+        seed,
+        batch: s.batch,
+        size: s.size,
+        prompt: s.prompt.clone(),
+        negative: s.negative.clone(),
+    };
+    let pb = if ctx.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(s.n as u64)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "sample {prefix} [{bar:30}] {pos}/{len} images, {msg}, ETA {eta}",
+        )
+        .expect("invariant: template is valid")
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(class.to_string());
+    let paths = generator.generate(class, &opts, &ctx.home.cache_dir(), &mut |p| match p {
+        GenProgress::Cached { .. } => pb.inc(1),
+        GenProgress::Step {
+            step,
+            steps,
+            first,
+            count,
+        } => pb.set_message(format!(
+            "images {}..{}: step {step}/{steps}",
+            first + 1,
+            first + count
+        )),
+        GenProgress::Written { count, .. } => pb.inc(count as u64),
+    });
+    pb.finish_and_clear();
+    let paths = paths?;
+    if let Some(keep) = &s.keep_support {
+        std::fs::create_dir_all(keep).with_context(|| format!("creating {}", keep.display()))?;
+        for (i, p) in paths.iter().enumerate() {
+            let to = keep.join(format!("{class}-{i:03}.png"));
+            std::fs::copy(p, &to).with_context(|| format!("writing {}", to.display()))?;
+        }
+    }
+    let source = ClassSource::Generator {
+        fingerprint: generator.fingerprint().to_string(),
+        params: opts.params(class),
+    };
+    Ok((paths, source))
 }
 
 #[derive(Debug, Serialize)]
@@ -121,19 +259,25 @@ pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     crate::bank::validate_class_name(&args.class)
         .map_err(|p| anyhow::anyhow!("class name `{}` is not valid: {p}", args.class))?;
-    if !args.images.is_dir() {
-        bail!(
-            "support folder {} does not exist or is not a folder",
-            args.images.display()
-        );
-    }
-    let images = support_set::list_images(&args.images)?;
-    if images.is_empty() {
-        bail!(
-            "no PNG or JPEG images in {}; nothing was written",
-            args.images.display()
-        );
-    }
+    let given = match &args.images {
+        Some(dir) => {
+            if !dir.is_dir() {
+                bail!(
+                    "support folder {} does not exist or is not a folder",
+                    dir.display()
+                );
+            }
+            let images = support_set::list_images(dir)?;
+            if images.is_empty() {
+                bail!(
+                    "no PNG or JPEG images in {}; nothing was written",
+                    dir.display()
+                );
+            }
+            Some(images)
+        }
+        None => None,
+    };
     let bank = open_bank(ctx, args.bank.as_deref())?;
     if !args.replace && bank.class(&args.class)?.is_some() {
         bail!(
@@ -157,6 +301,15 @@ pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         encoders.push(enc);
     }
     support_set::check_encoders(&encoders, args.split)?;
+    let (images, source) = match (given, &args.images) {
+        (Some(images), Some(dir)) => (
+            images,
+            ClassSource::Images {
+                dir: dir.display().to_string(),
+            },
+        ),
+        _ => sample_support(ctx, &runtime, &args.class, &args.sampling, args.seed)?,
+    };
 
     let pb = if ctx.json {
         ProgressBar::hidden()
@@ -194,9 +347,7 @@ pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         record: ClassRecordDraft {
             name: args.class.clone(),
             stuff: args.stuff,
-            source: ClassSource::Images {
-                dir: args.images.display().to_string(),
-            },
+            source,
             split_method: args.split.as_str().to_string(),
             images_used: learned.images.len() as u32,
             images_skipped: learned.skipped.len() as u32,

@@ -27,13 +27,13 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 use ndarray::{concatenate, s, Array3, Array4, ArrayView3, Axis, Zip};
-use ort::memory::Allocator;
-use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementType};
+use ort::value::{DynValue, Tensor};
 
 use super::scheduler::Sampler;
 use crate::prototypes::parts::SplitMix64;
 use crate::runtime::manifest::{Dtype, Role};
 use crate::runtime::session::Signature;
+use crate::runtime::tensor::{f16_tensor, read_float};
 use crate::runtime::{Bundle, ModelSession, Runtime};
 use crate::{Error, Result};
 
@@ -506,67 +506,6 @@ impl Denoiser for OnnxUnet {
         }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
         Ok(concatenate(Axis(0), &views).expect("invariant: chunks share their shape"))
-    }
-}
-
-/// A float16 tensor on the CPU holding `data`.
-///
-/// `ort` is built without its `half` feature, so f16 tensors cannot be made
-/// from typed arrays; the tensor is allocated with the right element type
-/// and its bytes written directly.
-fn f16_tensor(shape: &[i64], data: &[f16]) -> ort::Result<DynTensor> {
-    let mut tensor = DynTensor::new(
-        &Allocator::default(),
-        TensorElementType::Float16,
-        shape.to_vec(),
-    )?;
-    if !data.is_empty() {
-        let ptr = tensor.data_ptr_mut().cast::<u16>();
-        assert!(!ptr.is_null(), "invariant: a non-empty tensor has a buffer");
-        // SAFETY: the default allocator is the CPU allocator, so the buffer is
-        // host memory; ORT allocated `shape.product()` = `data.len()` f16
-        // elements (2 bytes each, suitably aligned), and nothing else refers
-        // to the new tensor while we write.
-        let buf = unsafe { std::slice::from_raw_parts_mut(ptr, data.len()) };
-        for (dst, v) in buf.iter_mut().zip(data) {
-            *dst = v.to_bits();
-        }
-    }
-    Ok(tensor)
-}
-
-/// The shape and `f32` data of a float32 or float16 output.
-fn read_float(value: DynValue) -> ort::Result<(Vec<usize>, Vec<f32>)> {
-    let tensor = value.downcast::<DynTensorValueType>()?;
-    let shape: Vec<usize> = tensor
-        .shape()
-        .iter()
-        .map(|d| (*d).max(0) as usize)
-        .collect();
-    match tensor.data_type() {
-        TensorElementType::Float16 => {
-            let n: usize = shape.iter().product();
-            if n == 0 {
-                return Ok((shape, vec![]));
-            }
-            if !tensor.memory_info().is_cpu_accessible() {
-                return Err(ort::Error::new("the f16 output is not in host memory"));
-            }
-            let ptr = tensor.data_ptr().cast::<u16>();
-            assert!(!ptr.is_null(), "invariant: a non-empty tensor has a buffer");
-            // SAFETY: the tensor is a CPU-accessible float16 tensor of `n`
-            // elements (checked above), so its buffer holds `n` properly
-            // aligned 2-byte values, alive as long as `tensor`.
-            let bits = unsafe { std::slice::from_raw_parts(ptr, n) };
-            Ok((
-                shape,
-                bits.iter().map(|b| f16::from_bits(*b).to_f32()).collect(),
-            ))
-        }
-        _ => {
-            let (_, data) = tensor.try_extract_tensor::<f32>()?;
-            Ok((shape, data.to_vec()))
-        }
     }
 }
 

@@ -17,6 +17,7 @@
 //! * [`text`]: the ONNX text encoder (`input_ids` -> `last_hidden_state`).
 
 pub mod denoise;
+pub mod generate;
 pub mod pipeline_dir;
 pub mod scheduler;
 pub mod text;

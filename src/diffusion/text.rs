@@ -8,14 +8,14 @@
 
 use std::path::{Path, PathBuf};
 
-use half::f16;
 use ndarray::Array3;
-use ort::value::{DynTensorValueType, DynValue, Tensor, TensorElementType};
+use ort::value::{DynValue, Tensor};
 
 use super::pipeline_dir::PipelineDir;
 use super::tokenizer::CONTEXT_LENGTH;
 use crate::runtime::manifest::Dtype;
 use crate::runtime::session::Signature;
+use crate::runtime::tensor::read_float;
 use crate::runtime::{ModelSession, Runtime};
 use crate::{Error, Result};
 
@@ -230,43 +230,6 @@ impl TextEncoder {
         }
         Ok(Array3::from_shape_vec((shape[0], shape[1], shape[2]), data)
             .expect("invariant: the data fills the checked shape"))
-    }
-}
-
-/// The shape and `f32` data of a float32 or float16 output.
-///
-/// `ort` is built without its `half` feature, so a float16 output is read
-/// through its raw buffer.
-fn read_float(value: DynValue) -> ort::Result<(Vec<usize>, Vec<f32>)> {
-    let tensor = value.downcast::<DynTensorValueType>()?;
-    let shape: Vec<usize> = tensor
-        .shape()
-        .iter()
-        .map(|d| (*d).max(0) as usize)
-        .collect();
-    match tensor.data_type() {
-        TensorElementType::Float16 => {
-            let n: usize = shape.iter().product();
-            if n == 0 {
-                return Ok((shape, Vec::new()));
-            }
-            if !tensor.memory_info().is_cpu_accessible() {
-                return Err(ort::Error::new("the f16 output is not in host memory"));
-            }
-            let ptr = tensor.data_ptr().cast::<u16>();
-            assert!(!ptr.is_null(), "invariant: a non-empty tensor has a buffer");
-            // SAFETY: a CPU-accessible float16 tensor of `n` elements (checked
-            // above) holds `n` aligned 2-byte values, alive as long as `tensor`.
-            let bits = unsafe { std::slice::from_raw_parts(ptr, n) };
-            Ok((
-                shape,
-                bits.iter().map(|b| f16::from_bits(*b).to_f32()).collect(),
-            ))
-        }
-        _ => {
-            let (_, data) = tensor.try_extract_tensor::<f32>()?;
-            Ok((shape, data.to_vec()))
-        }
     }
 }
 

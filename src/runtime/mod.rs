@@ -12,6 +12,7 @@
 pub mod bundle;
 pub mod manifest;
 pub mod session;
+pub(crate) mod tensor;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -2,6 +2,7 @@
 
 mod bank;
 mod bank_compat;
+mod generator;
 mod harness;
 mod models;
 mod real_model;

@@ -1,0 +1,410 @@
+//! Sampling a support set: prompt → text embeddings → guided denoising → VAE decode → cached PNGs.
+//!
+//! Sampling is the expensive part of `add`, so every finished image is
+//! written at once to a cache folder under `<home>/cache/support/`, named by
+//! a key over everything that determines it (generator fingerprint, prompt,
+//! negative prompt, sampler, steps, guidance, size, seed). Image `i` is
+//! `NNN.png` in that folder, written atomically (temporary name, then
+//! rename), so an interrupted `add` resumes where it stopped and never
+//! reads a half-written image. Image `i` starts from noise seeded by
+//! `seed` and `i` alone, so batching does not change the images.
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use ndarray::{concatenate, s, Array4, Axis};
+use sha2::{Digest, Sha256};
+
+use super::denoise::{gaussian_noise, sample, OnnxUnet};
+use super::pipeline_dir::PipelineDir;
+use super::scheduler::{build_sampler, SchedulerConfig, SchedulerKind};
+use super::text::TextEncoder;
+use crate::runtime::manifest::Dtype;
+use crate::runtime::tensor::{f16_tensor, read_float};
+use crate::runtime::{ModelSession, Runtime};
+use crate::{Error, Result};
+
+/// Environment variable for crash tests: `generate-after-batch` aborts the
+/// process after the first batch of images is cached.
+pub const FAILPOINT_ENV: &str = "OVDIFF_FAILPOINT";
+
+/// OVDiff's prompt template (`{}` is the class name).
+pub const DEFAULT_PROMPT: &str = "A good picture of a {}";
+
+/// OVDiff's negative prompt.
+pub const DEFAULT_NEGATIVE: &str =
+    "text, low quality, blurry, cartoon, meme, low resolution, bad, poor, faded";
+
+/// How a support set is sampled (the defaults are OVDiff's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleOptions {
+    /// Number of support images.
+    pub n: usize,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale (≤ 1: no guidance, one pass per step).
+    pub guidance: f32,
+    /// Sampler.
+    pub scheduler: SchedulerKind,
+    /// Seed of the first image (image `i` uses a seed derived from it and `i`).
+    pub seed: u64,
+    /// Images denoised together.
+    pub batch: usize,
+    /// Image side in pixels (a multiple of the VAE's scale factor).
+    pub size: u32,
+    /// Prompt template; `{}` becomes the class name.
+    pub prompt: String,
+    /// Negative prompt (the unconditional text).
+    pub negative: String,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        SampleOptions {
+            n: 32,
+            steps: 30,
+            guidance: 8.0,
+            scheduler: SchedulerKind::DpmPlusPlus2M,
+            seed: 42,
+            batch: 8,
+            size: 512,
+            prompt: DEFAULT_PROMPT.into(),
+            negative: DEFAULT_NEGATIVE.into(),
+        }
+    }
+}
+
+impl SampleOptions {
+    /// The prompt for `class`.
+    pub fn prompt_for(&self, class: &str) -> String {
+        if self.prompt.contains("{}") {
+            self.prompt.replace("{}", class)
+        } else {
+            format!("{} {class}", self.prompt)
+        }
+    }
+
+    /// Effective guidance: turbo models take a single unguided pass.
+    pub fn effective_guidance(&self) -> f32 {
+        if self.scheduler == SchedulerKind::Turbo {
+            0.0
+        } else {
+            self.guidance
+        }
+    }
+
+    /// Every parameter as key/value pairs, for the bank's record.
+    pub fn params(&self, class: &str) -> Vec<(String, String)> {
+        vec![
+            ("prompt".into(), self.prompt_for(class)),
+            ("negative".into(), self.negative.clone()),
+            ("n".into(), self.n.to_string()),
+            ("steps".into(), self.steps.to_string()),
+            ("guidance".into(), self.effective_guidance().to_string()),
+            ("scheduler".into(), self.scheduler.as_str().into()),
+            ("seed".into(), self.seed.to_string()),
+            ("size".into(), self.size.to_string()),
+        ]
+    }
+}
+
+/// The seed of image `index`.
+pub fn image_seed(seed: u64, index: usize) -> u64 {
+    seed ^ (index as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// A loaded diffusion pipeline.
+#[derive(Debug)]
+pub struct Generator {
+    dir: PipelineDir,
+    text: TextEncoder,
+    unet: OnnxUnet,
+    vae: ModelSession,
+    vae_input: (String, Dtype),
+    vae_output: String,
+    scheduler: SchedulerConfig,
+    fingerprint: String,
+}
+
+/// What `generate` reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// Image `index` was already in the cache.
+    Cached {
+        /// Its index.
+        index: usize,
+    },
+    /// A denoising step of the batch starting at `first` finished.
+    Step {
+        /// First image of the batch.
+        first: usize,
+        /// Images in the batch.
+        count: usize,
+        /// Steps done.
+        step: usize,
+        /// Steps in all.
+        steps: usize,
+    },
+    /// Images `first..first + count` were written.
+    Written {
+        /// First image.
+        first: usize,
+        /// How many.
+        count: usize,
+    },
+}
+
+impl Generator {
+    /// Open an optimum export folder and check every graph before sampling.
+    pub fn open(runtime: &Runtime, dir: &Path) -> Result<Generator> {
+        let pipeline = PipelineDir::open(dir)?;
+        let scheduler = SchedulerConfig::load(&pipeline.scheduler_config_path())?;
+        let text = TextEncoder::open(runtime, &pipeline)?;
+        let unet_session = ModelSession::from_graph(runtime, &pipeline.unet_path(), dir)?;
+        let unet = OnnxUnet::from_session(unet_session, "unet", dir)?;
+        let vae = ModelSession::from_graph(runtime, &pipeline.vae_decoder_path(), dir)?;
+        let inputs = vae.inputs();
+        let vae_input = match inputs.as_slice() {
+            [one] if one.shape.len() == 4 => match one.dtype {
+                Some(d @ (Dtype::F32 | Dtype::F16)) => (one.name.clone(), d),
+                _ => {
+                    return Err(Error::bundle(
+                        dir,
+                        "vae_decoder/model.onnx: its input must be float32 or float16",
+                    ))
+                }
+            },
+            _ => {
+                return Err(Error::bundle(
+                    dir,
+                    format!(
+                        "vae_decoder/model.onnx must take one [B, C, h, w] input \
+                         (`latent_sample`), it takes: {}",
+                        inputs
+                            .iter()
+                            .map(|i| i.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
+            }
+        };
+        let outputs = vae.outputs();
+        let vae_output = outputs
+            .iter()
+            .find(|o| o.name == "sample")
+            .or(outputs.first())
+            .map(|o| o.name.clone())
+            .ok_or_else(|| Error::bundle(dir, "vae_decoder/model.onnx has no output"))?;
+        let fingerprint = pipeline.fingerprint()?.to_string();
+        Ok(Generator {
+            dir: pipeline,
+            text,
+            unet,
+            vae,
+            vae_input,
+            vae_output,
+            scheduler,
+            fingerprint,
+        })
+    }
+
+    /// The generator's fingerprint (over every file of the export).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The export folder.
+    pub fn dir(&self) -> &PipelineDir {
+        &self.dir
+    }
+
+    /// The cache folder for `class` sampled with `opts`.
+    pub fn cache_dir(&self, cache_root: &Path, class: &str, opts: &SampleOptions) -> PathBuf {
+        let mut h = Sha256::new();
+        h.update(b"ovdiff-bank support cache v1\0");
+        h.update(self.fingerprint.as_bytes());
+        for (k, v) in opts.params(class) {
+            if k == "n" {
+                continue; // more images extend the same set
+            }
+            h.update(k.as_bytes());
+            h.update(b"=");
+            h.update(v.as_bytes());
+            h.update(b"\0");
+        }
+        let key = hex::encode(h.finalize());
+        cache_root.join("support").join(&key[..32])
+    }
+
+    /// Sample (or find in the cache) the `opts.n` support images of `class`;
+    /// returns their paths in index order.
+    pub fn generate(
+        &mut self,
+        class: &str,
+        opts: &SampleOptions,
+        cache_root: &Path,
+        on_progress: &mut dyn FnMut(Progress),
+    ) -> Result<Vec<PathBuf>> {
+        let scale = self.dir.vae_scale_factor() as u32;
+        if opts.size == 0 || !opts.size.is_multiple_of(scale) {
+            return Err(Error::Invalid(format!(
+                "--size {} must be a positive multiple of {scale} (the VAE's scale factor)",
+                opts.size
+            )));
+        }
+        if opts.n == 0 || opts.batch == 0 || opts.steps == 0 {
+            return Err(Error::Invalid(
+                "--n, --batch and --steps must be positive".into(),
+            ));
+        }
+        let dir = self.cache_dir(cache_root, class, opts);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        let paths: Vec<PathBuf> = (0..opts.n)
+            .map(|i| dir.join(format!("{i:03}.png")))
+            .collect();
+        let todo: Vec<usize> = (0..opts.n)
+            .filter(|&i| {
+                let cached = paths[i].is_file();
+                if cached {
+                    on_progress(Progress::Cached { index: i });
+                }
+                !cached
+            })
+            .collect();
+        if todo.is_empty() {
+            return Ok(paths);
+        }
+        let tok = self.dir.tokenizer();
+        let cond_ids = tok.encode(&opts.prompt_for(class));
+        let uncond_ids = tok.encode(&opts.negative);
+        let guidance = opts.effective_guidance();
+        let embeddings = self.text.encode(&[uncond_ids, cond_ids])?;
+        let uncond = embeddings.slice(s![0..1, .., ..]).to_owned();
+        let cond = embeddings.slice(s![1..2, .., ..]).to_owned();
+        let mut sampler = build_sampler(&self.scheduler, opts.scheduler, opts.steps)?;
+        let side = (opts.size / scale) as usize;
+        let channels = self.dir.latent_channels();
+        for chunk in todo.chunks(opts.batch) {
+            let noises: Vec<Array4<f32>> = chunk
+                .iter()
+                .map(|&i| gaussian_noise(image_seed(opts.seed, i), [1, channels, side, side]))
+                .collect();
+            let views: Vec<_> = noises.iter().map(|n| n.view()).collect();
+            let noise = concatenate(Axis(0), &views).expect("invariant: equal shapes");
+            let first = chunk[0];
+            let latents = sample(
+                &mut self.unet,
+                sampler.as_mut(),
+                &noise,
+                &cond,
+                (guidance > 1.0).then_some(&uncond),
+                guidance,
+                &mut |step, steps| {
+                    on_progress(Progress::Step {
+                        first,
+                        count: chunk.len(),
+                        step,
+                        steps,
+                    })
+                },
+            )?;
+            let images = self.decode(&latents)?;
+            for (&i, img) in chunk.iter().zip(images) {
+                write_png_atomic(&paths[i], &img)?;
+            }
+            on_progress(Progress::Written {
+                first,
+                count: chunk.len(),
+            });
+            if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == "generate-after-batch") {
+                // crash tests: die as a kill would, after a batch is cached
+                std::process::abort();
+            }
+        }
+        Ok(paths)
+    }
+
+    /// Latents → 8-bit RGB: divide by the VAE scaling factor, decode, map
+    /// [-1, 1] to [0, 255] with clamping.
+    pub fn decode(&mut self, latents: &Array4<f32>) -> Result<Vec<RgbImage>> {
+        let k = 1.0 / self.dir.scaling_factor() as f32;
+        let shape: Vec<i64> = latents.shape().iter().map(|d| *d as i64).collect();
+        let data: Vec<f32> = latents.iter().map(|v| v * k).collect();
+        let ctx = |e| Error::ort("building the VAE decoder input", e);
+        let input = match self.vae_input.1 {
+            Dtype::F16 => {
+                let h: Vec<half::f16> = data.iter().map(|v| half::f16::from_f32(*v)).collect();
+                f16_tensor(&shape, &h).map_err(ctx)?.into_dyn()
+            }
+            _ => ort::value::Tensor::from_array((shape, data))
+                .map_err(ctx)?
+                .into_dyn(),
+        };
+        let name = self.vae_input.0.clone();
+        let mut outputs = self
+            .vae
+            .session_mut()
+            .run(ort::inputs![name.as_str() => input])
+            .map_err(|e| Error::ort("running the VAE decoder", e))?;
+        let value = outputs
+            .remove(self.vae_output.as_str())
+            .ok_or_else(|| Error::bundle(self.dir.root(), "VAE output missing at run time"))?;
+        let (shape, pixels) =
+            read_float(value).map_err(|e| Error::ort("reading the VAE decoder output", e))?;
+        if shape.len() != 4 || shape[0] != latents.shape()[0] || shape[1] != 3 {
+            return Err(Error::DimensionMismatch {
+                what: "VAE decoder output".into(),
+                expected: format!("[{}, 3, H, W]", latents.shape()[0]),
+                found: format!("{shape:?}"),
+            });
+        }
+        let (h, w) = (shape[2], shape[3]);
+        let plane = h * w;
+        Ok((0..shape[0])
+            .map(|b| {
+                let base = b * 3 * plane;
+                RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                    let i = y as usize * w + x as usize;
+                    let px = |c: usize| {
+                        let v = pixels[base + c * plane + i];
+                        ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8
+                    };
+                    image::Rgb([px(0), px(1), px(2)])
+                })
+            })
+            .collect())
+    }
+}
+
+fn write_png_atomic(path: &Path, img: &RgbImage) -> Result<()> {
+    let tmp = path.with_extension(format!("png.{}.tmp", std::process::id()));
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| Error::Image {
+            path: tmp.clone(),
+            problem: "cannot write the generated image".into(),
+            source: Some(e),
+        })?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("writing", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_and_params() {
+        let o = SampleOptions::default();
+        assert_eq!(o.prompt_for("giraffe"), "A good picture of a giraffe");
+        assert_eq!(o.effective_guidance(), 8.0);
+        let turbo = SampleOptions {
+            scheduler: SchedulerKind::Turbo,
+            ..SampleOptions::default()
+        };
+        assert_eq!(turbo.effective_guidance(), 0.0);
+        assert!(o.params("x").iter().any(|(k, v)| k == "seed" && v == "42"));
+        assert_ne!(image_seed(42, 0), image_seed(42, 1));
+    }
+}
