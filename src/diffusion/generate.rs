@@ -10,12 +10,13 @@
 //! `seed` and `i` alone, so batching does not change the images.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use ndarray::{concatenate, s, Array4, Axis};
 use sha2::{Digest, Sha256};
 
-use super::denoise::{gaussian_noise, sample, OnnxUnet};
+use super::denoise::{gaussian_noise, sample, Denoiser, OnnxUnet};
 use super::pipeline_dir::PipelineDir;
 use super::scheduler::{build_sampler, SchedulerConfig, SchedulerKind};
 use super::text::TextEncoder;
@@ -126,6 +127,27 @@ pub struct Generator {
     vae_output: String,
     scheduler: SchedulerConfig,
     fingerprint: String,
+    onnx_time: Duration,
+}
+
+/// A denoiser that adds the time spent in it to a counter.
+struct Timed<'a, D: Denoiser> {
+    inner: &'a mut D,
+    spent: &'a mut Duration,
+}
+
+impl<D: Denoiser> Denoiser for Timed<'_, D> {
+    fn predict(
+        &mut self,
+        latents: &Array4<f32>,
+        timestep: f64,
+        cond: &ndarray::Array3<f32>,
+    ) -> Result<Array4<f32>> {
+        let t = Instant::now();
+        let out = self.inner.predict(latents, timestep, cond);
+        *self.spent += t.elapsed();
+        out
+    }
 }
 
 /// What `generate` reports as it goes.
@@ -208,12 +230,19 @@ impl Generator {
             vae_output,
             scheduler,
             fingerprint,
+            onnx_time: Duration::ZERO,
         })
     }
 
     /// The generator's fingerprint (over every file of the export).
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// Time spent in model calls so far (text encoder, UNet, VAE decoder,
+    /// including the conversion of their inputs and outputs).
+    pub fn onnx_time(&self) -> Duration {
+        self.onnx_time
     }
 
     /// The export folder.
@@ -281,7 +310,9 @@ impl Generator {
         let cond_ids = tok.encode(&opts.prompt_for(class));
         let uncond_ids = tok.encode(&opts.negative);
         let guidance = opts.effective_guidance();
+        let t = Instant::now();
         let embeddings = self.text.encode(&[uncond_ids, cond_ids])?;
+        self.onnx_time += t.elapsed();
         let uncond = embeddings.slice(s![0..1, .., ..]).to_owned();
         let cond = embeddings.slice(s![1..2, .., ..]).to_owned();
         let mut sampler = build_sampler(&self.scheduler, opts.scheduler, opts.steps)?;
@@ -296,7 +327,10 @@ impl Generator {
             let noise = concatenate(Axis(0), &views).expect("invariant: equal shapes");
             let first = chunk[0];
             let latents = sample(
-                &mut self.unet,
+                &mut Timed {
+                    inner: &mut self.unet,
+                    spent: &mut self.onnx_time,
+                },
                 sampler.as_mut(),
                 &noise,
                 &cond,
@@ -311,7 +345,9 @@ impl Generator {
                     })
                 },
             )?;
+            let t = Instant::now();
             let images = self.decode(&latents)?;
+            self.onnx_time += t.elapsed();
             for (&i, img) in chunk.iter().zip(images) {
                 write_png_atomic(&paths[i], &img)?;
             }
