@@ -134,6 +134,10 @@ pub enum Error {
     /// already complete.
     #[error(transparent)]
     Bank(#[from] crate::bank::BankError),
+    /// A `.ovbank` file is unusable (damaged, foreign, too new, …); its
+    /// message names the section or version.
+    #[error(transparent)]
+    OvBank(#[from] crate::ovbank::OvBankError),
     /// The user's input is invalid (bad flag combination, empty vocabulary, …).
     #[error("{0}")]
     Invalid(String),

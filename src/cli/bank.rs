@@ -509,7 +509,8 @@ pub fn list(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
 
 /// The error for a class that is not in the bank.
 pub(crate) fn unknown_class(bank: &Bank, name: &str) -> anyhow::Error {
-    crate::segment::query::unknown_class_error(bank, name).into()
+    crate::segment::query::unknown_class_error(bank as &dyn crate::segment::store::ClassStore, name)
+        .into()
 }
 
 #[derive(Debug, Serialize)]

@@ -9,12 +9,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::bank::Bank;
 use crate::eval::{Confusion, IGNORE};
 use crate::features::preprocess;
 use crate::segment::engine::SegmentOptions;
 use crate::segment::query;
 use crate::segment::render::read_label_png;
+use crate::segment::store::open_store;
 
 /// Arguments of `eval`.
 #[derive(Debug, clap::Args)]
@@ -144,11 +144,12 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     if !bank_path.exists() {
         bail!("bank {} does not exist", bank_path.display());
     }
-    let bank = Bank::open(&bank_path)?;
+    let store = open_store(&bank_path)?;
+    let bank = store.as_ref();
     let wanted: Vec<String> = candidates.iter().map(|c| c.name.clone()).collect();
-    let resolved = query::resolve_classes(&bank, Some(&wanted))?;
+    let resolved = query::resolve_classes(bank, Some(&wanted))?;
     let runtime = ctx.runtime()?;
-    let mut members = query::plan(&runtime, &bank, &resolved, &[], ctx.runtime.threads)?;
+    let mut members = query::plan(&runtime, bank, &resolved, &[], ctx.runtime.threads)?;
     let opts = SegmentOptions {
         threads: ctx.runtime.threads,
         ..SegmentOptions::default()

@@ -1,6 +1,7 @@
 //! The `ovdiff-bank` command line: argument parsing and one module per command.
 
 mod bank;
+mod bankfile;
 mod encode;
 mod eval;
 mod models;
@@ -79,6 +80,22 @@ pub enum Command {
         #[command(flatten)]
         bank: BankArg,
     },
+    /// Write classes of a bank to a shareable `.ovbank` file.
+    Export(bankfile::ExportArgs),
+    /// Import a `.ovbank` file into a bank.
+    Import(bankfile::ImportArgs),
+    /// Merge `.ovbank` files into one.
+    Merge(bankfile::MergeArgs),
+    /// Describe a `.ovbank` file from its headers (fast; prototypes are not read).
+    Inspect {
+        /// The file.
+        file: std::path::PathBuf,
+    },
+    /// Check every checksum of a `.ovbank` file (exit 0 or 2).
+    Verify {
+        /// The file.
+        file: std::path::PathBuf,
+    },
     /// List or check installed model bundles.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -150,6 +167,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Add(args) => bank::add(&ctx, &args),
         Command::Segment(args) => segment::run(&ctx, &args),
         Command::Eval(args) => eval::run(&ctx, &args),
+        Command::Export(args) => bankfile::export(&ctx, &args),
+        Command::Import(args) => bankfile::import(&ctx, &args),
+        Command::Merge(args) => bankfile::merge(&ctx, &args),
+        Command::Inspect { file } => bankfile::inspect(&ctx, &file),
+        Command::Verify { file } => bankfile::verify(&ctx, &file),
         Command::List(b) => bank::list(&ctx, b.bank.as_deref()),
         Command::Show { class, bank: b } => bank::show(&ctx, b.bank.as_deref(), &class),
         Command::Remove { class, bank: b } => bank::remove(&ctx, b.bank.as_deref(), &class),

@@ -12,12 +12,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::bank::{Bank, ClassRecord};
+use crate::bank::ClassRecord;
 use crate::features::preprocess;
 use crate::prototypes::{Level, Side};
 use crate::segment::engine::SegmentOptions;
 use crate::segment::query::{self, QueryMember};
 use crate::segment::render::{self, ExplainMatch, ExplainOptions, ExplainRow, PatchMask};
+use crate::segment::store::{open_store, ClassStore};
 use crate::support_set;
 
 /// Which matcher scores patches against prototypes.
@@ -194,7 +195,8 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
             bank_path.display()
         );
     }
-    let bank = Bank::open(&bank_path)?;
+    let store = open_store(&bank_path)?;
+    let bank = store.as_ref();
     let names = if args.all_classes {
         None
     } else {
@@ -209,7 +211,7 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         }
         Some(v)
     };
-    let classes = query::resolve_classes(&bank, names.as_deref())?;
+    let classes = query::resolve_classes(bank, names.as_deref())?;
     if args.engine == EngineChoice::Hnsw {
         bail!("the hnsw engine is not available in this build yet; use --engine exact");
     }
@@ -219,7 +221,7 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|e| ctx.home.bundle_path(e))
         .collect();
-    let mut members = query::plan(&runtime, &bank, &classes, &explicit, ctx.runtime.threads)?;
+    let mut members = query::plan(&runtime, bank, &classes, &explicit, ctx.runtime.threads)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
 
@@ -257,7 +259,7 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
             let path = &inputs[i];
             let result = img.map_err(anyhow::Error::from).and_then(|img| {
                 segment_one(
-                    &bank,
+                    bank,
                     &classes.records,
                     &mut members,
                     &img,
@@ -337,7 +339,7 @@ fn print_summary(r: &ImageReport, explain: bool) {
 
 #[allow(clippy::too_many_arguments)]
 fn segment_one(
-    bank: &Bank,
+    bank: &dyn ClassStore,
     records: &[ClassRecord],
     members: &mut [QueryMember],
     img: &RgbImage,
@@ -479,7 +481,7 @@ fn segment_one(
 }
 
 fn explain_rows(
-    bank: &Bank,
+    bank: &dyn ClassStore,
     records: &[ClassRecord],
     found: &[ClassFound],
 ) -> anyhow::Result<Vec<ExplainRow>> {

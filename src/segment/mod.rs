@@ -13,6 +13,7 @@ mod font;
 mod oracle;
 pub mod query;
 pub mod render;
+pub mod store;
 pub mod window;
 
 pub use engine::{

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bank::{Bank, ClassRecord, EncoderInfo};
+use crate::bank::{ClassRecord, EncoderInfo};
 use crate::features::Encoder;
 use crate::prototypes::Prototype;
 use crate::runtime::manifest::MANIFEST_FILE;
@@ -16,6 +16,7 @@ use crate::runtime::{Bundle, Runtime, VerifyMode};
 use crate::segment::engine::{
     segment_image_ensemble, Candidate, EnsembleMember, SegmentOptions, Segmentation, Vocabulary,
 };
+use crate::segment::store::ClassStore;
 use crate::{Error, Home, Result};
 
 /// The classes of a query, resolved against a bank.
@@ -59,13 +60,13 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The "no such class" error, with the closest known names.
-pub fn unknown_class_error(bank: &Bank, name: &str) -> Error {
+pub fn unknown_class_error(bank: &dyn ClassStore, name: &str) -> Error {
     let classes = bank.classes().unwrap_or_default();
     let near = closest_names(name, classes.iter().map(|c| c.name.as_str()));
     let hint = if near.is_empty() {
         format!(
             "`ovdiff-bank list --bank {}` shows its classes",
-            bank.path().display()
+            bank.location().display()
         )
     } else {
         let names: Vec<String> = near.iter().map(|n| format!("`{n}`")).collect();
@@ -73,12 +74,12 @@ pub fn unknown_class_error(bank: &Bank, name: &str) -> Error {
     };
     Error::Invalid(format!(
         "no class `{name}` in bank {}; {hint}",
-        bank.path().display()
+        bank.location().display()
     ))
 }
 
 /// Look up the named classes (or all, when `names` is `None`).
-pub fn resolve_classes(bank: &Bank, names: Option<&[String]>) -> Result<ResolvedClasses> {
+pub fn resolve_classes(bank: &dyn ClassStore, names: Option<&[String]>) -> Result<ResolvedClasses> {
     let records = match names {
         None => bank.classes()?,
         Some(names) => {
@@ -99,7 +100,7 @@ pub fn resolve_classes(bank: &Bank, names: Option<&[String]>) -> Result<Resolved
         return Err(Error::Invalid(match names {
             None => format!(
                 "bank {} has no classes; add some with `ovdiff-bank add`",
-                bank.path().display()
+                bank.location().display()
             ),
             Some(_) => "the vocabulary is empty; name classes with --classes a,b,c".into(),
         }));
@@ -170,7 +171,7 @@ pub struct QueryMember {
 /// naming the fingerprints involved.
 pub fn plan(
     runtime: &Runtime,
-    bank: &Bank,
+    bank: &dyn ClassStore,
     classes: &ResolvedClasses,
     explicit: &[PathBuf],
     threads: usize,

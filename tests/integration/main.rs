@@ -2,6 +2,7 @@
 
 mod bank;
 mod bank_compat;
+mod bankfile;
 mod generator;
 mod harness;
 mod models;

@@ -1,0 +1,317 @@
+//! `ovdiff-bank export|import|merge|inspect|verify`: `.ovbank` files, the unit of exchange between teams.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::bail;
+use serde::Serialize;
+
+use super::{print_json, Context};
+use crate::bank::Bank;
+use crate::ovbank::{self, OnConflict, OvBankFile};
+
+/// What to do with a class whose name is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConflictArg {
+    /// Keep the existing class.
+    Skip,
+    /// Replace it with the incoming one.
+    Replace,
+    /// Keep both; the incoming class becomes `name (2)`.
+    Rename,
+}
+
+impl From<ConflictArg> for OnConflict {
+    fn from(c: ConflictArg) -> OnConflict {
+        match c {
+            ConflictArg::Skip => OnConflict::Skip,
+            ConflictArg::Replace => OnConflict::Replace,
+            ConflictArg::Rename => OnConflict::Rename,
+        }
+    }
+}
+
+/// Arguments of `export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Classes to export [default: all].
+    pub classes: Vec<String>,
+    /// The file to write (written to a temporary file, synced, then renamed).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The bank: a name under <home>/banks, or a path [default: default].
+    #[arg(long, value_name = "NAME|PATH")]
+    pub bank: Option<String>,
+}
+
+/// Arguments of `import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The `.ovbank` file.
+    pub file: PathBuf,
+    /// The bank to import into [default: default].
+    #[arg(long, value_name = "NAME|PATH")]
+    pub into: Option<String>,
+    /// When a class of that name exists: skip, replace or rename.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub on_conflict: ConflictArg,
+}
+
+/// Arguments of `merge`.
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// Input files, in priority order.
+    #[arg(required = true, num_args = 2..)]
+    pub inputs: Vec<PathBuf>,
+    /// The merged file.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// When two inputs have a class of the same name: skip (keep the first), replace (keep the last) or rename.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub on_conflict: ConflictArg,
+}
+
+/// `export`
+pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let path = ctx.home.bank_path(args.bank.as_deref());
+    if !path.exists() {
+        bail!("bank {} does not exist", path.display());
+    }
+    let bank = Bank::open(&path)?;
+    let t = Instant::now();
+    let names = (!args.classes.is_empty()).then_some(args.classes.as_slice());
+    let stats = ovbank::export(&bank, names, &args.output)?;
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "file": args.output, "classes": stats.classes, "encoders": stats.encoders,
+            "prototypes": stats.prototypes, "thumbnails": stats.thumbnails, "bytes": stats.bytes,
+            "seconds": t.elapsed().as_secs_f64(),
+        }))?;
+    } else {
+        println!(
+            "exported {} classes ({} prototypes, {} thumbnails, {} encoders) to {} ({} bytes) in {:.2} s",
+            stats.classes,
+            stats.prototypes,
+            stats.thumbnails,
+            stats.encoders,
+            args.output.display(),
+            stats.bytes,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `import`
+pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
+    let file = OvBankFile::open(&args.file)?;
+    file.verify()?;
+    let bank = Bank::open(&ctx.home.bank_path(args.into.as_deref()))?;
+    let stats = ovbank::import(&file, &bank, args.on_conflict.into())?;
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "added": stats.added, "replaced": stats.replaced, "renamed": stats.renamed,
+            "skipped": stats.skipped, "prototypes": stats.prototypes,
+            "encoders_registered": stats.encoders_registered,
+        }))?;
+    } else {
+        println!(
+            "imported into {}: {} added, {} replaced, {} renamed, {} skipped ({} prototypes)",
+            bank.path().display(),
+            stats.added.len(),
+            stats.replaced.len(),
+            stats.renamed.len(),
+            stats.skipped.len(),
+            stats.prototypes
+        );
+        for (from, to) in &stats.renamed {
+            println!("  renamed `{from}` to `{to}`");
+        }
+        for s in &stats.skipped {
+            println!("  skipped `{s}` (exists; --on-conflict replace|rename to change that)");
+        }
+    }
+    let nothing = stats.added.is_empty() && stats.replaced.is_empty() && stats.renamed.is_empty();
+    Ok(if nothing {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `merge`
+pub fn merge(ctx: &Context, args: &MergeArgs) -> anyhow::Result<ExitCode> {
+    let files = args
+        .inputs
+        .iter()
+        .map(|p| OvBankFile::open(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    for f in &files {
+        f.verify()?;
+    }
+    let refs: Vec<&OvBankFile> = files.iter().collect();
+    let stats = ovbank::merge(&refs, &args.output, args.on_conflict.into())?;
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "file": args.output, "classes": stats.file.classes, "bytes": stats.file.bytes,
+            "skipped": stats.skipped, "replaced": stats.replaced, "renamed": stats.renamed,
+        }))?;
+    } else {
+        println!(
+            "merged {} files into {}: {} classes, {} prototypes, {} bytes ({} skipped, {} replaced, {} renamed)",
+            files.len(),
+            args.output.display(),
+            stats.file.classes,
+            stats.file.prototypes,
+            stats.file.bytes,
+            stats.skipped.len(),
+            stats.replaced.len(),
+            stats.renamed.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct InspectReport {
+    file: PathBuf,
+    format_version: u32,
+    oldest_reader_version: u32,
+    bytes: u64,
+    file_checksum: String,
+    sections: Vec<SectionJson>,
+    encoders: Vec<EncoderJson>,
+    classes: Vec<ClassJson>,
+    milliseconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SectionJson {
+    name: &'static str,
+    offset: u64,
+    length: u64,
+    checksum: String,
+}
+
+#[derive(Debug, Serialize)]
+struct EncoderJson {
+    name: String,
+    fingerprint: String,
+    dim: u32,
+    dtype: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ClassJson {
+    name: String,
+    stuff: bool,
+    images: u32,
+    prototypes: u64,
+}
+
+/// `inspect FILE`: headers and records only; prototypes are not read.
+pub fn inspect(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
+    let t = Instant::now();
+    let f = OvBankFile::open(file)?;
+    let h = f.header();
+    let report = InspectReport {
+        file: file.to_path_buf(),
+        format_version: h.format_version,
+        oldest_reader_version: h.oldest_reader_version,
+        bytes: h.file_len,
+        file_checksum: format!("{:016x}", h.file_checksum),
+        sections: f
+            .sections()
+            .iter()
+            .map(|s| SectionJson {
+                name: s.name(),
+                offset: s.offset,
+                length: s.length,
+                checksum: format!("{:016x}", s.checksum),
+            })
+            .collect(),
+        encoders: f
+            .encoders()
+            .iter()
+            .map(|e| EncoderJson {
+                name: e.name.clone(),
+                fingerprint: e.fingerprint.clone(),
+                dim: e.dim,
+                dtype: e.dtype.clone(),
+            })
+            .collect(),
+        classes: f
+            .classes()
+            .iter()
+            .map(|c| ClassJson {
+                name: c.name.clone(),
+                stuff: c.stuff,
+                images: c.images_used,
+                prototypes: c.encoders.iter().map(|e| e.counts.total()).sum(),
+            })
+            .collect(),
+        milliseconds: t.elapsed().as_secs_f64() * 1e3,
+    };
+    if ctx.json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{}: .ovbank format v{} (readable by v{}+), {} bytes, checksum {}",
+        report.file.display(),
+        report.format_version,
+        report.oldest_reader_version,
+        report.bytes,
+        report.file_checksum
+    );
+    println!("sections:");
+    for s in &report.sections {
+        println!(
+            "  {:<12} offset {:>10} length {:>10} xxh3 {}",
+            s.name, s.offset, s.length, s.checksum
+        );
+    }
+    println!("encoders:");
+    for e in &report.encoders {
+        println!(
+            "  {} {} (dim {}, {})",
+            e.name,
+            &e.fingerprint[..12.min(e.fingerprint.len())],
+            e.dim,
+            e.dtype
+        );
+    }
+    println!("classes ({}):", report.classes.len());
+    for c in &report.classes {
+        println!(
+            "  {:<20} {:>4} images {:>6} prototypes{}",
+            c.name,
+            c.images,
+            c.prototypes,
+            if c.stuff { " (stuff)" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `verify FILE`: every checksum; exit 0 when all match, 2 otherwise.
+pub fn verify(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
+    let report = ovbank::verify(file)?;
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "file": file, "ok": true, "bytes": report.file_len, "sections": report.sections.len(),
+            "classes": report.classes, "prototypes": report.prototypes, "thumbnails": report.thumbnails,
+        }))?;
+    } else {
+        println!(
+            "{}: ok ({} sections, {} classes, {} prototypes, {} thumbnails; every checksum matches)",
+            file.display(),
+            report.sections.len(),
+            report.classes,
+            report.prototypes,
+            report.thumbnails
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
