@@ -412,14 +412,19 @@ fn bench_generate(home: &Home) {
         ..SampleOptions::default()
     };
     let t = Instant::now();
-    g.generate("bench", &opts, cache.path(), &mut |_| {}).unwrap();
+    g.generate("bench", &opts, cache.path(), &mut |_| {})
+        .unwrap();
     let total = t.elapsed().as_secs_f64();
     let onnx = g.onnx_time().as_secs_f64();
     let share = 1.0 - onnx / total;
     println!();
     println!("| sampling: tiny SD export, 16 images, 30 DPM++ steps, guidance 8 | value | target | met |");
     println!("|---|---|---|---|");
-    println!("| total | {:.0} ms (model calls {:.0} ms) | | |", total * 1e3, onnx * 1e3);
+    println!(
+        "| total | {:.0} ms (model calls {:.0} ms) | | |",
+        total * 1e3,
+        onnx * 1e3
+    );
     println!(
         "| time outside model calls (scheduling, guidance, noise, PNG cache writes) | {:.1}% | ≤ 5% | {} |",
         share * 100.0,

@@ -1,6 +1,6 @@
 //! Constants and byte-level building blocks of the `.ovbank` format (`schema/ovbank-v1.md`).
 //!
-//! Everything here is little-endian and fixed-width. [`Cursor`] is the only
+//! Everything here is little-endian and fixed-width. `Cursor` is the only
 //! way the reader takes bytes out of a section: every read is bounds-checked
 //! and fails with the section's name and the absolute offset of the problem.
 

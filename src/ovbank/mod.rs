@@ -264,10 +264,8 @@ fn store_classes(file: &OvBankFile, into: &Bank, plan: &[(&OvClass, String, bool
             .map_err(OvBankError::bank(format!("storing class {target:?}")))?;
         Ok(n)
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, IMPORT_THREADS)
-        .min(plan.len().max(1));
+    // Mostly waiting on the disk: more threads than cores pays.
+    let threads = IMPORT_THREADS.min(plan.len()).max(1);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {

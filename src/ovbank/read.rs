@@ -335,10 +335,15 @@ impl OvBankFile {
     /// meta), not to the vectors, regions or thumbnails, which are not read.
     pub fn open(path: &Path) -> Result<OvBankFile> {
         let file = File::open(path).map_err(|e| OvBankError::io(path, "open", e))?;
-        let len = file
+        let meta = file
             .metadata()
-            .map_err(|e| OvBankError::io(path, "read the metadata of", e))?
-            .len();
+            .map_err(|e| OvBankError::io(path, "read the metadata of", e))?;
+        if !meta.is_file() {
+            return Err(OvBankError::NotOvBank {
+                reason: format!("{} is not a regular file", path.display()),
+            });
+        }
+        let len = meta.len();
         if len == 0 {
             return Err(OvBankError::Empty);
         }

@@ -929,6 +929,12 @@ fn empty_wrong_magic_and_versions() {
     assert!(matches!(err, OvBankError::Empty), "{err}");
     assert!(err.to_string().contains("empty"));
     assert!(matches!(verify(&path), Err(OvBankError::Empty)));
+    let err = OvBankFile::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    assert!(matches!(
+        OvBankFile::open(&dir.path().join("missing.ovbank")),
+        Err(OvBankError::Io { .. })
+    ));
 
     let good = sample_bytes(dir.path());
     let mut b = good.clone();
