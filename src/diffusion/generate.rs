@@ -128,6 +128,7 @@ pub struct Generator {
     scheduler: SchedulerConfig,
     fingerprint: String,
     onnx_time: Duration,
+    write_time: Duration,
 }
 
 /// A denoiser that adds the time spent in it to a counter.
@@ -231,6 +232,7 @@ impl Generator {
             scheduler,
             fingerprint,
             onnx_time: Duration::ZERO,
+            write_time: Duration::ZERO,
         })
     }
 
@@ -243,6 +245,12 @@ impl Generator {
     /// including the conversion of their inputs and outputs).
     pub fn onnx_time(&self) -> Duration {
         self.onnx_time
+    }
+
+    /// Time spent writing finished images to the cache (PNG encoding and
+    /// the atomic rename).
+    pub fn write_time(&self) -> Duration {
+        self.write_time
     }
 
     /// The export folder.
@@ -348,9 +356,11 @@ impl Generator {
             let t = Instant::now();
             let images = self.decode(&latents)?;
             self.onnx_time += t.elapsed();
+            let t = Instant::now();
             for (&i, img) in chunk.iter().zip(images) {
                 write_png_atomic(&paths[i], &img)?;
             }
+            self.write_time += t.elapsed();
             on_progress(Progress::Written {
                 first,
                 count: chunk.len(),
