@@ -212,9 +212,6 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         Some(v)
     };
     let classes = query::resolve_classes(bank, names.as_deref())?;
-    if args.engine == EngineChoice::Hnsw {
-        bail!("the hnsw engine is not available in this build yet; use --engine exact");
-    }
     let runtime = ctx.runtime()?;
     let explicit: Vec<PathBuf> = args
         .encoders
@@ -222,6 +219,17 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         .map(|e| ctx.home.bundle_path(e))
         .collect();
     let mut members = query::plan(&runtime, bank, &classes, &explicit, ctx.runtime.threads)?;
+    for m in &mut members {
+        let rows = m.vocabulary.prototypes().nrows();
+        let hnsw = match args.engine {
+            EngineChoice::Exact => false,
+            EngineChoice::Hnsw => true,
+            EngineChoice::Auto => rows >= query::AUTO_HNSW_MIN_ROWS,
+        };
+        if hnsw {
+            m.use_hnsw(&ctx.home.cache_dir(), ctx.runtime.threads)?;
+        }
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
 

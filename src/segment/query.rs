@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bank::{ClassRecord, EncoderInfo};
 use crate::features::Encoder;
+use crate::index::{Fingerprint, HnswMatcher, HnswParams};
 use crate::prototypes::Prototype;
 use crate::runtime::manifest::MANIFEST_FILE;
 use crate::runtime::{Bundle, Runtime, VerifyMode};
@@ -161,6 +162,41 @@ pub struct QueryMember {
     pub vocabulary: Vocabulary,
     /// Per candidate (query order), its prototypes as stored.
     pub prototypes: Vec<Vec<Prototype>>,
+    /// An approximate matcher over the same rows, when the query uses HNSW.
+    pub hnsw: Option<HnswMatcher>,
+}
+
+/// `--engine auto` switches to HNSW at this many prototype rows in a query.
+/// Set from the crossover measured by the HNSW benchmark
+/// (`cargo test --release --lib index::hnsw -- --ignored --nocapture`), see
+/// docs/benchmarks.md.
+pub const AUTO_HNSW_MIN_ROWS: usize = 50_000;
+
+impl QueryMember {
+    /// Switch this member to HNSW: load the graph from `cache_dir` when a
+    /// cached one matches these exact rows and parameters (never trusted
+    /// otherwise), else build it and cache it.
+    pub fn use_hnsw(&mut self, cache_dir: &Path, threads: usize) -> Result<()> {
+        let params = HnswParams::default();
+        let fp = Fingerprint::new(&self.vocabulary, &params);
+        let path = cache_dir
+            .join("hnsw")
+            .join(format!("{}.graph", fp.to_hex()));
+        let matcher = match HnswMatcher::load(&path, &fp)? {
+            Some(m) => m,
+            None => {
+                let m = HnswMatcher::from_vocabulary(&self.vocabulary, params)?;
+                if std::fs::create_dir_all(path.parent().expect("invariant: has a parent")).is_ok()
+                {
+                    // a cache that cannot be written costs time, not correctness
+                    let _ = m.save(&path);
+                }
+                m
+            }
+        };
+        self.hnsw = Some(matcher.with_threads(threads));
+        Ok(())
+    }
 }
 
 /// Load the encoders a query needs and build one vocabulary per encoder.
@@ -258,6 +294,7 @@ pub fn plan(
             encoder,
             vocabulary,
             prototypes,
+            hnsw: None,
         });
     }
     Ok(members)
@@ -273,7 +310,10 @@ pub fn segment_with(
         .iter_mut()
         .map(|m| EnsembleMember {
             encoder: &mut m.encoder,
-            matcher: &m.vocabulary,
+            matcher: match &m.hnsw {
+                Some(h) => h as &dyn crate::segment::engine::Matcher,
+                None => &m.vocabulary,
+            },
         })
         .collect();
     segment_image_ensemble(&mut ensemble, img, opts)

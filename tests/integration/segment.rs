@@ -324,3 +324,29 @@ fn person_iou_on_the_voc_sample() {
         ious[1]
     );
 }
+
+#[test]
+fn the_hnsw_engine_runs_and_caches_its_graph() {
+    let Some(kit) = Kit::new() else { return };
+    let img = kit.query_image("q.png", [230, 40, 40]);
+    let out_dir = kit.out();
+    for _ in 0..2 {
+        let out = kit.run(&[
+            "segment",
+            &img,
+            "--classes",
+            "red,blue",
+            "--out",
+            &out_dir,
+            "--engine",
+            "hnsw",
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+    }
+    let (_, _, labels) = read_label_png(&Path::new(&out_dir).join("q.png")).unwrap();
+    assert_eq!(labels[(70 * 168 + 84) as usize], 1, "the red disc is red");
+    let graphs = std::fs::read_dir(kit.sb.home.path().join("cache/hnsw"))
+        .unwrap()
+        .count();
+    assert_eq!(graphs, 1, "one cached graph, reused by the second run");
+}
