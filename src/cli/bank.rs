@@ -24,10 +24,20 @@ use crate::prototypes::split::SplitMethod;
 use crate::support_set::{self, Event, LearnOptions};
 
 /// Arguments of `add`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct AddArgs {
     /// The class name (e.g. giraffe).
-    pub class: String,
+    #[arg(required_unless_present = "classes_file")]
+    pub class: Option<String>,
+    /// Build many classes in one run: one per line, `CLASS [IMAGES_DIR] [stuff]`
+    /// (no folder: sampled with the generator). A failed class is reported
+    /// and the run goes on.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["class", "images"])]
+    pub classes_file: Option<PathBuf>,
+    /// With --classes-file: where to write the JSON error report
+    /// [default: add-errors.json, written only when a class failed].
+    #[arg(long, value_name = "FILE", requires = "classes_file")]
+    pub error_report: Option<PathBuf>,
     /// A folder of support images (PNG or JPEG) showing the class. Without
     /// it, the support set is sampled from a diffusion generator.
     #[arg(long, value_name = "DIR", conflicts_with = "generator")]
@@ -59,7 +69,7 @@ pub struct AddArgs {
 }
 
 /// How `add` samples a support set when no `--images` are given (OVDiff's defaults).
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SamplingArgs {
     /// A Stable Diffusion ONNX export folder (`optimum-cli export onnx`)
     /// [default: `generator` in <home>/config.toml].
@@ -254,11 +264,125 @@ fn open_existing_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> 
     open_bank(ctx, arg)
 }
 
-/// `add`
+/// One line of a classes file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassLine {
+    /// The class name.
+    pub class: String,
+    /// Its support folder, if any.
+    pub images: Option<PathBuf>,
+    /// A stuff class.
+    pub stuff: bool,
+}
+
+/// Parse a classes file: `CLASS [IMAGES_DIR] [stuff]` per line, `#` comments.
+pub fn parse_classes_file(text: &str) -> anyhow::Result<Vec<ClassLine>> {
+    let mut out: Vec<ClassLine> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields: Vec<&str> = line.split_whitespace().collect();
+        let stuff = fields.len() > 1 && fields.last() == Some(&"stuff");
+        if stuff {
+            fields.pop();
+        }
+        let (class, images) = match fields.as_slice() {
+            [c] => (c.to_string(), None),
+            [c, dir] => (c.to_string(), Some(PathBuf::from(dir))),
+            _ => bail!(
+                "line {}: expected `CLASS [IMAGES_DIR] [stuff]`, got `{line}`",
+                n + 1
+            ),
+        };
+        if out.iter().any(|l| l.class == class) {
+            bail!("line {}: class `{class}` is listed twice", n + 1);
+        }
+        out.push(ClassLine {
+            class,
+            images,
+            stuff,
+        });
+    }
+    if out.is_empty() {
+        bail!("the classes file lists no class");
+    }
+    Ok(out)
+}
+
+/// `add`: one class, or every class of `--classes-file`.
 pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
+    let Some(file) = &args.classes_file else {
+        return add_one(ctx, args);
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let lines = parse_classes_file(&text)?;
+    let overall = if ctx.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(lines.len() as u64)
+    };
+    overall.set_style(
+        ProgressStyle::with_template(
+            "classes [{bar:30}] {pos}/{len}, {elapsed} elapsed, ETA {eta} {msg}",
+        )
+        .expect("invariant: template is valid")
+        .progress_chars("=> "),
+    );
+    let mut failures = Vec::new();
+    for l in &lines {
+        overall.set_message(l.class.clone());
+        let mut one = args.clone();
+        one.classes_file = None;
+        one.class = Some(l.class.clone());
+        one.images = l.images.clone();
+        one.stuff = args.stuff || l.stuff;
+        let result = overall.suspend(|| add_one(ctx, &one));
+        if let Err(e) = result {
+            overall.suspend(|| eprintln!("ovdiff-bank: class `{}`: {e:#}", l.class));
+            failures.push(serde_json::json!({ "class": l.class, "error": format!("{e:#}") }));
+        }
+        overall.inc(1);
+    }
+    overall.finish_and_clear();
+    let done = lines.len() - failures.len();
+    if !failures.is_empty() {
+        let report = args
+            .error_report
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("add-errors.json"));
+        std::fs::write(
+            &report,
+            serde_json::to_vec_pretty(&serde_json::json!({ "failed": failures }))?,
+        )
+        .with_context(|| format!("writing {}", report.display()))?;
+        eprintln!(
+            "ovdiff-bank: {} of {} classes failed; see {}",
+            failures.len(),
+            lines.len(),
+            report.display()
+        );
+    }
+    if !ctx.json {
+        println!("{done} of {} classes added", lines.len());
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    crate::bank::validate_class_name(&args.class)
-        .map_err(|p| anyhow::anyhow!("class name `{}` is not valid: {p}", args.class))?;
+    let class = args
+        .class
+        .clone()
+        .expect("invariant: clap requires a class without --classes-file");
+    crate::bank::validate_class_name(&class)
+        .map_err(|p| anyhow::anyhow!("class name `{class}` is not valid: {p}"))?;
     let given = match &args.images {
         Some(dir) => {
             if !dir.is_dir() {
@@ -279,10 +403,10 @@ pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let bank = open_bank(ctx, args.bank.as_deref())?;
-    if !args.replace && bank.class(&args.class)?.is_some() {
+    if !args.replace && bank.class(&class)?.is_some() {
         bail!(
             "class `{}` already exists in bank {}; pass --replace to rebuild it",
-            args.class,
+            class,
             bank.path().display()
         );
     }
@@ -308,7 +432,7 @@ pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
                 dir: dir.display().to_string(),
             },
         ),
-        _ => sample_support(ctx, &runtime, &args.class, &args.sampling, args.seed)?,
+        _ => sample_support(ctx, &runtime, &class, &args.sampling, args.seed)?,
     };
 
     let pb = if ctx.json {
@@ -323,7 +447,7 @@ pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         .expect("invariant: template is valid")
         .progress_chars("=> "),
     );
-    pb.set_prefix(format!("add {}", args.class));
+    pb.set_prefix(format!("add {}", class));
     let opts = LearnOptions {
         split: args.split,
         build: BuildOptions {
@@ -345,7 +469,7 @@ pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
 
     let build = ClassBuild {
         record: ClassRecordDraft {
-            name: args.class.clone(),
+            name: class.clone(),
             stuff: args.stuff,
             source,
             split_method: args.split.as_str().to_string(),
@@ -372,7 +496,7 @@ pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     bank.put_class(&build, args.replace)?;
 
     let report = AddReport {
-        class: args.class.clone(),
+        class: class.clone(),
         bank: bank.path().to_path_buf(),
         images_used: learned.images.len(),
         images_skipped: learned

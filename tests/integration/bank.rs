@@ -385,3 +385,45 @@ fn a_second_writer_fails_fast_with_a_clear_message() {
     assert!(started.elapsed().as_secs() < 10, "it must not hang");
     drop(held);
 }
+
+#[test]
+fn classes_file_builds_many_and_reports_failures() {
+    let Some(kit) = Kit::new() else { return };
+    let red = support_dir(kit.data.path(), "red", [230, 40, 40], 2);
+    let green = support_dir(kit.data.path(), "green", [40, 230, 40], 2);
+    let list = kit.data.path().join("classes.txt");
+    let missing = kit.data.path().join("nope");
+    std::fs::write(
+        &list,
+        format!(
+            "# name folder [stuff]\nred {}\ngreen {} stuff\nghost {}\n",
+            red.display(),
+            green.display(),
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let report = kit.data.path().join("errors.json");
+    let bank = kit.bank();
+    let out = kit.sb.run(&[
+        "add",
+        "--classes-file",
+        list.to_str().unwrap(),
+        "--error-report",
+        report.to_str().unwrap(),
+        "--bank",
+        bank.to_str().unwrap(),
+        "--encoder",
+        "tiny-encoder",
+        "--parts",
+        "4",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("2 of 3 classes added"), "{stdout}");
+    assert!(stderr.contains("class `ghost`"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(v["failed"][0]["class"], "ghost");
+    assert_eq!(kit.show_json("green")["stuff"], true);
+    assert_eq!(kit.show_json("red")["stuff"], false);
+}
