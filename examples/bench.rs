@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use image::RgbImage;
-use ovdiff_bank::bank::{Bank, ClassBuild, ClassRecordDraft, ClassSource, EncoderInfo};
+use ovdiff_bank::bank::{Bank, ClassSource, EncoderInfo};
 use ovdiff_bank::features::{preprocess, Encoder};
 use ovdiff_bank::prototypes::builder::BuildOptions;
 use ovdiff_bank::prototypes::split::SplitMethod;
@@ -103,36 +103,14 @@ fn bench_add(home: &Home) {
     };
     let mut encs = vec![enc];
     let learned = support_set::learn(&files, &mut encs, &opts, &mut |_| {}).unwrap();
-    let build = ClassBuild {
-        record: ClassRecordDraft {
-            name: "bench".into(),
-            stuff: false,
-            source: ClassSource::Images {
-                dir: dir.display().to_string(),
-            },
-            split_method: "saliency".into(),
-            images_used: learned.images.len() as u32,
-            images_skipped: 0,
-            fallback_splits: learned.fallback_splits,
-            support: vec![],
+    let build = learned.class_build(
+        "bench",
+        false,
+        ClassSource::Images {
+            dir: dir.display().to_string(),
         },
-        encoders: learned
-            .encoders
-            .iter()
-            .map(|e| (e.fingerprint.clone(), e.prototypes.clone()))
-            .collect(),
-        thumbnails: learned.images.iter().map(|i| i.thumbnail.clone()).collect(),
-    };
-    let mut build = build;
-    build.record.support = learned
-        .images
-        .iter()
-        .map(|i| ovdiff_bank::bank::SupportImageInfo {
-            name: i.name.clone(),
-            width: i.width,
-            height: i.height,
-        })
-        .collect();
+        SplitMethod::Saliency,
+    );
     bank.put_class(&build, false).unwrap();
     let total = t.elapsed().as_secs_f64();
     let n_protos: usize = learned.encoders.iter().map(|e| e.prototypes.len()).sum();
@@ -203,34 +181,14 @@ fn sample_bank(home: &Home, enc: &mut Encoder, dir: &std::path::Path) -> Bank {
             },
         };
         let learned = support_set::learn(&files, encs, &opts, &mut |_| {}).unwrap();
-        let build = ClassBuild {
-            record: ClassRecordDraft {
-                name,
-                stuff,
-                source: ClassSource::Images {
-                    dir: root.display().to_string(),
-                },
-                split_method: "saliency".into(),
-                images_used: learned.images.len() as u32,
-                images_skipped: 0,
-                fallback_splits: learned.fallback_splits,
-                support: learned
-                    .images
-                    .iter()
-                    .map(|i| ovdiff_bank::bank::SupportImageInfo {
-                        name: i.name.clone(),
-                        width: i.width,
-                        height: i.height,
-                    })
-                    .collect(),
+        let build = learned.class_build(
+            &name,
+            stuff,
+            ClassSource::Images {
+                dir: root.display().to_string(),
             },
-            encoders: learned
-                .encoders
-                .iter()
-                .map(|e| (e.fingerprint.clone(), e.prototypes.clone()))
-                .collect(),
-            thumbnails: learned.images.iter().map(|i| i.thumbnail.clone()).collect(),
-        };
+            SplitMethod::Saliency,
+        );
         bank.put_class(&build, false).unwrap();
     }
     bank

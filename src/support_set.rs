@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
+use crate::bank::{ClassBuild, ClassRecordDraft, ClassSource, SupportImageInfo};
 use crate::features::{preprocess, Encoder, PatchGrid};
 use crate::prototypes::builder::{build_prototypes, BuildOptions, SupportFeatures};
 use crate::prototypes::split::{split_by_features, split_by_saliency, Split, SplitMethod};
@@ -96,6 +97,45 @@ pub struct Learned {
     pub decode_time: Duration,
     /// Time spent pooling (K-means included).
     pub pool_time: Duration,
+}
+
+impl Learned {
+    /// The bank's view of this class: record draft, prototypes per encoder,
+    /// thumbnails.
+    pub fn class_build(
+        &self,
+        name: &str,
+        stuff: bool,
+        source: ClassSource,
+        split: SplitMethod,
+    ) -> ClassBuild {
+        ClassBuild {
+            record: ClassRecordDraft {
+                name: name.to_string(),
+                stuff,
+                source,
+                split_method: split.as_str().to_string(),
+                images_used: self.images.len() as u32,
+                images_skipped: self.skipped.len() as u32,
+                fallback_splits: self.fallback_splits,
+                support: self
+                    .images
+                    .iter()
+                    .map(|i| SupportImageInfo {
+                        name: i.name.clone(),
+                        width: i.width,
+                        height: i.height,
+                    })
+                    .collect(),
+            },
+            encoders: self
+                .encoders
+                .iter()
+                .map(|e| (e.fingerprint.clone(), e.prototypes.clone()))
+                .collect(),
+            thumbnails: self.images.iter().map(|i| i.thumbnail.clone()).collect(),
+        }
+    }
 }
 
 /// The image files in `dir`, sorted by name (hidden files and folders are

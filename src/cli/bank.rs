@@ -9,10 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::bank::{
-    Bank, ClassBuild, ClassRecord, ClassRecordDraft, ClassSource, EncoderInfo, PrototypeCounts,
-    SupportImageInfo,
-};
+use crate::bank::{Bank, ClassRecord, ClassSource, EncoderInfo, PrototypeCounts};
 use crate::diffusion::generate::{
     Generator, Progress as GenProgress, SampleOptions, DEFAULT_NEGATIVE, DEFAULT_PROMPT,
 };
@@ -467,32 +464,7 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     let learned = learned?;
 
-    let build = ClassBuild {
-        record: ClassRecordDraft {
-            name: class.clone(),
-            stuff: args.stuff,
-            source,
-            split_method: args.split.as_str().to_string(),
-            images_used: learned.images.len() as u32,
-            images_skipped: learned.skipped.len() as u32,
-            fallback_splits: learned.fallback_splits,
-            support: learned
-                .images
-                .iter()
-                .map(|i| SupportImageInfo {
-                    name: i.name.clone(),
-                    width: i.width,
-                    height: i.height,
-                })
-                .collect(),
-        },
-        encoders: learned
-            .encoders
-            .iter()
-            .map(|e| (e.fingerprint.clone(), e.prototypes.clone()))
-            .collect(),
-        thumbnails: learned.images.iter().map(|i| i.thumbnail.clone()).collect(),
-    };
+    let build = learned.class_build(&class, args.stuff, source, args.split);
     bank.put_class(&build, args.replace)?;
 
     let report = AddReport {

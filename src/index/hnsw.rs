@@ -178,13 +178,9 @@ const PREFETCH_LINES: usize = 8;
 /// Largest parameter value accepted.
 const MAX_PARAM: usize = 1 << 16;
 
+/// `threads`, or one per core when 0.
 fn auto_threads(threads: usize) -> usize {
-    if threads > 0 {
-        return threads;
-    }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    crate::runtime::threads_or_cores(threads)
 }
 
 /// Graph and search parameters.

@@ -74,6 +74,15 @@ pub fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
+/// `threads` when positive, else the machine's cores.
+pub fn threads_or_cores(threads: usize) -> usize {
+    if threads > 0 {
+        threads
+    } else {
+        default_threads()
+    }
+}
+
 /// A loaded ONNX Runtime plus the options every session is built with.
 #[derive(Clone)]
 pub struct Runtime {

@@ -64,13 +64,9 @@ const PROTO_BLOCK: usize = 4096;
 /// Below this many multiply-adds a score runs on one thread.
 const PARALLEL_WORK: usize = 1 << 24;
 
+/// `threads`, or one per core when 0.
 fn auto_threads(threads: usize) -> usize {
-    if threads > 0 {
-        return threads;
-    }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    crate::runtime::threads_or_cores(threads)
 }
 
 /// One candidate class: its prototypes for one encoder.
