@@ -64,37 +64,42 @@
 //! shared with other builds (so ratios are from interleaved runs, the
 //! fastest of three; absolute times varied up to twofold between runs):
 //!
-//! | classes | rows    | build (insert + orphan check) | HNSW vs exact | label agreement |
-//! |---------|---------|-------------------------------|---------------|-----------------|
-//! | 10      | 1,240   | 0.2 s                         | 0.12×         | 100%            |
-//! | 100     | 12,400  | 4 s                           | 0.66×         | 100%            |
-//! | 300     | 37,200  | 19 s                          | 1.2×          | 100%            |
-//! | 1,000   | 124,000 | 103 s (86 + 17), 205 orphans  | 2.0×          | 99.9%           |
+//! | classes | rows    | build (insert + orphan check)   | HNSW vs exact | label agreement |
+//! |---------|---------|---------------------------------|---------------|-----------------|
+//! | 10      | 1,240   | 0.2 s                           | 0.12×         | 100%            |
+//! | 100     | 12,400  | 4 s                             | 0.66×         | 100%            |
+//! | 300     | 37,200  | 10–19 s                         | 1.0–1.2×      | 100%            |
+//! | 1,000   | 124,000 | 53–103 s, about 25 orphans      | 2.0–2.2×      | 99.9–100%       |
+//! | 3,000   | 372,000 | 364 s (307 + 55), 1,216 orphans | 4.1×          | 98.5%           |
 //!
-//! So the exact engine wins below roughly 40,000 rows; `ef_search = 128`
-//! is 3.1× faster at 1,000 classes but agrees on 98.8% (all of the
-//! near-prototype patches, 95% of the boundary ones). The cache of the
-//! 1,000-class graph is 193 MiB; it saves in 0.3 s and loads in 0.4 s
-//! (plus 0.2 s to fingerprint the vocabulary), against 100 s to rebuild.
+//! So the exact engine wins below roughly 40,000 rows. Narrower beams buy
+//! speed for agreement on boundary patches (near-prototype patches agree
+//! at ≥ 99.6% in every row): `ef_search = 128` is 3.1× faster at 1,000
+//! classes at 98.3–98.8%; `ef_search = 256` is 3.3× faster at 3,000
+//! classes at 99.6%. Graph quality with `m = 16`, `ef_construction = 100`
+//! drops with size on this (high-dimensional, isotropic-noise) data;
+//! larger banks want larger `m` or wider beams. The cache of the
+//! 1,000-class graph is 193 MiB; it saves in 0.3–0.5 s and loads in
+//! 0.4–0.5 s (plus 0.1–0.2 s to fingerprint the vocabulary), against about
+//! a minute or more to rebuild.
 //!
 //! # Orphans
 //!
 //! HNSW graphs built by `hnsw_rs` can leave some inserted points
 //! unreachable, or reachable only by wide searches (their in-links were
 //! pruned). After building, every row is searched for with itself as the
-//! query (beams of at most 64 on layer 0 and 32 on layer 1); a row that is
-//! not among its own top 4 hits is an *orphan*. Orphans stay in the graph
-//! but are also scored exactly, by brute force, for every patch, so every
-//! row is findable (self-search recall 100%). [`HnswMatcher::stats`] counts
-//! them. The check's beams are narrower than the query's to keep it cheap
-//! (10 to 20 s at 124,000 rows); it over-counts a little (on the synthetic
-//! 124,000-row benchmark with `m = 16`, about 200 rows, against about 40
-//! at the query's beams), which costs a few hundred extra dot products per
-//! patch.
+//! query; a row that is not among its own top 4 hits is an *orphan*.
+//! Orphans stay in the graph but are also scored exactly, by brute force,
+//! for every patch, so every row is findable (self-search recall 100%). [`HnswMatcher::stats`] counts
+//! them. The check runs in two passes to stay cheap: every row at narrow
+//! beams (at most 64 on layer 0, 32 on layer 1), then only the rows that
+//! pass missed, again at the query's own beams; the second pass's misses
+//! are the orphans. Orphans are scored by one matrix product per block of
+//! 256 patches.
 //!
 //! # Cache file
 //!
-//! Building the graph is slow (minutes for 130,000 prototypes on two cores),
+//! Building the graph is slow (about a minute or more for 124,000 prototypes on two cores),
 //! so [`HnswMatcher::save`] writes the flat graph next to a bank and
 //! [`HnswMatcher::load`] reads it back; `hnsw_rs` is not involved in
 //! loading. The layout, all integers little-endian:
@@ -893,8 +898,10 @@ impl HnswMatcher {
     }
 
     /// Change the search parameters (`ef_search`, `ef_upper`, `k`); the
-    /// graph, the orphan list and the [`fingerprint`](Self::fingerprint)
-    /// (which covers only the build parameters) stay as they are.
+    /// graph, the orphan list (found at the build-time widths: narrower
+    /// beams may miss a few more rows) and the
+    /// [`fingerprint`](Self::fingerprint) (which covers only the build
+    /// parameters) stay as they are.
     pub fn set_search_params(&mut self, ef_search: usize, ef_upper: usize, k: usize) -> Result<()> {
         let p = HnswParams {
             ef_search,
