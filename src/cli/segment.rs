@@ -484,7 +484,7 @@ fn segment_one(
         windows: t.windows,
     };
     let json = serde_json::to_vec_pretty(&report)?;
-    write_file_atomic(&report_path, &json)?;
+    render::write_atomic(&report_path, &json)?;
     Ok(report)
 }
 
@@ -537,11 +537,4 @@ fn explain_rows(
         });
     }
     Ok(rows)
-}
-
-fn write_file_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

@@ -23,6 +23,7 @@ use super::text::TextEncoder;
 use crate::runtime::manifest::Dtype;
 use crate::runtime::tensor::{f16_tensor, read_float};
 use crate::runtime::{ModelSession, Runtime};
+use crate::segment::render::write_rgb_png;
 use crate::{Error, Result};
 
 /// Environment variable for crash tests: `generate-after-batch` aborts the
@@ -358,7 +359,7 @@ impl Generator {
             self.onnx_time += t.elapsed();
             let t = Instant::now();
             for (&i, img) in chunk.iter().zip(images) {
-                write_png_atomic(&paths[i], &img)?;
+                write_rgb_png(&paths[i], &img)?;
             }
             self.write_time += t.elapsed();
             on_progress(Progress::Written {
@@ -423,17 +424,6 @@ impl Generator {
             })
             .collect())
     }
-}
-
-fn write_png_atomic(path: &Path, img: &RgbImage) -> Result<()> {
-    let tmp = path.with_extension(format!("png.{}.tmp", std::process::id()));
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| Error::Image {
-            path: tmp.clone(),
-            problem: "cannot write the generated image".into(),
-            source: Some(e),
-        })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("writing", path, e))
 }
 
 #[cfg(test)]

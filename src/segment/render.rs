@@ -100,7 +100,7 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Write `bytes` to `path` atomically: a temporary file in the same folder,
 /// synced, then renamed over `path`. Readers see the old file or the new
 /// one, never half of one.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;

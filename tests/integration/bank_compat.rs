@@ -10,19 +10,7 @@ use std::path::{Path, PathBuf};
 use ovdiff_bank::bank::{Bank, BANK_FORMAT_VERSION};
 
 use crate::bank::support_dir;
-use crate::harness::{fixture, text, Sandbox};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
+use crate::harness::{copy_dir, fixture, text, Sandbox};
 
 /// What the test expects to read back: per class, its record summary and
 /// the first three components of every prototype (f16-exact).

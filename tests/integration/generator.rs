@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::harness::{fixture, text, Sandbox};
+use crate::harness::{copy_dir, fixture, text, Sandbox};
 
 fn sandbox() -> Option<Sandbox> {
     let sb = Sandbox::with_runtime()?;
@@ -176,16 +176,4 @@ fn bad_generator_folders_fail_before_sampling() {
         stderr.contains("optimum-cli export onnx") && stderr.contains("config.toml"),
         "{stderr}"
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
 }
