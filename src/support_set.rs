@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
-use crate::bank::{ClassBuild, ClassRecordDraft, ClassSource, SupportImageInfo};
+use crate::bank::{BuildStats, ClassBuild, ClassRecordDraft, ClassSource, SupportImageInfo};
 use crate::features::{preprocess, Encoder, PatchGrid};
 use crate::prototypes::builder::{build_prototypes, BuildOptions, SupportFeatures};
 use crate::prototypes::split::{split_by_features, split_by_saliency, Split, SplitMethod};
@@ -97,6 +97,8 @@ pub struct Learned {
     pub decode_time: Duration,
     /// Time spent pooling (K-means included).
     pub pool_time: Duration,
+    /// Foreground and background patches over all used images, first encoder.
+    pub patches: (u64, u64),
 }
 
 impl Learned {
@@ -118,6 +120,17 @@ impl Learned {
                 images_used: self.images.len() as u32,
                 images_skipped: self.skipped.len() as u32,
                 fallback_splits: self.fallback_splits,
+                created_unix: None,
+                stats: Some(BuildStats {
+                    tool_version: crate::bank::TOOL_VERSION.to_string(),
+                    total_ms: millis(self.decode_time + self.encode_time + self.pool_time),
+                    sample_ms: 0,
+                    decode_ms: millis(self.decode_time),
+                    encode_ms: millis(self.encode_time),
+                    pool_ms: millis(self.pool_time),
+                    fg_patches: self.patches.0,
+                    bg_patches: self.patches.1,
+                }),
                 support: self
                     .images
                     .iter()
@@ -292,6 +305,11 @@ pub fn learn(
             prototypes,
         });
     }
+    let patches = per_encoder.first().map_or((0, 0), |items| {
+        items.iter().fold((0, 0), |(fg, bg), (_, split)| {
+            (fg + split.fg_count() as u64, bg + split.bg_count() as u64)
+        })
+    });
     Ok(Learned {
         images: used,
         skipped,
@@ -300,5 +318,11 @@ pub fn learn(
         encode_time,
         decode_time,
         pool_time: t.elapsed(),
+        patches,
     })
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

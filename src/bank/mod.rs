@@ -17,7 +17,9 @@
 //!
 //! Only one process may hold a bank open; a second gets [`BankError::Locked`].
 
+mod batch;
 mod format;
+mod migrate;
 mod record;
 mod store;
 
@@ -26,11 +28,17 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use format::{check_readable, BANK_FORMAT_OLDEST_SUPPORTED, BANK_FORMAT_VERSION, TOOL_VERSION};
+pub use batch::ClassBatch;
+pub use format::{
+    check_readable, BANK_FORMAT_OLDEST_SUPPORTED, BANK_FORMAT_VERSION, BANK_OLDEST_READER,
+    TOOL_VERSION,
+};
+pub use migrate::MigrationStep;
 pub use record::{
-    is_valid_fingerprint, validate_class_name, BincodeError, ClassEncoderEntry, ClassNameProblem,
-    ClassRecord, ClassRecordDraft, ClassSource, EncoderInfo, PrototypeCounts, RecordError,
-    SupportImageInfo, DTYPE_F16, MAX_CLASS_NAME_BYTES, RECORD_VERSION,
+    is_valid_fingerprint, validate_class_name, BincodeError, BuildStats, ClassEncoderEntry,
+    ClassNameProblem, ClassRecord, ClassRecordDraft, ClassRecordV1, ClassSource, EncoderInfo,
+    PrototypeCounts, RecordError, SupportImageInfo, CLASS_RECORD_VERSION, DTYPE_F16,
+    MAX_CLASS_NAME_BYTES, RECORD_VERSION,
 };
 pub use store::StoreError;
 
@@ -98,6 +106,40 @@ pub enum BankError {
         found: u32,
         /// Oldest format version this build reads.
         oldest: u32,
+    },
+    /// The bank has an older format: it can be read, but must be migrated
+    /// before it is written.
+    #[error(
+        "bank {} has format version {found}; this ovdiff-bank writes format version {current}. Run `ovdiff-bank migrate --bank {}` first (reading works without it)",
+        path.display(), path.display()
+    )]
+    NeedsMigration {
+        /// The bank directory.
+        path: PathBuf,
+        /// Format version found in the bank.
+        found: u32,
+        /// Format version this build writes.
+        current: u32,
+    },
+    /// The bank was written by a newer ovdiff-bank that allows older readers:
+    /// this build reads it but does not write it.
+    #[error(
+        "bank {} has format version {found}, newer than the {current} this ovdiff-bank writes; it can be read but not changed. Upgrade ovdiff-bank to change it",
+        path.display()
+    )]
+    ReadOnlyNewer {
+        /// The bank directory.
+        path: PathBuf,
+        /// Format version found in the bank.
+        found: u32,
+        /// Format version this build writes.
+        current: u32,
+    },
+    /// A class record changed while a migration step was rewriting it.
+    #[error("bank {}: a class changed during migration; nothing was migrated, run it again", path.display())]
+    ChangedDuringMigration {
+        /// The bank directory.
+        path: PathBuf,
     },
     /// The storage engine failed during an operation.
     #[error("bank {}: storage failure during {op}", path.display())]
@@ -326,7 +368,12 @@ impl Bank {
                 }
                 let v = record::decode_u32(&bytes)
                     .map_err(|e| corrupt(&store, TreeId::Meta, meta_key::FORMAT_VERSION, e))?;
-                check_readable(path, v)?;
+                let oldest = match store.get(TreeId::Meta, meta_key::OLDEST_READABLE)? {
+                    Some(b) => record::decode_u32(&b)
+                        .map_err(|e| corrupt(&store, TreeId::Meta, meta_key::OLDEST_READABLE, e))?,
+                    None => v,
+                };
+                check_readable(path, v, oldest)?;
                 v
             }
             None => {
@@ -339,7 +386,10 @@ impl Bank {
             format_version,
             leftovers_cleaned: 0,
         };
-        bank.leftovers_cleaned = bank.clean_leftovers()?;
+        if bank.format_version == BANK_FORMAT_VERSION {
+            // Cleaning writes; an older or newer bank is left as it is.
+            bank.leftovers_cleaned = bank.clean_leftovers()?;
+        }
         Ok(bank)
     }
 
@@ -351,6 +401,30 @@ impl Bank {
     /// Format version of the bank on disk.
     pub fn format_version(&self) -> u32 {
         self.format_version
+    }
+
+    /// True when the bank has an older format that [`Bank::migrate`] brings
+    /// up to [`BANK_FORMAT_VERSION`]; such a bank can be read but not written.
+    pub fn needs_migration(&self) -> bool {
+        self.format_version < BANK_FORMAT_VERSION
+    }
+
+    /// Fails unless this build may write the bank (its format is current).
+    fn require_writable(&self) -> Result<()> {
+        use std::cmp::Ordering as O;
+        match self.format_version.cmp(&BANK_FORMAT_VERSION) {
+            O::Equal => Ok(()),
+            O::Less => Err(BankError::NeedsMigration {
+                path: self.path().to_path_buf(),
+                found: self.format_version,
+                current: BANK_FORMAT_VERSION,
+            }),
+            O::Greater => Err(BankError::ReadOnlyNewer {
+                path: self.path().to_path_buf(),
+                found: self.format_version,
+                current: BANK_FORMAT_VERSION,
+            }),
+        }
     }
 
     /// Number of unreferenced build entries deleted when the bank was opened.
@@ -392,6 +466,7 @@ impl Bank {
     /// no-op (the first name is kept) unless its dimension differs:
     /// [`BankError::DimensionMismatch`].
     pub fn register_encoder(&self, info: &EncoderInfo) -> Result<()> {
+        self.require_writable()?;
         let invalid = |reason| BankError::InvalidEncoder {
             fingerprint: info.fingerprint.clone(),
             reason,
@@ -464,17 +539,56 @@ impl Bank {
         replace: bool,
         fail: FailPoint,
     ) -> Result<ClassRecord> {
+        self.require_writable()?;
+        let name = &build.record.name;
+        if !replace && self.store.get(TreeId::Classes, name.as_bytes())?.is_some() {
+            validate_class_name(name).map_err(|problem| BankError::InvalidClassName {
+                name: name.clone(),
+                problem,
+            })?;
+            return Err(self.class_exists(name));
+        }
+        // 1. Build data under a fresh build id, invisible until committed.
+        let record = self.write_build(build)?;
+        let build_id = record.build_id;
+        self.store.flush()?;
+        self.fail_point(FailPoint::AfterPrototypes, fail)?;
+
+        // 2. Commit point: the class record, in one transaction.
+        let value = record::encode_class(&record).map_err(|e| self.encode_err("class", e))?;
+        let previous = match self.store.commit_class(name, &value, replace)? {
+            CommitOutcome::Committed { previous } => previous,
+            CommitOutcome::Exists => {
+                // Lost a race with another writer: drop our build.
+                self.delete_build(build_id)?;
+                self.store.flush()?;
+                return Err(self.class_exists(name));
+            }
+        };
+        self.store.flush()?;
+        self.fail_point(FailPoint::AfterCommit, fail)?;
+
+        // 3. Delete the replaced build. If its record cannot be decoded, the
+        // next open removes its data as leftovers.
+        if let Some(old) = previous.and_then(|v| record::decode_class(&v).ok()) {
+            if old.build_id != build_id {
+                self.delete_build(old.build_id)?;
+                self.store.flush()?;
+            }
+        }
+        Ok(record)
+    }
+
+    /// Validates `build` and writes its prototypes, regions and thumbnails
+    /// under a fresh build id, without flushing. Returns the class record
+    /// that would commit them.
+    fn write_build(&self, build: &ClassBuild) -> Result<ClassRecord> {
         let name = &build.record.name;
         validate_class_name(name).map_err(|problem| BankError::InvalidClassName {
             name: name.clone(),
             problem,
         })?;
         let entries = self.validate_build(build)?;
-        if !replace && self.store.get(TreeId::Classes, name.as_bytes())?.is_some() {
-            return Err(self.class_exists(name));
-        }
-
-        // 1. Build data under a fresh build id, invisible until committed.
         let build_id = self
             .store
             .fetch_add_u64(TreeId::Meta, meta_key::NEXT_BUILD_ID, 1)?;
@@ -505,47 +619,25 @@ impl Bank {
             .filter(|(_, t)| !t.is_empty())
             .map(|(i, t)| (record::thumbnail_key(build_id, i as u32), t.as_slice()));
         self.store.insert_batch(TreeId::Support, thumbs)?;
-        self.store.flush()?;
-        self.fail_point(FailPoint::AfterPrototypes, fail)?;
-
-        // 2. Commit point: the class record, in one transaction.
-        let record = ClassRecord {
+        let draft = &build.record;
+        Ok(ClassRecord {
             name: name.clone(),
-            stuff: build.record.stuff,
-            source: build.record.source.clone(),
-            split_method: build.record.split_method.clone(),
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            stuff: draft.stuff,
+            source: draft.source.clone(),
+            split_method: draft.split_method.clone(),
+            created_unix: draft.created_unix.unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            }),
             build_id,
-            images_used: build.record.images_used,
-            images_skipped: build.record.images_skipped,
-            fallback_splits: build.record.fallback_splits,
+            images_used: draft.images_used,
+            images_skipped: draft.images_skipped,
+            fallback_splits: draft.fallback_splits,
             encoders: entries,
-            support: build.record.support.clone(),
-        };
-        let value = record::encode_class(&record).map_err(|e| self.encode_err("class", e))?;
-        let previous = match self.store.commit_class(name, &value, replace)? {
-            CommitOutcome::Committed { previous } => previous,
-            CommitOutcome::Exists => {
-                // Lost a race with another writer: drop our build.
-                self.delete_build(build_id)?;
-                self.store.flush()?;
-                return Err(self.class_exists(name));
-            }
-        };
-        self.store.flush()?;
-        self.fail_point(FailPoint::AfterCommit, fail)?;
-
-        // 3. Delete the replaced build. If its record cannot be decoded, the
-        // next open removes its data as leftovers.
-        if let Some(old) = previous.and_then(|v| record::decode_class(&v).ok()) {
-            if old.build_id != build_id {
-                self.delete_build(old.build_id)?;
-                self.store.flush()?;
-            }
-        }
-        Ok(record)
+            support: draft.support.clone(),
+            stats: draft.stats.clone(),
+        })
     }
 
     /// The prototypes a class holds for an encoder, with their provenance
@@ -623,6 +715,7 @@ impl Bank {
 
     /// Removes a class and its data; returns whether it existed.
     pub fn remove_class(&self, name: &str) -> Result<bool> {
+        self.require_writable()?;
         let Some(old) = self.store.remove(TreeId::Classes, name.as_bytes())? else {
             return Ok(false);
         };
@@ -637,6 +730,7 @@ impl Bank {
     /// Renames a class in one transaction. Fails if `old` is missing
     /// ([`BankError::ClassNotFound`]) or `new` exists ([`BankError::ClassExists`]).
     pub fn rename_class(&self, old: &str, new: &str) -> Result<()> {
+        self.require_writable()?;
         validate_class_name(new).map_err(|problem| BankError::InvalidClassName {
             name: new.to_owned(),
             problem,
@@ -964,6 +1058,12 @@ mod tests {
                 images_used: images,
                 images_skipped: 1,
                 fallback_splits: 2,
+                created_unix: None,
+                stats: Some(BuildStats {
+                    tool_version: TOOL_VERSION.into(),
+                    total_ms: seed,
+                    ..BuildStats::default()
+                }),
                 support: (0..images)
                     .map(|i| SupportImageInfo {
                         name: format!("{name}-{i}.png"),
@@ -1115,6 +1215,8 @@ mod tests {
             let s = Store::open(&path).unwrap();
             s.insert(TreeId::Meta, meta_key::FORMAT_VERSION, &v.to_le_bytes())
                 .unwrap();
+            s.insert(TreeId::Meta, meta_key::OLDEST_READABLE, &v.to_le_bytes())
+                .unwrap();
             s.flush().unwrap();
         };
         set_version(99);
@@ -1124,7 +1226,7 @@ mod tests {
                 err,
                 BankError::TooNew {
                     found: 99,
-                    supported: 1,
+                    supported: BANK_FORMAT_VERSION,
                     ..
                 }
             ),
@@ -1132,7 +1234,7 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(
-            msg.contains("99") && msg.contains(" 1;") && msg.contains("upgrade ovdiff-bank"),
+            msg.contains("99") && msg.contains(" 2;") && msg.contains("upgrade ovdiff-bank"),
             "{msg}"
         );
         set_version(0);

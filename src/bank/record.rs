@@ -15,8 +15,14 @@ use half::f16;
 
 use crate::prototypes::{Level, Prototype, Provenance, Side};
 
-/// Version byte that prefixes every record value this build writes.
+/// Version byte that prefixes every record value this build writes, except
+/// class records ([`CLASS_RECORD_VERSION`]).
 pub const RECORD_VERSION: u8 = 1;
+
+/// Version byte of the class records this build writes. Version 1 (bank
+/// format 1) had no build statistics; it is still decoded, through the
+/// frozen [`ClassRecordV1`].
+pub const CLASS_RECORD_VERSION: u8 = 2;
 
 /// The only element type prototype vectors are stored in.
 pub const DTYPE_F16: &str = "f16";
@@ -66,6 +72,28 @@ pub struct SupportImageInfo {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
+}
+
+/// How a class build went: recorded by the builder, shown by `show`, kept by
+/// export and import. Banks of format 1 have none (see [`ClassRecordV1`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildStats {
+    /// Version of the ovdiff-bank that built the class.
+    pub tool_version: String,
+    /// Wall-clock time of the whole build, sampling included, in milliseconds.
+    pub total_ms: u64,
+    /// Time spent sampling support images with a generator (0 for `--images`).
+    pub sample_ms: u64,
+    /// Time spent decoding and thumbnailing support images.
+    pub decode_ms: u64,
+    /// Time spent in encoder forward passes.
+    pub encode_ms: u64,
+    /// Time spent pooling prototypes (K-means included).
+    pub pool_ms: u64,
+    /// Foreground patches over all support images, first encoder.
+    pub fg_patches: u64,
+    /// Background patches over all support images, first encoder.
+    pub bg_patches: u64,
 }
 
 /// Number of prototypes per (level, side) for one encoder of one class.
@@ -181,6 +209,11 @@ pub struct ClassRecordDraft {
     pub fallback_splits: u32,
     /// The support images, in the order prototypes refer to them.
     pub support: Vec<SupportImageInfo>,
+    /// When the class was first built, seconds since the Unix epoch; `None`
+    /// stamps the time it is stored (an import keeps the file's time).
+    pub created_unix: Option<u64>,
+    /// How the build went, when known.
+    pub stats: Option<BuildStats>,
 }
 
 /// A stored class: the draft plus what the bank assigned when storing it.
@@ -208,6 +241,55 @@ pub struct ClassRecord {
     pub encoders: Vec<ClassEncoderEntry>,
     /// The support images.
     pub support: Vec<SupportImageInfo>,
+    /// How the build went; `None` for classes built before bank format 2.
+    pub stats: Option<BuildStats>,
+}
+
+/// A class record as bank format 1 stored it, frozen: never change it. It
+/// converts to the current [`ClassRecord`] with [`From`] (no statistics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassRecordV1 {
+    /// Class name.
+    pub name: String,
+    /// True for *stuff* classes.
+    pub stuff: bool,
+    /// Where the support images came from.
+    pub source: ClassSource,
+    /// Name of the foreground/background split method used.
+    pub split_method: String,
+    /// When this build was stored, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// Identifier of the build the record points to.
+    pub build_id: u64,
+    /// Support images that produced prototypes.
+    pub images_used: u32,
+    /// Support images skipped.
+    pub images_skipped: u32,
+    /// Images whose split fell back to a simpler method.
+    pub fallback_splits: u32,
+    /// Per encoder.
+    pub encoders: Vec<ClassEncoderEntry>,
+    /// The support images.
+    pub support: Vec<SupportImageInfo>,
+}
+
+impl From<ClassRecordV1> for ClassRecord {
+    fn from(v1: ClassRecordV1) -> ClassRecord {
+        ClassRecord {
+            name: v1.name,
+            stuff: v1.stuff,
+            source: v1.source,
+            split_method: v1.split_method,
+            created_unix: v1.created_unix,
+            build_id: v1.build_id,
+            images_used: v1.images_used,
+            images_skipped: v1.images_skipped,
+            fallback_splits: v1.fallback_splits,
+            encoders: v1.encoders,
+            support: v1.support,
+            stats: None,
+        }
+    }
 }
 
 impl ClassRecord {
@@ -436,18 +518,22 @@ pub(crate) fn decode_u32(bytes: &[u8]) -> Result<u32, RecordError> {
 /// Decoding refuses bodies above this size (corruption guard).
 const DECODE_LIMIT: usize = 64 * 1024 * 1024;
 
-fn encode_body<T: bincode::Encode>(body: T) -> Result<Vec<u8>, RecordError> {
+fn encode_body<T: bincode::Encode>(version: u8, body: T) -> Result<Vec<u8>, RecordError> {
     let cfg = bincode::config::standard()
         .with_little_endian()
         .with_fixed_int_encoding();
-    let mut out = vec![RECORD_VERSION];
+    let mut out = vec![version];
     bincode::encode_into_std_write(body, &mut out, cfg)
         .map_err(|e| RecordError::Bincode(BincodeError(BincodeInner::Encode(e))))?;
     Ok(out)
 }
 
 fn decode_body<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, RecordError> {
-    let body = strip_version(bytes)?;
+    decode_versioned_body(strip_version(bytes)?)
+}
+
+/// Decodes a bincode body whose version byte the caller has already read.
+fn decode_versioned_body<T: bincode::Decode<()>>(body: &[u8]) -> Result<T, RecordError> {
     let cfg = bincode::config::standard()
         .with_little_endian()
         .with_fixed_int_encoding()
@@ -507,6 +593,37 @@ struct EncoderEntryWireV1 {
 }
 
 #[derive(bincode::Encode, bincode::Decode)]
+struct BuildStatsWireV2 {
+    tool_version: String,
+    total_ms: u64,
+    sample_ms: u64,
+    decode_ms: u64,
+    encode_ms: u64,
+    pool_ms: u64,
+    fg_patches: u64,
+    bg_patches: u64,
+}
+
+/// Class record body of record version 2 (bank format 2): v1's fields, then
+/// the optional build statistics.
+#[derive(bincode::Encode, bincode::Decode)]
+struct ClassWireV2 {
+    name: String,
+    stuff: bool,
+    source: SourceWireV1,
+    split_method: String,
+    created_unix: u64,
+    build_id: u64,
+    images_used: u32,
+    images_skipped: u32,
+    fallback_splits: u32,
+    encoders: Vec<EncoderEntryWireV1>,
+    support: Vec<SupportWireV1>,
+    stats: Option<BuildStatsWireV2>,
+}
+
+/// Class record body of record version 1 (bank format 1). Frozen.
+#[derive(bincode::Encode, bincode::Decode)]
 struct ClassWireV1 {
     name: String,
     stuff: bool,
@@ -523,12 +640,15 @@ struct ClassWireV1 {
 
 /// Encodes an encoder record (`meta` tree).
 pub(crate) fn encode_encoder(info: &EncoderInfo) -> Result<Vec<u8>, RecordError> {
-    encode_body(EncoderWireV1 {
-        fingerprint: info.fingerprint.clone(),
-        name: info.name.clone(),
-        dim: info.dim,
-        dtype: info.dtype.clone(),
-    })
+    encode_body(
+        RECORD_VERSION,
+        EncoderWireV1 {
+            fingerprint: info.fingerprint.clone(),
+            name: info.name.clone(),
+            dim: info.dim,
+            dtype: info.dtype.clone(),
+        },
+    )
 }
 
 /// Decodes an encoder record.
@@ -542,9 +662,8 @@ pub(crate) fn decode_encoder(bytes: &[u8]) -> Result<EncoderInfo, RecordError> {
     })
 }
 
-/// Encodes a class record (`classes` tree).
-pub(crate) fn encode_class(rec: &ClassRecord) -> Result<Vec<u8>, RecordError> {
-    let source = match &rec.source {
+fn source_to_wire(source: &ClassSource) -> SourceWireV1 {
+    match source {
         ClassSource::Images { dir } => SourceWireV1::Images { dir: dir.clone() },
         ClassSource::Generator {
             fingerprint,
@@ -553,78 +672,175 @@ pub(crate) fn encode_class(rec: &ClassRecord) -> Result<Vec<u8>, RecordError> {
             fingerprint: fingerprint.clone(),
             params: params.clone(),
         },
-    };
-    encode_body(ClassWireV1 {
-        name: rec.name.clone(),
-        stuff: rec.stuff,
-        source,
-        split_method: rec.split_method.clone(),
-        created_unix: rec.created_unix,
-        build_id: rec.build_id,
-        images_used: rec.images_used,
-        images_skipped: rec.images_skipped,
-        fallback_splits: rec.fallback_splits,
-        encoders: rec
-            .encoders
-            .iter()
-            .map(|e| EncoderEntryWireV1 {
-                fingerprint: e.fingerprint.clone(),
-                counts: e.counts.to_array(),
-                prototype_count: e.prototype_count,
-            })
-            .collect(),
-        support: rec
-            .support
-            .iter()
-            .map(|s| SupportWireV1 {
-                name: s.name.clone(),
-                width: s.width,
-                height: s.height,
-            })
-            .collect(),
-    })
+    }
 }
 
-/// Decodes a class record.
+fn source_from_wire(w: SourceWireV1) -> ClassSource {
+    match w {
+        SourceWireV1::Images { dir } => ClassSource::Images { dir },
+        SourceWireV1::Generator {
+            fingerprint,
+            params,
+        } => ClassSource::Generator {
+            fingerprint,
+            params,
+        },
+    }
+}
+
+fn entries_to_wire(entries: &[ClassEncoderEntry]) -> Vec<EncoderEntryWireV1> {
+    entries
+        .iter()
+        .map(|e| EncoderEntryWireV1 {
+            fingerprint: e.fingerprint.clone(),
+            counts: e.counts.to_array(),
+            prototype_count: e.prototype_count,
+        })
+        .collect()
+}
+
+fn entries_from_wire(w: Vec<EncoderEntryWireV1>) -> Vec<ClassEncoderEntry> {
+    w.into_iter()
+        .map(|e| ClassEncoderEntry {
+            fingerprint: e.fingerprint,
+            counts: PrototypeCounts::from_array(e.counts),
+            prototype_count: e.prototype_count,
+        })
+        .collect()
+}
+
+fn support_to_wire(support: &[SupportImageInfo]) -> Vec<SupportWireV1> {
+    support
+        .iter()
+        .map(|s| SupportWireV1 {
+            name: s.name.clone(),
+            width: s.width,
+            height: s.height,
+        })
+        .collect()
+}
+
+fn support_from_wire(w: Vec<SupportWireV1>) -> Vec<SupportImageInfo> {
+    w.into_iter()
+        .map(|s| SupportImageInfo {
+            name: s.name,
+            width: s.width,
+            height: s.height,
+        })
+        .collect()
+}
+
+/// Encodes a class record (`classes` tree) as record version
+/// [`CLASS_RECORD_VERSION`].
+pub(crate) fn encode_class(rec: &ClassRecord) -> Result<Vec<u8>, RecordError> {
+    encode_body(
+        CLASS_RECORD_VERSION,
+        ClassWireV2 {
+            name: rec.name.clone(),
+            stuff: rec.stuff,
+            source: source_to_wire(&rec.source),
+            split_method: rec.split_method.clone(),
+            created_unix: rec.created_unix,
+            build_id: rec.build_id,
+            images_used: rec.images_used,
+            images_skipped: rec.images_skipped,
+            fallback_splits: rec.fallback_splits,
+            encoders: entries_to_wire(&rec.encoders),
+            support: support_to_wire(&rec.support),
+            stats: rec.stats.as_ref().map(|s| BuildStatsWireV2 {
+                tool_version: s.tool_version.clone(),
+                total_ms: s.total_ms,
+                sample_ms: s.sample_ms,
+                decode_ms: s.decode_ms,
+                encode_ms: s.encode_ms,
+                pool_ms: s.pool_ms,
+                fg_patches: s.fg_patches,
+                bg_patches: s.bg_patches,
+            }),
+        },
+    )
+}
+
+/// Encodes a class record the way bank format 1 did (record version 1).
+/// Only tests use it, to write format-1 data.
+#[cfg(test)]
+pub(crate) fn encode_class_v1(rec: &ClassRecordV1) -> Result<Vec<u8>, RecordError> {
+    encode_body(
+        1,
+        ClassWireV1 {
+            name: rec.name.clone(),
+            stuff: rec.stuff,
+            source: source_to_wire(&rec.source),
+            split_method: rec.split_method.clone(),
+            created_unix: rec.created_unix,
+            build_id: rec.build_id,
+            images_used: rec.images_used,
+            images_skipped: rec.images_skipped,
+            fallback_splits: rec.fallback_splits,
+            encoders: entries_to_wire(&rec.encoders),
+            support: support_to_wire(&rec.support),
+        },
+    )
+}
+
+/// Record version byte of a stored class record.
+pub(crate) fn class_record_version(bytes: &[u8]) -> Result<u8, RecordError> {
+    bytes.first().copied().ok_or(RecordError::Empty)
+}
+
+/// Decodes a class record of record version 1 or 2; version 1 records go
+/// through the frozen [`ClassRecordV1`].
 pub(crate) fn decode_class(bytes: &[u8]) -> Result<ClassRecord, RecordError> {
-    let w: ClassWireV1 = decode_body(bytes)?;
-    Ok(ClassRecord {
+    match bytes.split_first() {
+        None => Err(RecordError::Empty),
+        Some((1, body)) => Ok(decode_class_v1(body)?.into()),
+        Some((&CLASS_RECORD_VERSION, body)) => {
+            let w: ClassWireV2 = decode_versioned_body(body)?;
+            Ok(ClassRecord {
+                name: w.name,
+                stuff: w.stuff,
+                source: source_from_wire(w.source),
+                split_method: w.split_method,
+                created_unix: w.created_unix,
+                build_id: w.build_id,
+                images_used: w.images_used,
+                images_skipped: w.images_skipped,
+                fallback_splits: w.fallback_splits,
+                encoders: entries_from_wire(w.encoders),
+                support: support_from_wire(w.support),
+                stats: w.stats.map(|s| BuildStats {
+                    tool_version: s.tool_version,
+                    total_ms: s.total_ms,
+                    sample_ms: s.sample_ms,
+                    decode_ms: s.decode_ms,
+                    encode_ms: s.encode_ms,
+                    pool_ms: s.pool_ms,
+                    fg_patches: s.fg_patches,
+                    bg_patches: s.bg_patches,
+                }),
+            })
+        }
+        Some((&found, _)) => Err(RecordError::UnknownRecordVersion {
+            found,
+            supported: CLASS_RECORD_VERSION,
+        }),
+    }
+}
+
+fn decode_class_v1(body: &[u8]) -> Result<ClassRecordV1, RecordError> {
+    let w: ClassWireV1 = decode_versioned_body(body)?;
+    Ok(ClassRecordV1 {
         name: w.name,
         stuff: w.stuff,
-        source: match w.source {
-            SourceWireV1::Images { dir } => ClassSource::Images { dir },
-            SourceWireV1::Generator {
-                fingerprint,
-                params,
-            } => ClassSource::Generator {
-                fingerprint,
-                params,
-            },
-        },
+        source: source_from_wire(w.source),
         split_method: w.split_method,
         created_unix: w.created_unix,
         build_id: w.build_id,
         images_used: w.images_used,
         images_skipped: w.images_skipped,
         fallback_splits: w.fallback_splits,
-        encoders: w
-            .encoders
-            .into_iter()
-            .map(|e| ClassEncoderEntry {
-                fingerprint: e.fingerprint,
-                counts: PrototypeCounts::from_array(e.counts),
-                prototype_count: e.prototype_count,
-            })
-            .collect(),
-        support: w
-            .support
-            .into_iter()
-            .map(|s| SupportImageInfo {
-                name: s.name,
-                width: s.width,
-                height: s.height,
-            })
-            .collect(),
+        encoders: entries_from_wire(w.encoders),
+        support: support_from_wire(w.support),
     })
 }
 
@@ -817,6 +1033,11 @@ mod tests {
                 width: 640,
                 height: 480,
             }],
+            stats: Some(BuildStats {
+                tool_version: "0.1.0".into(),
+                total_ms: 1500,
+                ..BuildStats::default()
+            }),
         }
     }
 
@@ -824,7 +1045,7 @@ mod tests {
     fn class_record_round_trips() {
         let rec = sample_class();
         let bytes = encode_class(&rec).unwrap();
-        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(bytes[0], CLASS_RECORD_VERSION);
         assert_eq!(decode_class(&bytes).unwrap(), rec);
         let images = ClassRecord {
             source: ClassSource::Images {
@@ -863,8 +1084,8 @@ mod tests {
     #[test]
     fn class_record_golden_prefix() {
         // Pins the documented layout: enum tags are u32 LE, bool one byte,
-        // arrays have no length prefix.
-        let rec = ClassRecord {
+        // arrays have no length prefix, an Option is a one-byte tag.
+        let v1 = ClassRecordV1 {
             name: "a".into(),
             stuff: true,
             source: ClassSource::Images { dir: "d".into() },
@@ -881,29 +1102,68 @@ mod tests {
             }],
             support: vec![],
         };
-        let b = encode_class(&rec).unwrap();
-        let mut e = vec![1u8];
-        e.extend_from_slice(&1u64.to_le_bytes());
-        e.push(b'a');
-        e.push(1); // stuff
-        e.extend_from_slice(&0u32.to_le_bytes()); // Images
-        e.extend_from_slice(&1u64.to_le_bytes());
-        e.push(b'd');
-        e.extend_from_slice(&1u64.to_le_bytes());
-        e.push(b's');
-        e.extend_from_slice(&2u64.to_le_bytes());
-        e.extend_from_slice(&3u64.to_le_bytes());
+        let mut body = Vec::new();
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.push(b'a');
+        body.push(1); // stuff
+        body.extend_from_slice(&0u32.to_le_bytes()); // Images
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.push(b'd');
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.push(b's');
+        body.extend_from_slice(&2u64.to_le_bytes());
+        body.extend_from_slice(&3u64.to_le_bytes());
         for v in [4u32, 5, 6] {
-            e.extend_from_slice(&v.to_le_bytes());
+            body.extend_from_slice(&v.to_le_bytes());
         }
-        e.extend_from_slice(&1u64.to_le_bytes()); // one encoder entry
-        e.extend_from_slice(&1u64.to_le_bytes());
-        e.push(b'f');
+        body.extend_from_slice(&1u64.to_le_bytes()); // one encoder entry
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.push(b'f');
         for v in [1u32, 2, 3, 4, 5, 6, 21] {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        body.extend_from_slice(&0u64.to_le_bytes()); // no support images
+
+        // Record version 1 (bank format 1), frozen.
+        let old = encode_class_v1(&v1).unwrap();
+        assert_eq!(old, [&[1u8][..], &body].concat());
+        let migrated = ClassRecord::from(v1);
+        assert_eq!(decode_class(&old).unwrap(), migrated);
+        assert_eq!(migrated.stats, None);
+
+        // Record version 2: the same body, then the statistics option.
+        let mut e = vec![2u8];
+        e.extend_from_slice(&body);
+        e.push(0); // no statistics
+        assert_eq!(encode_class(&migrated).unwrap(), e);
+
+        let mut with = migrated.clone();
+        with.stats = Some(BuildStats {
+            tool_version: "v".into(),
+            total_ms: 7,
+            sample_ms: 8,
+            decode_ms: 9,
+            encode_ms: 10,
+            pool_ms: 11,
+            fg_patches: 12,
+            bg_patches: 13,
+        });
+        let mut e = vec![2u8];
+        e.extend_from_slice(&body);
+        e.push(1);
+        e.extend_from_slice(&1u64.to_le_bytes());
+        e.push(b'v');
+        for v in 7u64..=13 {
             e.extend_from_slice(&v.to_le_bytes());
         }
-        e.extend_from_slice(&0u64.to_le_bytes()); // no support images
+        let b = encode_class(&with).unwrap();
         assert_eq!(b, e);
+        assert_eq!(decode_class(&b).unwrap(), with);
+        let err = decode_class(&[3u8, 0]).unwrap_err();
+        assert!(matches!(
+            err,
+            RecordError::UnknownRecordVersion { found: 3, .. }
+        ));
     }
 
     #[test]

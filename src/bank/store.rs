@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::format::{SLED_CACHE_CAPACITY, SLED_SEGMENT_SIZE};
 use super::{BankError, Result};
@@ -79,6 +79,14 @@ pub(crate) enum CommitOutcome {
     Committed { previous: Option<Vec<u8>> },
     /// A record already exists and replacing was not allowed.
     Exists,
+}
+
+/// Outcome of [`Store::commit_classes`].
+pub(crate) enum BatchOutcome {
+    /// Every record was written; `previous[i]` is the record item `i` replaced.
+    Committed { previous: Vec<Option<Vec<u8>>> },
+    /// Item `index` exists and replacing it was not allowed; nothing was written.
+    Exists { index: usize },
 }
 
 /// Outcome of [`Store::rename_class`].
@@ -412,6 +420,55 @@ impl Store {
             })
         });
         res.map_err(|e: TransactionError<()>| self.tx_err("commit class", e))
+    }
+
+    /// Writes many class records in one transaction: all or none. Each item
+    /// is (name, record, replace).
+    pub(crate) fn commit_classes(&self, items: &[(String, Vec<u8>, bool)]) -> Result<BatchOutcome> {
+        let res = self.classes.transaction(|tx| {
+            let mut previous = Vec::with_capacity(items.len());
+            for (index, (name, value, replace)) in items.iter().enumerate() {
+                let old = tx.get(name.as_bytes())?;
+                if old.is_some() && !replace {
+                    return Err(ConflictableTransactionError::Abort(index));
+                }
+                tx.insert(name.as_bytes(), value.as_slice())?;
+                previous.push(old.map(|v| v.to_vec()));
+            }
+            Ok(previous)
+        });
+        match res {
+            Ok(previous) => Ok(BatchOutcome::Committed { previous }),
+            Err(TransactionError::Abort(index)) => Ok(BatchOutcome::Exists { index }),
+            Err(TransactionError::Storage(e)) => Err(self.err("commit classes", e)),
+        }
+    }
+
+    /// One transaction over the `classes` and `meta` trees: replaces class
+    /// records (name, expected current bytes, new bytes) and sets meta keys.
+    /// Returns false, writing nothing, when a record is no longer the expected one.
+    pub(crate) fn rewrite_classes_and_meta(
+        &self,
+        classes: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
+        meta: &[(&[u8], Vec<u8>)],
+    ) -> Result<bool> {
+        let res = (&*self.classes, &*self.meta).transaction(|(tc, tm)| {
+            for (key, expected, new) in classes {
+                if tc.get(key)?.as_deref() != Some(expected.as_slice()) {
+                    return Err(ConflictableTransactionError::Abort(()));
+                }
+                tc.insert(key.as_slice(), new.as_slice())?;
+            }
+            for (key, value) in meta {
+                tm.insert(*key, value.as_slice())?;
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => Ok(true),
+            Err(TransactionError::Abort(())) => Ok(false),
+            Err(TransactionError::Storage(e)) => Err(self.err("migrate records", e)),
+        }
     }
 
     /// Moves the class record at `old` to `new` in one transaction; `rewrite`

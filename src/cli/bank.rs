@@ -422,6 +422,7 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         encoders.push(enc);
     }
     support_set::check_encoders(&encoders, args.split)?;
+    let mut sample_time = std::time::Duration::ZERO;
     let (images, source) = match (given, &args.images) {
         (Some(images), Some(dir)) => (
             images,
@@ -429,7 +430,12 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
                 dir: dir.display().to_string(),
             },
         ),
-        _ => sample_support(ctx, &runtime, &class, &args.sampling, args.seed)?,
+        _ => {
+            let t = Instant::now();
+            let sampled = sample_support(ctx, &runtime, &class, &args.sampling, args.seed)?;
+            sample_time = t.elapsed();
+            sampled
+        }
     };
 
     let pb = if ctx.json {
@@ -464,7 +470,11 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     let learned = learned?;
 
-    let build = learned.class_build(&class, args.stuff, source, args.split);
+    let mut build = learned.class_build(&class, args.stuff, source, args.split);
+    if let Some(stats) = build.record.stats.as_mut() {
+        stats.total_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        stats.sample_ms = u64::try_from(sample_time.as_millis()).unwrap_or(u64::MAX);
+    }
     bank.put_class(&build, args.replace)?;
 
     let report = AddReport {
@@ -618,6 +628,21 @@ struct ShowReport {
     source_params: Vec<(String, String)>,
     per_encoder: Vec<EncoderReport>,
     support: Vec<SupportJson>,
+    created_unix: u64,
+    /// Build statistics; null for classes built before bank format 2.
+    build: Option<BuildJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct BuildJson {
+    tool_version: String,
+    total_ms: u64,
+    sample_ms: u64,
+    decode_ms: u64,
+    encode_ms: u64,
+    pool_ms: u64,
+    fg_patches: u64,
+    bg_patches: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -670,6 +695,17 @@ pub fn show(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<Ex
             })
             .collect(),
         support,
+        created_unix: rec.created_unix,
+        build: rec.stats.as_ref().map(|b| BuildJson {
+            tool_version: b.tool_version.clone(),
+            total_ms: b.total_ms,
+            sample_ms: b.sample_ms,
+            decode_ms: b.decode_ms,
+            encode_ms: b.encode_ms,
+            pool_ms: b.pool_ms,
+            fg_patches: b.fg_patches,
+            bg_patches: b.bg_patches,
+        }),
     };
     if ctx.json {
         print_json(&report)?;
@@ -707,6 +743,21 @@ pub fn show(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<Ex
             c.part_fg,
             c.part_bg
         );
+    }
+    match &report.build {
+        Some(b) => println!(
+            "build      {:.1} s by ovdiff-bank {} (sampling {:.1} s, decoding {:.1} s, encoder {:.1} s, \
+             pooling {:.1} s); {} fg + {} bg patches",
+            b.total_ms as f64 / 1e3,
+            b.tool_version,
+            b.sample_ms as f64 / 1e3,
+            b.decode_ms as f64 / 1e3,
+            b.encode_ms as f64 / 1e3,
+            b.pool_ms as f64 / 1e3,
+            b.fg_patches,
+            b.bg_patches
+        ),
+        None => println!("build      not recorded (built before bank format 2)"),
     }
     println!("support images:");
     for s in &report.support {

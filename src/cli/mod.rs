@@ -4,6 +4,7 @@ mod bank;
 mod bankfile;
 mod encode;
 mod eval;
+mod migrate;
 mod models;
 mod segment;
 
@@ -86,6 +87,8 @@ pub enum Command {
     Import(bankfile::ImportArgs),
     /// Merge `.ovbank` files into one.
     Merge(bankfile::MergeArgs),
+    /// Bring a bank (or a `.ovbank` file) up to the current format, step by step.
+    Migrate(migrate::MigrateArgs),
     /// Describe a `.ovbank` file from its headers (fast; prototypes are not read).
     Inspect {
         /// The file.
@@ -170,6 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => bankfile::export(&ctx, &args),
         Command::Import(args) => bankfile::import(&ctx, &args),
         Command::Merge(args) => bankfile::merge(&ctx, &args),
+        Command::Migrate(args) => migrate::run(&ctx, &args),
         Command::Inspect { file } => bankfile::inspect(&ctx, &file),
         Command::Verify { file } => bankfile::verify(&ctx, &file),
         Command::List(b) => bank::list(&ctx, b.bank.as_deref()),

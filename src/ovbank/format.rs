@@ -9,8 +9,16 @@ use half::f16;
 use super::error::{OvBankError, Result};
 use crate::prototypes::{Level, Side};
 
-/// The format version this build writes (and the newest it reads).
-pub const OVBANK_FORMAT_VERSION: u32 = 1;
+/// The format version this build writes.
+///
+/// * 1: the initial format (`schema/ovbank-v1.md`).
+/// * 2: adds the optional `stats` section (per-class build statistics); see
+///   `schema/ovbank-v2.md` and `migrations/0002-build-stats.md`.
+pub const OVBANK_FORMAT_VERSION: u32 = 2;
+
+/// The oldest reader version this build writes into files: 1, because the
+/// only v2 addition is an optional section that v1 readers skip.
+pub const OVBANK_OLDEST_READER: u32 = 1;
 
 /// The oldest format version this build still reads.
 pub const OVBANK_OLDEST_SUPPORTED: u32 = 1;
@@ -69,6 +77,9 @@ pub const MIN_SUPPORT_LEN: u64 = 4 + 4 + 4 + 8 + 8;
 /// Smallest possible key/value parameter pair.
 pub const MIN_PARAM_LEN: u64 = 8;
 
+/// Smallest possible present `stats` record: flag, empty version string, seven u64.
+pub const MIN_STATS_LEN: u64 = 1 + 4 + 7 * 8;
+
 /// Smallest possible `ann` entry.
 pub const MIN_ANN_ENTRY_LEN: u64 = 32;
 
@@ -89,6 +100,8 @@ pub enum SectionKind {
     Thumbnails,
     /// `ann` (7): optional prebuilt nearest-neighbour graphs.
     Ann,
+    /// `stats` (8, format 2): optional per-class build statistics.
+    Stats,
     /// A kind this build does not know.
     Unknown(u32),
 }
@@ -114,6 +127,7 @@ impl SectionKind {
             5 => SectionKind::Provenance,
             6 => SectionKind::Thumbnails,
             7 => SectionKind::Ann,
+            8 => SectionKind::Stats,
             other => SectionKind::Unknown(other),
         }
     }
@@ -128,6 +142,7 @@ impl SectionKind {
             SectionKind::Provenance => 5,
             SectionKind::Thumbnails => 6,
             SectionKind::Ann => 7,
+            SectionKind::Stats => 8,
             SectionKind::Unknown(c) => c,
         }
     }
@@ -142,6 +157,7 @@ impl SectionKind {
             SectionKind::Provenance => "provenance",
             SectionKind::Thumbnails => "thumbnails",
             SectionKind::Ann => "ann",
+            SectionKind::Stats => "stats",
             SectionKind::Unknown(_) => "unknown",
         }
     }

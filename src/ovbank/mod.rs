@@ -9,13 +9,12 @@
 //!   zero-copy `&[f16]` views, [`OvBankFile::prototypes`] decoded prototypes
 //!   with their regions, [`OvBankFile::thumbnail`] the JPEG bytes.
 //! * [`verify`] checks every checksum and every record.
-//! * [`import`] puts a file's classes into a bank, one atomic
-//!   [`Bank::put_class`] per class.
+//! * [`import`] puts a file's classes into a bank in one atomic batch.
 //! * [`merge`] combines files into one, without a bank.
 //!
 //! Files are deterministic: the same classes give the same bytes, so
 //! [`merge`] is reproducible and `export → import → export` gives the same
-//! file up to the classes' creation times (see [`import`]).
+//! file (see [`import`]).
 
 mod error;
 pub mod format;
@@ -28,11 +27,11 @@ mod tests;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 pub use error::{OvBankError, Result};
-pub use format::{SectionKind, OVBANK_FORMAT_VERSION, OVBANK_OLDEST_SUPPORTED};
+pub use format::{
+    SectionKind, OVBANK_FORMAT_VERSION, OVBANK_OLDEST_READER, OVBANK_OLDEST_SUPPORTED,
+};
 pub use read::{
     AnnEntry, Header, OvBankFile, OvClass, PrototypeMeta, SectionInfo, VectorsView, VerifyReport,
 };
@@ -160,14 +159,14 @@ pub fn verify(path: &Path) -> Result<VerifyReport> {
 ///
 /// First the file's encoders are checked against the bank's (a fingerprint
 /// the bank has with another dimension is refused before anything changes)
-/// and registered. Then each class goes through [`Bank::put_class`], which
-/// is atomic **per class**: if the import fails half-way, the classes stored
-/// so far stay, complete, and the rest are not there. Conflicts with classes
+/// and registered. Then every class is stored in one batch that commits
+/// **all or nothing**: if the import fails or is killed half-way, none of the
+/// file's classes are in the bank (their data is removed). Conflicts with classes
 /// already in the bank follow `on_conflict`; a renamed class gets the first
 /// `name (k)`, k ≥ 2, that neither the bank nor the file uses.
 ///
-/// The bank stamps each stored class with the time of the import, so the
-/// classes' `created_unix` differ from the file's.
+/// Classes keep the file's `created_unix` and build statistics, so
+/// `export → import → export` gives the same bytes.
 pub fn import(file: &OvBankFile, into: &Bank, on_conflict: OnConflict) -> Result<ImportStats> {
     let mut stats = ImportStats::default();
     let mut new_encoders = Vec::new();
@@ -232,21 +231,19 @@ pub fn import(file: &OvBankFile, into: &Bank, on_conflict: OnConflict) -> Result
     Ok(stats)
 }
 
-/// Stores the planned classes with a few threads (each [`Bank::put_class`]
-/// spends most of its time waiting for the disk). Stops at the first error
-/// and returns the error of the earliest failing class in the plan. Classes
-/// are stored in no particular order; each is atomic.
+/// Stores the planned classes in one [`ClassBatch`](crate::bank::ClassBatch):
+/// every class's data is written, flushed once, and all class records are
+/// committed in one transaction, so the import is all or nothing.
 fn store_classes(file: &OvBankFile, into: &Bank, plan: &[(&OvClass, String, bool)]) -> Result<u64> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<(usize, OvBankError)>> = Mutex::new(None);
-    let stored = AtomicU64::new(0);
-    let store_one = |c: &OvClass, target: &str, replace: bool| -> Result<u64> {
+    let mut batch = into
+        .batch()
+        .map_err(OvBankError::bank("starting the import"))?;
+    let mut stored = 0u64;
+    for (c, target, replace) in plan {
         let mut encoders = Vec::with_capacity(c.encoders.len());
-        let mut n = 0;
         for e in &c.encoders {
             let protos = file.prototypes(&c.name, &e.fingerprint)?;
-            n += protos.len() as u64;
+            stored += protos.len() as u64;
             encoders.push((e.fingerprint.clone(), protos));
         }
         let build = ClassBuild {
@@ -260,44 +257,15 @@ fn store_classes(file: &OvBankFile, into: &Bank, plan: &[(&OvClass, String, bool
                 })
                 .collect(),
         };
-        into.put_class(&build, replace)
+        batch
+            .stage(&build, *replace)
             .map_err(OvBankError::bank(format!("storing class {target:?}")))?;
-        Ok(n)
-    };
-    // Mostly waiting on the disk: more threads than cores pays.
-    let threads = IMPORT_THREADS.min(plan.len()).max(1);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= plan.len() || failed.load(Ordering::Relaxed) {
-                    break;
-                }
-                let (c, target, replace) = &plan[i];
-                match store_one(c, target, *replace) {
-                    Ok(n) => {
-                        stored.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                        if slot.as_ref().is_none_or(|(j, _)| i < *j) {
-                            *slot = Some((i, e));
-                        }
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some((_, e)) => Err(e),
-        None => Ok(stored.into_inner()),
     }
+    batch
+        .commit()
+        .map_err(OvBankError::bank("committing the imported classes"))?;
+    Ok(stored)
 }
-
-/// Most threads [`import`] stores classes with.
-const IMPORT_THREADS: usize = 4;
 
 /// The first `name (k)`, k ≥ 2, for which `taken` is false.
 fn free_name(name: &str, taken: impl Fn(&str) -> bool) -> String {

@@ -22,7 +22,7 @@ use super::format::{
     SECTION_ENTRY_LEN, SECTION_FLAG_REQUIRED,
 };
 use crate::bank::{
-    validate_class_name, ClassEncoderEntry, ClassRecord, ClassRecordDraft, ClassSource,
+    validate_class_name, BuildStats, ClassEncoderEntry, ClassRecord, ClassRecordDraft, ClassSource,
     EncoderInfo, PrototypeCounts, SupportImageInfo, DTYPE_F16,
 };
 use crate::prototypes::{Level, Prototype, Provenance, Side};
@@ -94,6 +94,8 @@ pub struct OvClass {
     pub encoders: Vec<ClassEncoderEntry>,
     /// The support images.
     pub support: Vec<SupportImageInfo>,
+    /// How the class was built, when recorded (format 2 `stats` section).
+    pub stats: Option<BuildStats>,
 }
 
 impl OvClass {
@@ -112,6 +114,7 @@ impl OvClass {
             fallback_splits: rec.fallback_splits,
             encoders,
             support: rec.support.clone(),
+            stats: rec.stats.clone(),
         }
     }
 
@@ -126,6 +129,8 @@ impl OvClass {
             images_skipped: self.images_skipped,
             fallback_splits: self.fallback_splits,
             support: self.support.clone(),
+            created_unix: Some(self.created_unix),
+            stats: self.stats.clone(),
         }
     }
 }
@@ -384,6 +389,7 @@ impl OvBankFile {
         let provenance_sec = sec(SectionKind::Provenance)?;
         let thumbnails_sec = sec(SectionKind::Thumbnails)?;
         let ann_sec = find(SectionKind::Ann);
+        let stats_sec = find(SectionKind::Stats);
 
         let (encoders, encoder_fps) = parse_encoders(checked_section(bytes, &enc_sec)?, &enc_sec)?;
         let (mut classes, thumbs) = parse_classes(
@@ -401,6 +407,12 @@ impl OvBankFile {
                 provenance_len: provenance_sec.length,
             },
         )?;
+        if let Some(st) = stats_sec {
+            let stats = parse_stats(checked_section(bytes, &st)?, &st, classes.len())?;
+            for (class, s) in classes.iter_mut().zip(stats) {
+                class.stats = s;
+            }
+        }
         for (class, &(start, end)) in classes.iter_mut().zip(&index.class_blocks) {
             class.encoders = index.blocks[start..end]
                 .iter()
@@ -895,6 +907,46 @@ fn parse_header(bytes: &[u8]) -> Result<(Header, Vec<SectionInfo>)> {
     Ok((header, sections))
 }
 
+/// Parses the optional `stats` section (format 2): one record per class, in
+/// class order.
+fn parse_stats(bytes: &[u8], sec: &SectionInfo, classes: usize) -> Result<Vec<Option<BuildStats>>> {
+    let mut c = Cursor::new(bytes, "stats", sec.offset);
+    let count = c.u32("the record count")?;
+    if count as usize != classes {
+        return Err(c.err(format!("it has {count} records for {classes} classes")));
+    }
+    if c.u32("reserved bytes")? != 0 {
+        return Err(c.err("reserved bytes are not zero"));
+    }
+    let n = c.count_fits(u64::from(count), 1, "the records")?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(match c.u8("a presence flag")? {
+            0 => None,
+            1 => {
+                let tool_version = c.string("a tool version")?;
+                let mut v = [0u64; 7];
+                for x in &mut v {
+                    *x = c.u64("a statistic")?;
+                }
+                Some(BuildStats {
+                    tool_version,
+                    total_ms: v[0],
+                    sample_ms: v[1],
+                    decode_ms: v[2],
+                    encode_ms: v[3],
+                    pool_ms: v[4],
+                    fg_patches: v[5],
+                    bg_patches: v[6],
+                })
+            }
+            other => return Err(c.err(format!("presence flag {other} is not 0 or 1"))),
+        });
+    }
+    c.finish()?;
+    Ok(out)
+}
+
 fn parse_encoders(bytes: &[u8], sec: &SectionInfo) -> Result<(Vec<EncoderInfo>, Vec<[u8; 32]>)> {
     let mut c = Cursor::new(bytes, "encoders", sec.offset);
     let count = c.u32("the encoder count")?;
@@ -1037,6 +1089,7 @@ fn parse_classes(
             fallback_splits,
             encoders: Vec::new(),
             support,
+            stats: None,
         });
         thumbs.push(locs);
     }
@@ -1383,13 +1436,13 @@ mod tests {
                 OvBankError::TooNew {
                     found: 99,
                     oldest_reader: 99,
-                    supported: 1
+                    supported: OVBANK_FORMAT_VERSION
                 }
             ),
             "{err}"
         );
         let msg = err.to_string();
-        assert!(msg.contains("99") && msg.contains("up to 1"), "{msg}");
+        assert!(msg.contains("99") && msg.contains("up to 2"), "{msg}");
         assert!(msg.contains("upgrade ovdiff-bank"), "{msg}");
         let err = parse_header(&minimal_header(0, 0)).unwrap_err();
         assert!(

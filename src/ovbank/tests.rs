@@ -125,6 +125,17 @@ fn build(
                     dir: format!("/data/{name}"),
                 }
             },
+            created_unix: None,
+            stats: (!seed.is_multiple_of(3)).then(|| crate::bank::BuildStats {
+                tool_version: "0.1.0".into(),
+                total_ms: 1000 + seed,
+                sample_ms: seed,
+                decode_ms: 2 * seed,
+                encode_ms: 3 * seed,
+                pool_ms: 4 * seed,
+                fg_patches: 5 * seed,
+                bg_patches: 6 * seed,
+            }),
             split_method: "kmeans-saliency".into(),
             images_used: images,
             images_skipped: (seed % 3) as u32,
@@ -182,6 +193,7 @@ fn class_of(b: &ClassBuild, created: u64) -> OvClass {
         fallback_splits: d.fallback_splits,
         encoders: Vec::new(),
         support: d.support.clone(),
+        stats: d.stats.clone(),
     }
 }
 
@@ -664,8 +676,8 @@ fn assemble(sections: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
     }
     table.sort_by_key(|t| t.0);
     let mut h = MAGIC.to_vec();
-    h.extend_from_slice(&1u32.to_le_bytes());
-    h.extend_from_slice(&1u32.to_le_bytes());
+    h.extend_from_slice(&OVBANK_FORMAT_VERSION.to_le_bytes());
+    h.extend_from_slice(&OVBANK_OLDEST_READER.to_le_bytes());
     h.extend_from_slice(&0u64.to_le_bytes());
     h.extend_from_slice(&n.to_le_bytes());
     h.extend_from_slice(&0u32.to_le_bytes());
@@ -748,7 +760,7 @@ fn a_flipped_byte_in_a_section_is_named_by_verify() {
         let opened = OvBankFile::open(&path);
         let metadata = matches!(
             s.kind,
-            SectionKind::Encoders | SectionKind::Classes | SectionKind::Index
+            SectionKind::Encoders | SectionKind::Classes | SectionKind::Index | SectionKind::Stats
         );
         assert_eq!(opened.is_err(), metadata, "{}", s.name());
         if let Ok(f) = opened {
@@ -961,7 +973,10 @@ fn empty_wrong_magic_and_versions() {
         matches!(err, OvBankError::TooNew { found: 99, .. }),
         "{msg}"
     );
-    assert!(msg.contains("99") && msg.contains("up to 1"), "{msg}");
+    assert!(
+        msg.contains("99") && msg.contains(&format!("up to {OVBANK_FORMAT_VERSION}")),
+        "{msg}"
+    );
     assert!(msg.contains("upgrade ovdiff-bank"), "{msg}");
     // Version 99 that promises v1 readers can read it: readable.
     let b = patch(&good, 8, &99u32.to_le_bytes());
@@ -1045,8 +1060,9 @@ fn unknown_and_ann_sections() {
 // ---------------------------------------------------------------------------
 // Golden v1 file.
 
-fn golden_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ovbank/v1/small.ovbank")
+fn golden_path(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/ovbank/v{version}/small.ovbank"))
 }
 
 /// The content of the golden file: fixed, small, deterministic.
@@ -1075,28 +1091,26 @@ fn golden_builds() -> (Vec<EncoderInfo>, Vec<(ClassBuild, u64)>) {
     (encoders, builds)
 }
 
-#[test]
-fn golden_v1_file_opens_verifies_and_is_what_this_build_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (encoders, builds) = golden_builds();
-    let fresh = dir.path().join("fresh.ovbank");
-    write_builds(&fresh, &encoders, &builds);
-    let golden = golden_path();
-    if !golden.exists() {
-        // The create step: writes the fixture once, to be committed.
-        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
-        std::fs::copy(&fresh, &golden).unwrap();
-        eprintln!("created {}", golden.display());
+/// The golden builds as format `version` stores them: format 1 has no
+/// build statistics.
+fn golden_builds_at(version: u32) -> (Vec<EncoderInfo>, Vec<(ClassBuild, u64)>) {
+    let (encoders, mut builds) = golden_builds();
+    if version < 2 {
+        for (b, _) in &mut builds {
+            b.record.stats = None;
+        }
     }
-    let f = OvBankFile::open(&golden).unwrap();
+    (encoders, builds)
+}
+
+/// Checks that `f` holds exactly `builds`.
+fn assert_holds(f: &OvBankFile, encoders: &[EncoderInfo], builds: &[(ClassBuild, u64)]) {
     let report = f.verify().unwrap();
     assert_eq!((report.encoders, report.classes, report.blocks), (2, 3, 4));
     assert_eq!(report.prototypes, 4 + 3 + 2 + 5);
     assert_eq!(report.thumbnails, 2 + 1 + 1);
-    assert_eq!(f.header().format_version, 1);
-    assert_eq!(f.header().oldest_reader_version, 1);
-    assert_eq!(f.encoders(), encoders.as_slice());
-    for (b, created) in &builds {
+    assert_eq!(f.encoders(), encoders);
+    for (b, created) in builds {
         let c = f.class(&b.record.name).unwrap();
         let mut want = class_of(b, *created);
         want.encoders = c.encoders.clone();
@@ -1120,12 +1134,55 @@ fn golden_v1_file_opens_verifies_and_is_what_this_build_writes() {
         }
         assert_eq!(f.thumbnail(&b.record.name, b.thumbnails.len() as u32), None);
     }
+}
+
+/// Every committed golden file, of every format version from the oldest
+/// supported, opens, verifies, and holds what it was written from; older
+/// versions migrate (a rewrite) to exactly what this build writes.
+#[test]
+fn golden_files_of_every_version_open_and_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    let current = OVBANK_FORMAT_VERSION;
+    let golden = golden_path(current);
+    let (encoders, builds) = golden_builds_at(current);
+    let fresh = dir.path().join("fresh.ovbank");
+    write_builds(&fresh, &encoders, &builds);
+    if !golden.exists() {
+        // The create step: writes the current version's fixture once, to be
+        // committed. Older fixtures are frozen and never regenerated.
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::copy(&fresh, &golden).unwrap();
+        eprintln!("created {}", golden.display());
+    }
     // Format stability: this build writes the committed bytes exactly. If this
-    // fails, the v1 layout changed: that needs a new format version, not a new fixture.
+    // fails, the layout changed: that needs a new format version, not a new fixture.
     assert!(
         std::fs::read(&golden).unwrap() == std::fs::read(&fresh).unwrap(),
-        "this build no longer writes the committed v1 golden file byte for byte"
+        "this build no longer writes the committed v{current} golden file byte for byte"
     );
+    for version in OVBANK_OLDEST_SUPPORTED..=current {
+        let path = golden_path(version);
+        let f = OvBankFile::open(&path)
+            .unwrap_or_else(|e| panic!("golden v{version} {}: {e}", path.display()));
+        assert_eq!(f.header().format_version, version);
+        assert_eq!(f.header().oldest_reader_version, 1);
+        let (encoders, builds) = golden_builds_at(version);
+        assert_holds(&f, &encoders, &builds);
+        // Migration: rewriting gives the current format, with the content
+        // the old version could hold, byte for byte what this build writes.
+        let migrated = dir.path().join(format!("migrated-v{version}.ovbank"));
+        merge(&[&f], &migrated, OnConflict::Skip).unwrap();
+        let expected = dir.path().join(format!("expected-v{version}.ovbank"));
+        write_builds(&expected, &encoders, &builds);
+        assert_eq!(
+            std::fs::read(&migrated).unwrap(),
+            std::fs::read(&expected).unwrap(),
+            "v{version} → v{current}"
+        );
+        let m = OvBankFile::open(&migrated).unwrap();
+        assert_eq!(m.header().format_version, current);
+        assert_holds(&m, &encoders, &builds);
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -19,14 +19,23 @@ use super::error::{OvBankError, Result};
 use super::format::{
     self, align_up, header_len, level_code, level_from_code, side_code, side_from_code, Cursor,
     PutLe, SectionKind, ELEMENT_F16, END_MAGIC, FOOTER_LEN, MAGIC, MAX_STRING_BYTES, META_LEN,
-    OVBANK_FORMAT_VERSION, OVBANK_OLDEST_SUPPORTED, SECTION_FLAG_REQUIRED,
+    OVBANK_FORMAT_VERSION, OVBANK_OLDEST_READER, SECTION_FLAG_REQUIRED,
 };
 use super::read::OvClass;
 use crate::bank::{validate_class_name, ClassSource, EncoderInfo, DTYPE_F16};
 use crate::prototypes::{Prototype, Side};
 
-/// Sections a v1 writer emits, in table order.
-const WRITTEN: [SectionKind; 6] = SectionKind::REQUIRED;
+/// Sections this writer emits, in table order, with their flags: the six
+/// required ones, then the optional `stats` section of format 2.
+const WRITTEN: [(SectionKind, u32); 7] = [
+    (SectionKind::Encoders, SECTION_FLAG_REQUIRED),
+    (SectionKind::Classes, SECTION_FLAG_REQUIRED),
+    (SectionKind::Index, SECTION_FLAG_REQUIRED),
+    (SectionKind::Prototypes, SECTION_FLAG_REQUIRED),
+    (SectionKind::Provenance, SECTION_FLAG_REQUIRED),
+    (SectionKind::Thumbnails, SECTION_FLAG_REQUIRED),
+    (SectionKind::Stats, 0),
+];
 
 /// What a written file holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,6 +150,7 @@ pub(crate) struct Writer {
     blocks: Vec<u8>,
     metas: Vec<u8>,
     classes: Vec<u8>,
+    build_stats: Vec<u8>,
     class_count: u32,
     block_count: u32,
     meta_count: u64,
@@ -221,6 +231,7 @@ impl Writer {
             blocks: Vec::new(),
             metas: Vec::new(),
             classes: Vec::new(),
+            build_stats: Vec::new(),
             class_count: 0,
             block_count: 0,
             meta_count: 0,
@@ -273,6 +284,7 @@ impl Writer {
         for s in [&class.split_method]
             .into_iter()
             .chain(class.support.iter().map(|s| &s.name))
+            .chain(class.stats.iter().map(|s| &s.tool_version))
         {
             check_str(&what(), s)?;
         }
@@ -440,6 +452,25 @@ impl Writer {
                 }
             }
         }
+        let st = &mut self.build_stats;
+        match &class.stats {
+            None => st.put_u8(0),
+            Some(b) => {
+                st.put_u8(1);
+                st.put_str(&b.tool_version);
+                for v in [
+                    b.total_ms,
+                    b.sample_ms,
+                    b.decode_ms,
+                    b.encode_ms,
+                    b.pool_ms,
+                    b.fg_patches,
+                    b.bg_patches,
+                ] {
+                    st.put_u64(v);
+                }
+            }
+        }
         self.class_count = self
             .class_count
             .checked_add(1)
@@ -498,18 +529,31 @@ impl Writer {
             enc.put_str(&e.name);
         }
         let encoders = self.section(&[&enc])?;
+        let mut head = Vec::with_capacity(8);
+        head.put_u32(self.class_count);
+        head.put_u32(0);
+        let records = std::mem::take(&mut self.build_stats);
+        let build_stats = self.section(&[&head, &records])?;
 
         // Header, over the placeholder.
-        let table = [encoders, classes, index, prototypes, provenance, thumbnails];
+        let table = [
+            encoders,
+            classes,
+            index,
+            prototypes,
+            provenance,
+            thumbnails,
+            build_stats,
+        ];
         let mut header = MAGIC.to_vec();
         header.put_u32(OVBANK_FORMAT_VERSION);
-        header.put_u32(OVBANK_OLDEST_SUPPORTED);
+        header.put_u32(OVBANK_OLDEST_READER);
         header.put_u64(0);
         header.put_u32(WRITTEN.len() as u32);
         header.put_u32(0);
-        for (kind, [offset, length, sum]) in WRITTEN.iter().zip(table) {
+        for ((kind, flags), [offset, length, sum]) in WRITTEN.iter().zip(table) {
             header.put_u32(kind.code());
-            header.put_u32(SECTION_FLAG_REQUIRED);
+            header.put_u32(*flags);
             header.put_u64(offset);
             header.put_u64(length);
             header.put_u64(sum);
@@ -611,6 +655,7 @@ mod tests {
                 width: 4,
                 height: 3,
             }],
+            stats: None,
         }
     }
 

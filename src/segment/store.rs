@@ -58,6 +58,7 @@ fn record(c: &crate::ovbank::OvClass) -> ClassRecord {
         fallback_splits: c.fallback_splits,
         encoders: c.encoders.clone(),
         support: c.support.clone(),
+        stats: c.stats.clone(),
     }
 }
 

@@ -74,7 +74,10 @@ fn export_inspect_verify_import_and_segment_in_place() {
     ok(sb.run(&["export", "-o", file_s, "--bank", bank]));
     let out = ok(sb.run(&["inspect", file_s, "--json"]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(
+        v["format_version"],
+        ovdiff_bank::ovbank::OVBANK_FORMAT_VERSION
+    );
     assert_eq!(v["classes"].as_array().unwrap().len(), 3);
     assert!(ok(sb.run(&["verify", file_s])).contains("every checksum matches"));
 
@@ -147,9 +150,18 @@ fn a_damaged_file_fails_verify_naming_the_section() {
         "--bank",
         bank.to_str().unwrap(),
     ]));
+    let out = ok(sb.run(&["inspect", file.to_str().unwrap(), "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let protos = v["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "prototypes")
+        .unwrap();
+    let middle = protos["offset"].as_u64().unwrap() + protos["length"].as_u64().unwrap() / 2;
     let mut bytes = std::fs::read(&file).unwrap();
-    // a byte in the middle of the prototypes section (it starts at 256)
-    bytes[300] ^= 0x40;
+    // a byte in the middle of the prototypes section
+    bytes[middle as usize] ^= 0x40;
     std::fs::write(&file, &bytes).unwrap();
     let out = sb.run(&["verify", file.to_str().unwrap()]);
     let (_, stderr) = text(&out);

@@ -1,0 +1,129 @@
+//! Storing many classes at once, all or none: the write path of `import`.
+//!
+//! [`Bank::put_class`] commits one class per transaction and flushes three
+//! times; importing a thousand classes that way spends its time waiting for
+//! the disk. A [`ClassBatch`] writes the build data of every staged class
+//! under fresh build ids, flushes once, and commits every class record in a
+//! single transaction: after a crash the bank holds all of the batch or none
+//! of it (unreferenced build data is removed by the next [`Bank::open`]).
+
+use std::collections::HashSet;
+
+use super::record;
+use super::store::{BatchOutcome, TreeId};
+use super::{Bank, ClassBuild, ClassRecord, Result};
+
+/// Classes staged for one atomic commit; see the module docs.
+///
+/// Dropping a batch without [`ClassBatch::commit`] deletes the staged build
+/// data (best effort; otherwise the next open does).
+pub struct ClassBatch<'b> {
+    bank: &'b Bank,
+    staged: Vec<(ClassRecord, bool)>,
+    names: HashSet<String>,
+    done: bool,
+}
+
+impl Bank {
+    /// Starts a batch of classes to store in one transaction.
+    pub fn batch(&self) -> Result<ClassBatch<'_>> {
+        self.require_writable()?;
+        Ok(ClassBatch {
+            bank: self,
+            staged: Vec::new(),
+            names: HashSet::new(),
+            done: false,
+        })
+    }
+}
+
+impl ClassBatch<'_> {
+    /// Validates `build` and writes its data (not yet visible). Fails with
+    /// [`BankError::ClassExists`](super::BankError::ClassExists) when the class exists and `replace` is
+    /// false, or when the batch already holds a class of that name.
+    pub fn stage(&mut self, build: &ClassBuild, replace: bool) -> Result<()> {
+        let name = &build.record.name;
+        let exists = self
+            .bank
+            .store
+            .get(TreeId::Classes, name.as_bytes())?
+            .is_some();
+        if self.names.contains(name) || (exists && !replace) {
+            return Err(self.bank.class_exists(name));
+        }
+        let rec = self.bank.write_build(build)?;
+        self.names.insert(name.clone());
+        self.staged.push((rec, replace));
+        Ok(())
+    }
+
+    /// Number of classes staged.
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// True when nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// Makes every staged class visible at once, then deletes the builds they
+    /// replaced. Returns the stored records, in staging order.
+    pub fn commit(mut self) -> Result<Vec<ClassRecord>> {
+        let bank = self.bank;
+        bank.store.flush()?;
+        let mut items = Vec::with_capacity(self.staged.len());
+        for (rec, replace) in &self.staged {
+            let value = record::encode_class(rec).map_err(|e| bank.encode_err("class", e))?;
+            items.push((rec.name.clone(), value, *replace));
+        }
+        let previous = match bank.store.commit_classes(&items)? {
+            BatchOutcome::Committed { previous } => previous,
+            BatchOutcome::Exists { index } => {
+                // Another writer got there first; `drop` removes our data.
+                return Err(bank.class_exists(&items[index].0));
+            }
+        };
+        self.done = true;
+        bank.store.flush()?;
+        let new_builds: HashSet<u64> = self.staged.iter().map(|(r, _)| r.build_id).collect();
+        let mut deleted = false;
+        for old in previous.into_iter().flatten() {
+            if let Ok(old) = record::decode_class(&old) {
+                if !new_builds.contains(&old.build_id) {
+                    bank.delete_build(old.build_id)?;
+                    deleted = true;
+                }
+            }
+        }
+        if deleted {
+            bank.store.flush()?;
+        }
+        Ok(std::mem::take(&mut self.staged)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+}
+
+impl Drop for ClassBatch<'_> {
+    fn drop(&mut self) {
+        if self.done || self.staged.is_empty() {
+            return;
+        }
+        for (rec, _) in &self.staged {
+            // Best effort: leftovers are also removed on the next open.
+            let _ = self.bank.delete_build(rec.build_id);
+        }
+        let _ = self.bank.store.flush();
+    }
+}
+
+impl std::fmt::Debug for ClassBatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClassBatch")
+            .field("bank", &self.bank.path())
+            .field("staged", &self.staged.len())
+            .finish()
+    }
+}
