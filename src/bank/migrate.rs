@@ -57,21 +57,63 @@ impl Bank {
         Ok(steps)
     }
 
-    /// Format 1 → 2: rewrites every record-version-1 class record as
-    /// version 2 (no statistics) and sets the format numbers, atomically.
+    /// Format 1 → 2: moves every class's build data to the block layout
+    /// under a fresh build id, then rewrites every record-version-1 class
+    /// record as version 2 (no statistics, the new build id) and sets the
+    /// format numbers in one transaction; then deletes the old builds.
     fn v1_to_v2(&self) -> Result<MigrationStep> {
         let mut rewrites = Vec::new();
+        let mut old_builds = Vec::new();
         for (key, value) in self.store.scan_prefix(TreeId::Classes, b"")? {
             let version = record::class_record_version(&value)
                 .map_err(|e| corrupt(&self.store, TreeId::Classes, &key, e))?;
             if version == record::CLASS_RECORD_VERSION {
-                continue; // already rewritten (cannot happen: one transaction)
+                continue; // cannot happen: records change in one transaction
             }
-            let rec = record::decode_class(&value)
+            let mut rec = record::decode_class(&value)
                 .map_err(|e| corrupt(&self.store, TreeId::Classes, &key, e))?;
+            let new_id = self
+                .store
+                .fetch_add_u64(TreeId::Meta, meta_key::NEXT_BUILD_ID, 1)?;
+            let mut blocks = Vec::with_capacity(rec.encoders.len());
+            for (slot, e) in rec.encoders.iter().enumerate() {
+                let slot = u16::try_from(slot).unwrap_or(u16::MAX);
+                let protos = self.legacy_prototypes(rec.build_id, slot)?;
+                if protos.len() as u64 != u64::from(e.prototype_count) {
+                    return Err(BankError::Incomplete {
+                        path: self.path().to_path_buf(),
+                        class: rec.name.clone(),
+                        build_id: rec.build_id,
+                        fingerprint: e.fingerprint.clone(),
+                        expected: e.prototype_count,
+                        found: protos.len() as u64,
+                    });
+                }
+                blocks.push((
+                    record::block_key(new_id, slot),
+                    record::encode_block(&protos),
+                ));
+            }
+            self.store.insert_batch(TreeId::Prototypes, blocks)?;
+            let mut thumbs = Vec::with_capacity(rec.support.len());
+            for i in 0..rec.support.len() as u32 {
+                thumbs.push(self.thumbnail(&rec, i)?.unwrap_or_default());
+            }
+            if thumbs.iter().any(|t| !t.is_empty()) {
+                self.store.insert(
+                    TreeId::Support,
+                    &record::thumbnail_pack_key(new_id),
+                    &record::encode_thumbnail_pack(&thumbs),
+                )?;
+            }
+            old_builds.push(rec.build_id);
+            rec.build_id = new_id;
             let new = record::encode_class(&rec).map_err(|e| self.encode_err("class", e))?;
             rewrites.push((key, value, new));
         }
+        // The new builds are invisible (and removed as leftovers after a
+        // crash) until the transaction below commits.
+        self.store.flush()?;
         let meta = [
             (meta_key::FORMAT_VERSION, record::encode_u32(2).to_vec()),
             (meta_key::OLDEST_READABLE, record::encode_u32(2).to_vec()),
@@ -83,11 +125,16 @@ impl Bank {
             });
         }
         self.store.flush()?;
+        for b in old_builds {
+            self.delete_build(b)?;
+        }
+        self.store.flush()?;
         Ok(MigrationStep {
             from: 1,
             to: 2,
             records: rewrites.len() as u64,
-            summary: "class records gain build statistics (none for classes built before format 2)",
+            summary: "prototypes move to one block per class and encoder, thumbnails to one pack \
+                      per class; class records gain build statistics (none before format 2)",
         })
     }
 }
@@ -148,22 +195,50 @@ mod tests {
             )],
             thumbnails: vec![vec![1, 2, 3]],
         };
-        let rec = bank.put_class(&build, false).unwrap();
-        // Turn it into what format 1 wrote.
-        let v1 = ClassRecordV1 {
-            name: rec.name.clone(),
-            stuff: rec.stuff,
-            source: rec.source.clone(),
-            split_method: rec.split_method.clone(),
-            created_unix: rec.created_unix,
-            build_id: rec.build_id,
-            images_used: rec.images_used,
-            images_skipped: rec.images_skipped,
-            fallback_splits: rec.fallback_splits,
-            encoders: rec.encoders.clone(),
-            support: rec.support.clone(),
-        };
+        // Store it the way format 1 did: one entry per prototype and region.
         let st = &bank.store;
+        let build_id = st
+            .fetch_add_u64(TreeId::Meta, meta_key::NEXT_BUILD_ID, 1)
+            .unwrap();
+        for (i, p) in build.encoders[0].1.iter().enumerate() {
+            let i = i as u32;
+            st.insert(
+                TreeId::Prototypes,
+                &record::prototype_key(build_id, 0, i),
+                &record::encode_prototype(p),
+            )
+            .unwrap();
+            let pv = &p.provenance;
+            st.insert(
+                TreeId::Support,
+                &record::region_key(build_id, 0, i),
+                &record::encode_region(pv.grid_h as u16, pv.grid_w as u16, &pv.region),
+            )
+            .unwrap();
+        }
+        st.insert(
+            TreeId::Support,
+            &record::thumbnail_key(build_id, 0),
+            &[1, 2, 3],
+        )
+        .unwrap();
+        let v1 = ClassRecordV1 {
+            name: "cat".into(),
+            stuff: false,
+            source: build.record.source.clone(),
+            split_method: build.record.split_method.clone(),
+            created_unix: 1_700_000_000,
+            build_id,
+            images_used: 1,
+            images_skipped: 0,
+            fallback_splits: 0,
+            encoders: vec![ClassEncoderEntry {
+                fingerprint: build.encoders[0].0.clone(),
+                counts: PrototypeCounts::of(&build.encoders[0].1),
+                prototype_count: 2,
+            }],
+            support: build.record.support.clone(),
+        };
         st.insert(TreeId::Classes, b"cat", &encode_class_v1(&v1).unwrap())
             .unwrap();
         st.insert(
@@ -218,8 +293,21 @@ mod tests {
         let raw = bank.store.get(TreeId::Classes, b"cat").unwrap().unwrap();
         assert_eq!(raw[0], record::CLASS_RECORD_VERSION);
         let got = bank.class("cat").unwrap().unwrap();
-        assert_eq!(got, want);
+        assert_ne!(got.build_id, want.build_id, "data moved to a new build");
+        assert_eq!(
+            ClassRecord {
+                build_id: want.build_id,
+                ..got.clone()
+            },
+            want
+        );
         assert_eq!(got.stats, None);
+        let protos = bank.prototypes(&got, &got.encoders[0].fingerprint).unwrap();
+        assert_eq!(protos.len(), 2);
+        assert_eq!(protos[0].provenance.region, vec![true, false, false, true]);
+        // The format-1 entries are gone: one block, one thumbnail left.
+        assert_eq!(bank.store.keys(TreeId::Prototypes).unwrap().len(), 1);
+        assert_eq!(bank.store.keys(TreeId::Support).unwrap().len(), 1);
         let oldest = bank
             .store
             .get(TreeId::Meta, meta_key::OLDEST_READABLE)

@@ -592,33 +592,25 @@ impl Bank {
         let build_id = self
             .store
             .fetch_add_u64(TreeId::Meta, meta_key::NEXT_BUILD_ID, 1)?;
-        for (slot, (_, protos)) in build.encoders.iter().enumerate() {
-            let slot = u16::try_from(slot).unwrap_or(u16::MAX); // bounded by validate_build
-            let mut values = Vec::with_capacity(protos.len());
-            let mut regions = Vec::with_capacity(protos.len());
-            for (i, p) in protos.iter().enumerate() {
-                let i = u32::try_from(i).unwrap_or(u32::MAX); // bounded by validate_build
-                values.push((
-                    record::prototype_key(build_id, slot, i),
-                    record::encode_prototype(p),
-                ));
-                let pv = &p.provenance;
-                let (h, w) = (pv.grid_h as u16, pv.grid_w as u16); // bounded by validate_build
-                regions.push((
-                    record::region_key(build_id, slot, i),
-                    record::encode_region(h, w, &pv.region),
-                ));
-            }
-            self.store.insert_batch(TreeId::Prototypes, values)?;
-            self.store.insert_batch(TreeId::Support, regions)?;
-        }
-        let thumbs = build
-            .thumbnails
+        let blocks = build
+            .encoders
             .iter()
             .enumerate()
-            .filter(|(_, t)| !t.is_empty())
-            .map(|(i, t)| (record::thumbnail_key(build_id, i as u32), t.as_slice()));
-        self.store.insert_batch(TreeId::Support, thumbs)?;
+            .map(|(slot, (_, protos))| {
+                let slot = u16::try_from(slot).unwrap_or(u16::MAX); // bounded by validate_build
+                (
+                    record::block_key(build_id, slot),
+                    record::encode_block(protos),
+                )
+            });
+        self.store.insert_batch(TreeId::Prototypes, blocks)?;
+        if build.thumbnails.iter().any(|t| !t.is_empty()) {
+            self.store.insert(
+                TreeId::Support,
+                &record::thumbnail_pack_key(build_id),
+                &record::encode_thumbnail_pack(&build.thumbnails),
+            )?;
+        }
         let draft = &build.record;
         Ok(ClassRecord {
             name: name.clone(),
@@ -655,32 +647,12 @@ impl Bank {
         };
         let expected = class.encoders[usize::from(slot)].prototype_count;
         let build_id = class.build_id;
-        let entries = self.store.scan_prefix(
-            TreeId::Prototypes,
-            &record::prototype_prefix(build_id, slot),
-        )?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (key, value) in entries {
-            let index = record::prototype_key_index(&key);
-            if index != u32::try_from(out.len()).ok() {
-                break; // a gap: reported below
-            }
-            let stored = record::decode_prototype(&value)
-                .map_err(|e| corrupt(&self.store, TreeId::Prototypes, &key, e))?;
-            let rkey = record::region_key(build_id, slot, index.unwrap_or_default());
-            let Some(region) = self.store.get(TreeId::Support, &rkey)? else {
-                break;
-            };
-            let provenance = record::decode_region(&region, stored.image)
-                .map_err(|e| corrupt(&self.store, TreeId::Support, &rkey, e))?;
-            out.push(Prototype {
-                level: stored.level,
-                side: stored.side,
-                vector: stored.vector,
-                support: stored.support,
-                provenance,
-            });
-        }
+        let key = record::block_key(build_id, slot);
+        let out = match self.store.get(TreeId::Prototypes, &key)? {
+            Some(block) => record::decode_block(&block)
+                .map_err(|e| corrupt(&self.store, TreeId::Prototypes, &key, e))?,
+            None => self.legacy_prototypes(build_id, slot)?,
+        };
         if out.len() as u64 != u64::from(expected) {
             let current = self.store.get(TreeId::Classes, class.name.as_bytes())?;
             let still_current = current
@@ -705,8 +677,47 @@ impl Bank {
         Ok(out)
     }
 
+    /// The prototypes of a format-1 build: one entry per prototype and one
+    /// region entry each, up to the first gap.
+    fn legacy_prototypes(&self, build_id: u64, slot: u16) -> Result<Vec<Prototype>> {
+        let entries = self.store.scan_prefix(
+            TreeId::Prototypes,
+            &record::prototype_prefix(build_id, slot),
+        )?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let index = record::prototype_key_index(&key);
+            if index != u32::try_from(out.len()).ok() {
+                break; // a gap: reported by the caller
+            }
+            let stored = record::decode_prototype(&value)
+                .map_err(|e| corrupt(&self.store, TreeId::Prototypes, &key, e))?;
+            let rkey = record::region_key(build_id, slot, index.unwrap_or_default());
+            let Some(region) = self.store.get(TreeId::Support, &rkey)? else {
+                break;
+            };
+            let provenance = record::decode_region(&region, stored.image)
+                .map_err(|e| corrupt(&self.store, TreeId::Support, &rkey, e))?;
+            out.push(Prototype {
+                level: stored.level,
+                side: stored.side,
+                vector: stored.vector,
+                support: stored.support,
+                provenance,
+            });
+        }
+        Ok(out)
+    }
+
     /// The JPEG thumbnail of support image `image` of a class, if stored.
     pub fn thumbnail(&self, class: &ClassRecord, image: u32) -> Result<Option<Vec<u8>>> {
+        let key = record::thumbnail_pack_key(class.build_id);
+        if let Some(pack) = self.store.get(TreeId::Support, &key)? {
+            return record::pack_thumbnail(&pack, image)
+                .map(|t| t.map(<[u8]>::to_vec))
+                .map_err(|e| corrupt(&self.store, TreeId::Support, &key, e));
+        }
+        // Format 1: one entry per thumbnail.
         self.store.get(
             TreeId::Support,
             &record::thumbnail_key(class.build_id, image),
@@ -1197,8 +1208,8 @@ mod tests {
             .unwrap();
         assert_ne!(old.build_id, new.build_id);
         assert_eq!(bank.class("apple").unwrap().unwrap(), new);
-        // The old build is gone, the new one complete.
-        assert_eq!(entries(&bank, TreeId::Prototypes), 3 + 3 + 5);
+        // The old build is gone, the new one complete: one block per class.
+        assert_eq!(entries(&bank, TreeId::Prototypes), 3);
         assert!(matches!(
             bank.prototypes(&old, &fp('a')),
             Err(BankError::StaleClass { build_id, .. }) if build_id == old.build_id
@@ -1355,15 +1366,15 @@ mod tests {
             assert_eq!(bank.class("dog").unwrap().unwrap(), old);
             assert_protos_close(&bank.prototypes(&old, &fp('a')).unwrap(), &v1.encoders[0].1);
             // The new build's data is on disk, unreferenced.
-            assert_eq!(entries(&bank, TreeId::Prototypes), clean.0 + 9);
-            assert_eq!(entries(&bank, TreeId::Support), clean.1 + 9 + 4);
+            assert_eq!(entries(&bank, TreeId::Prototypes), clean.0 + 1);
+            assert_eq!(entries(&bank, TreeId::Support), clean.1 + 1);
             old
         };
         let bank = Bank::open(&path).unwrap();
-        assert_eq!(bank.leftovers_cleaned(), 9 + 9 + 4);
+        assert_eq!(bank.leftovers_cleaned(), 1 + 1);
         assert_eq!(bank.class("dog").unwrap().unwrap(), old);
-        assert_eq!(entries(&bank, TreeId::Prototypes), 6);
-        assert_eq!(entries(&bank, TreeId::Support), 6 + 4);
+        assert_eq!(entries(&bank, TreeId::Prototypes), 1);
+        assert_eq!(entries(&bank, TreeId::Support), 1);
         assert_protos_close(&bank.prototypes(&old, &fp('a')).unwrap(), &v1.encoders[0].1);
         drop(bank);
         assert_eq!(Bank::open(&path).unwrap().leftovers_cleaned(), 0);
@@ -1384,7 +1395,7 @@ mod tests {
             assert!(matches!(err, BankError::InjectedFailure { .. }));
         }
         let bank = Bank::open(&path).unwrap();
-        assert_eq!(bank.leftovers_cleaned(), 6 + 6 + 4);
+        assert_eq!(bank.leftovers_cleaned(), 1 + 1);
         let rec = bank.class("dog").unwrap().unwrap();
         assert_protos_close(&bank.prototypes(&rec, &fp('a')).unwrap(), &v2.encoders[0].1);
     }
@@ -1414,7 +1425,7 @@ mod tests {
         assert!(!status.success(), "the child should have aborted");
         let bank = Bank::open(&path).unwrap();
         assert!(bank.class("crash").unwrap().is_none());
-        assert_eq!(bank.leftovers_cleaned(), 4 + 4 + 4);
+        assert_eq!(bank.leftovers_cleaned(), 1 + 1);
     }
 
     #[test]
@@ -1427,8 +1438,8 @@ mod tests {
             .unwrap();
         assert!(bank.remove_class("a").unwrap());
         assert!(bank.class("a").unwrap().is_none());
-        assert_eq!(entries(&bank, TreeId::Prototypes), 2);
-        assert_eq!(entries(&bank, TreeId::Support), 2 + 4);
+        assert_eq!(entries(&bank, TreeId::Prototypes), 1);
+        assert_eq!(entries(&bank, TreeId::Support), 1);
         assert!(!bank.remove_class("a").unwrap());
         assert!(bank.class("b").unwrap().is_some());
     }

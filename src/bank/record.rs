@@ -463,6 +463,7 @@ pub(crate) fn prototype_prefix(build_id: u64, slot: u16) -> [u8; 10] {
 }
 
 /// `prototypes` key: build_id u64 BE | slot u16 BE | index u32 BE.
+#[cfg(test)]
 pub(crate) fn prototype_key(build_id: u64, slot: u16, index: u32) -> [u8; 14] {
     let mut k = [0u8; 14];
     k[..10].copy_from_slice(&prototype_prefix(build_id, slot));
@@ -878,6 +879,7 @@ pub(crate) struct StoredPrototype {
 }
 
 /// Encodes a prototype value. The caller has checked that the vector length fits a u16.
+#[cfg(test)]
 pub(crate) fn encode_prototype(p: &Prototype) -> Vec<u8> {
     let dim = p.vector.len();
     let mut out = Vec::with_capacity(PROTOTYPE_HEADER_LEN + 2 * dim);
@@ -902,27 +904,8 @@ pub(crate) fn decode_prototype(bytes: &[u8]) -> Result<StoredPrototype, RecordEr
             found: bytes.len(),
         });
     }
-    let level = match body[0] {
-        0 => Level::Class,
-        1 => Level::Instance,
-        2 => Level::Part,
-        v => {
-            return Err(RecordError::BadField {
-                field: "level",
-                value: v.into(),
-            })
-        }
-    };
-    let side = match body[1] {
-        0 => Side::Foreground,
-        1 => Side::Background,
-        v => {
-            return Err(RecordError::BadField {
-                field: "side",
-                value: v.into(),
-            })
-        }
-    };
+    let level = level_from(body[0])?;
+    let side = side_from(body[1])?;
     let support = u32::from_le_bytes([body[2], body[3], body[4], body[5]]);
     let image = u32::from_le_bytes([body[6], body[7], body[8], body[9]]);
     let dim = usize::from(u16::from_le_bytes([body[10], body[11]]));
@@ -950,18 +933,13 @@ pub(crate) fn decode_prototype(bytes: &[u8]) -> Result<StoredPrototype, RecordEr
 /// `ceil(grid_h * grid_w / 8)` bytes of bitset; patch `i` (row-major) is bit
 /// `i % 8` (least significant first) of byte `i / 8`; padding bits are zero.
 /// The caller has checked that the grid fits u16 and matches the mask length.
+#[cfg(test)]
 pub(crate) fn encode_region(grid_h: u16, grid_w: u16, mask: &[bool]) -> Vec<u8> {
     let mut out = Vec::with_capacity(REGION_HEADER_LEN + mask.len().div_ceil(8));
     out.push(RECORD_VERSION);
     out.extend_from_slice(&grid_h.to_le_bytes());
     out.extend_from_slice(&grid_w.to_le_bytes());
-    for chunk in mask.chunks(8) {
-        let byte = chunk
-            .iter()
-            .enumerate()
-            .fold(0u8, |b, (i, &on)| b | (u8::from(on) << i));
-        out.push(byte);
-    }
+    push_bitset(&mut out, mask);
     out
 }
 
@@ -992,6 +970,254 @@ pub(crate) fn decode_region(bytes: &[u8], image: u32) -> Result<Provenance, Reco
         grid_w: grid_w.into(),
         region,
     })
+}
+
+// ---------------------------------------------------------------------------
+// Prototype blocks (format 2): every prototype of one encoder slot of a build
+// in one value.
+
+/// Version byte of a prototype block value.
+pub(crate) const BLOCK_VERSION: u8 = 2;
+
+/// Length of the block header: version, count u32, dim u16.
+pub(crate) const BLOCK_HEADER_LEN: usize = 7;
+
+/// Length of one prototype's metadata in a block: level, side, support u32, image u32.
+const BLOCK_META_LEN: usize = 10;
+
+/// `prototypes` key of a block (format 2): build_id u64 BE | slot u16 BE.
+pub(crate) fn block_key(build_id: u64, slot: u16) -> [u8; 10] {
+    prototype_prefix(build_id, slot)
+}
+
+/// Encodes the prototypes of one encoder slot as one block value:
+/// header (version 2, count u32 LE, dim u16 LE), then `count` metadata
+/// records (level u8, side u8, support u32 LE, image u32 LE), then the
+/// vectors (`count × dim` f16 LE, row-major), then the regions (per
+/// prototype: grid_h u16 LE, grid_w u16 LE, LSB-first bitset). The caller
+/// has checked counts, dimensions and grids (`Bank::validate_build`).
+pub(crate) fn encode_block(protos: &[Prototype]) -> Vec<u8> {
+    let dim = protos.first().map_or(0, |p| p.vector.len());
+    let regions: usize = protos
+        .iter()
+        .map(|p| 4 + p.provenance.region.len().div_ceil(8))
+        .sum();
+    let mut out =
+        Vec::with_capacity(BLOCK_HEADER_LEN + protos.len() * (BLOCK_META_LEN + 2 * dim) + regions);
+    out.push(BLOCK_VERSION);
+    out.extend_from_slice(
+        &u32::try_from(protos.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&u16::try_from(dim).unwrap_or(u16::MAX).to_le_bytes());
+    for p in protos {
+        out.push(level_code(p.level));
+        out.push(side_code(p.side));
+        out.extend_from_slice(&p.support.to_le_bytes());
+        out.extend_from_slice(&p.provenance.image.to_le_bytes());
+    }
+    for p in protos {
+        for &v in &p.vector {
+            out.extend_from_slice(&f16::from_f32(v).to_le_bytes());
+        }
+    }
+    for p in protos {
+        let pv = &p.provenance;
+        out.extend_from_slice(&(pv.grid_h as u16).to_le_bytes());
+        out.extend_from_slice(&(pv.grid_w as u16).to_le_bytes());
+        push_bitset(&mut out, &pv.region);
+    }
+    out
+}
+
+/// Decodes a block value (see [`encode_block`]).
+pub(crate) fn decode_block(bytes: &[u8]) -> Result<Vec<Prototype>, RecordError> {
+    match bytes.first() {
+        None => return Err(RecordError::Empty),
+        Some(&BLOCK_VERSION) => {}
+        Some(&found) => {
+            return Err(RecordError::UnknownRecordVersion {
+                found,
+                supported: BLOCK_VERSION,
+            })
+        }
+    }
+    if bytes.len() < BLOCK_HEADER_LEN {
+        return Err(RecordError::Length {
+            expected: BLOCK_HEADER_LEN,
+            found: bytes.len(),
+        });
+    }
+    let count = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    let dim = usize::from(u16::from_le_bytes([bytes[5], bytes[6]]));
+    let fixed = count
+        .checked_mul(BLOCK_META_LEN + 2 * dim)
+        .and_then(|n| n.checked_add(BLOCK_HEADER_LEN))
+        .filter(|&n| n <= bytes.len())
+        .ok_or(RecordError::Length {
+            expected: BLOCK_HEADER_LEN + count.saturating_mul(BLOCK_META_LEN + 2 * dim),
+            found: bytes.len(),
+        })?;
+    let metas = &bytes[BLOCK_HEADER_LEN..BLOCK_HEADER_LEN + count * BLOCK_META_LEN];
+    let vectors = &bytes[BLOCK_HEADER_LEN + count * BLOCK_META_LEN..fixed];
+    let mut rest = &bytes[fixed..];
+    let mut out = Vec::with_capacity(count);
+    for (m, v) in metas
+        .chunks_exact(BLOCK_META_LEN)
+        .zip(vectors.chunks_exact(2 * dim.max(1)))
+    {
+        let level = level_from(m[0])?;
+        let side = side_from(m[1])?;
+        let support = u32::from_le_bytes([m[2], m[3], m[4], m[5]]);
+        let image = u32::from_le_bytes([m[6], m[7], m[8], m[9]]);
+        if rest.len() < 4 {
+            return Err(RecordError::Length {
+                expected: bytes.len() - rest.len() + 4,
+                found: bytes.len(),
+            });
+        }
+        let grid_h = u16::from_le_bytes([rest[0], rest[1]]);
+        let grid_w = u16::from_le_bytes([rest[2], rest[3]]);
+        let n = usize::from(grid_h) * usize::from(grid_w);
+        let need = 4 + n.div_ceil(8);
+        if rest.len() < need {
+            return Err(RecordError::Length {
+                expected: bytes.len() - rest.len() + need,
+                found: bytes.len(),
+            });
+        }
+        let bits = &rest[4..need];
+        rest = &rest[need..];
+        out.push(Prototype {
+            level,
+            side,
+            vector: v[..2 * dim]
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            support,
+            provenance: Provenance {
+                image,
+                grid_h: grid_h.into(),
+                grid_w: grid_w.into(),
+                region: (0..n).map(|i| bits[i / 8] >> (i % 8) & 1 == 1).collect(),
+            },
+        });
+    }
+    if dim == 0 && count > 0 {
+        return Err(RecordError::BadField {
+            field: "dim",
+            value: 0,
+        });
+    }
+    if !rest.is_empty() {
+        return Err(RecordError::TrailingBytes { count: rest.len() });
+    }
+    Ok(out)
+}
+
+/// `support` key of a build's thumbnail pack (format 2): build_id u64 BE | b'T'.
+pub(crate) fn thumbnail_pack_key(build_id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[..8].copy_from_slice(&build_id.to_be_bytes());
+    k[8] = SUPPORT_TAG_THUMBNAIL;
+    k
+}
+
+/// Encodes the JPEG thumbnails of a build as one value: version 2, count
+/// u32 LE, `count` lengths u32 LE (0: no thumbnail), then the bytes.
+pub(crate) fn encode_thumbnail_pack(thumbs: &[Vec<u8>]) -> Vec<u8> {
+    let total: usize = thumbs.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(5 + 4 * thumbs.len() + total);
+    out.push(BLOCK_VERSION);
+    out.extend_from_slice(
+        &u32::try_from(thumbs.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for t in thumbs {
+        out.extend_from_slice(&u32::try_from(t.len()).unwrap_or(u32::MAX).to_le_bytes());
+    }
+    for t in thumbs {
+        out.extend_from_slice(t);
+    }
+    out
+}
+
+/// Thumbnail `image` of a pack (see [`encode_thumbnail_pack`]); `None` when
+/// the pack has no (or an empty) entry for it.
+pub(crate) fn pack_thumbnail(pack: &[u8], image: u32) -> Result<Option<&[u8]>, RecordError> {
+    match pack.first() {
+        None => return Err(RecordError::Empty),
+        Some(&BLOCK_VERSION) => {}
+        Some(&found) => {
+            return Err(RecordError::UnknownRecordVersion {
+                found,
+                supported: BLOCK_VERSION,
+            })
+        }
+    }
+    let short = |expected: usize| RecordError::Length {
+        expected,
+        found: pack.len(),
+    };
+    let count = pack
+        .get(1..5)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| short(5))?;
+    let table_end = count
+        .checked_mul(4)
+        .and_then(|n| n.checked_add(5))
+        .filter(|&n| n <= pack.len())
+        .ok_or_else(|| short(5 + count.saturating_mul(4)))?;
+    let lengths: Vec<usize> = pack[5..table_end]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let total = lengths.iter().try_fold(table_end, |a, &l| a.checked_add(l));
+    if total != Some(pack.len()) {
+        return Err(short(total.unwrap_or(usize::MAX)));
+    }
+    let i = image as usize;
+    if i >= count || lengths[i] == 0 {
+        return Ok(None);
+    }
+    let start = table_end + lengths[..i].iter().sum::<usize>();
+    Ok(Some(&pack[start..start + lengths[i]]))
+}
+
+fn level_from(code: u8) -> Result<Level, RecordError> {
+    match code {
+        0 => Ok(Level::Class),
+        1 => Ok(Level::Instance),
+        2 => Ok(Level::Part),
+        v => Err(RecordError::BadField {
+            field: "level",
+            value: v.into(),
+        }),
+    }
+}
+
+fn side_from(code: u8) -> Result<Side, RecordError> {
+    match code {
+        0 => Ok(Side::Foreground),
+        1 => Ok(Side::Background),
+        v => Err(RecordError::BadField {
+            field: "side",
+            value: v.into(),
+        }),
+    }
+}
+
+fn push_bitset(out: &mut Vec<u8>, mask: &[bool]) {
+    for chunk in mask.chunks(8) {
+        let byte = chunk
+            .iter()
+            .enumerate()
+            .fold(0u8, |b, (i, &on)| b | (u8::from(on) << i));
+        out.push(byte);
+    }
 }
 
 #[cfg(test)]
@@ -1215,6 +1441,73 @@ mod tests {
             decode_prototype(&bytes),
             Err(RecordError::Length { expected: 15, .. })
         ));
+    }
+
+    #[test]
+    fn blocks_round_trip_and_reject_bad_bytes() {
+        let protos: Vec<Prototype> = (0..3u32)
+            .map(|i| Prototype {
+                level: [Level::Class, Level::Instance, Level::Part][i as usize],
+                side: if i == 1 {
+                    Side::Background
+                } else {
+                    Side::Foreground
+                },
+                vector: vec![0.25 * i as f32, -0.5, 1.0],
+                support: i + 1,
+                provenance: Provenance {
+                    image: i,
+                    grid_h: 3,
+                    grid_w: 3,
+                    region: (0..9).map(|k| (k + i) % 2 == 0).collect(),
+                },
+            })
+            .collect();
+        let b = encode_block(&protos);
+        assert_eq!(b[0], BLOCK_VERSION);
+        assert_eq!(b.len(), BLOCK_HEADER_LEN + 3 * (10 + 6) + 3 * (4 + 2));
+        assert_eq!(decode_block(&b).unwrap(), protos);
+        for cut in [0, 3, BLOCK_HEADER_LEN, b.len() - 1] {
+            assert!(decode_block(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(matches!(
+            decode_block(&long),
+            Err(RecordError::TrailingBytes { count: 1 })
+        ));
+        let mut bad = b.clone();
+        bad[BLOCK_HEADER_LEN] = 9; // level of prototype 0
+        assert!(matches!(
+            decode_block(&bad),
+            Err(RecordError::BadField { field: "level", .. })
+        ));
+        let mut huge = b.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_block(&huge),
+            Err(RecordError::Length { .. })
+        ));
+        assert!(matches!(
+            decode_block(&[1]),
+            Err(RecordError::UnknownRecordVersion { found: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn thumbnail_packs_index_and_reject_bad_bytes() {
+        let thumbs = vec![vec![1u8, 2, 3], vec![], vec![9u8; 5]];
+        let p = encode_thumbnail_pack(&thumbs);
+        assert_eq!(pack_thumbnail(&p, 0).unwrap(), Some(&[1u8, 2, 3][..]));
+        assert_eq!(pack_thumbnail(&p, 1).unwrap(), None);
+        assert_eq!(pack_thumbnail(&p, 2).unwrap(), Some(&[9u8; 5][..]));
+        assert_eq!(pack_thumbnail(&p, 3).unwrap(), None);
+        assert!(pack_thumbnail(&p[..p.len() - 1], 0).is_err());
+        assert!(pack_thumbnail(&p[..6], 0).is_err());
+        let mut huge = p.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(pack_thumbnail(&huge, 0).is_err());
+        assert!(pack_thumbnail(&[], 0).is_err());
     }
 
     #[test]
