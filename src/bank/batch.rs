@@ -2,15 +2,19 @@
 //!
 //! [`Bank::put_class`] commits one class per transaction and flushes three
 //! times; importing a thousand classes that way spends its time waiting for
-//! the disk. A [`ClassBatch`] writes the build data of every staged class
-//! under fresh build ids, flushes once, and commits every class record in a
-//! single transaction: after a crash the bank holds all of the batch or none
+//! the disk. A [`ClassBatch`] writes the build files of the staged classes
+//! under fresh build ids, several at a time with one directory sync, and
+//! commits every class record in a single transaction: after a crash the bank holds all of the batch or none
 //! of it (unreferenced build data is removed by the next [`Bank::open`]).
 
 use std::collections::HashSet;
 
+use super::build_file;
 use super::record;
 use super::store::{BatchOutcome, TreeId};
+
+/// Encoded build files held before they are written, at most.
+const PENDING_LIMIT: usize = 64 << 20;
 use super::{Bank, ClassBuild, ClassRecord, Result};
 
 /// Classes staged for one atomic commit; see the module docs.
@@ -20,6 +24,9 @@ use super::{Bank, ClassBuild, ClassRecord, Result};
 pub struct ClassBatch<'b> {
     bank: &'b Bank,
     staged: Vec<(ClassRecord, bool)>,
+    /// Build files encoded but not yet written, and their size.
+    pending: Vec<(u64, build_file::Entries)>,
+    pending_bytes: usize,
     names: HashSet<String>,
     done: bool,
 }
@@ -31,6 +38,8 @@ impl Bank {
         Ok(ClassBatch {
             bank: self,
             staged: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
             names: HashSet::new(),
             done: false,
         })
@@ -51,10 +60,22 @@ impl ClassBatch<'_> {
         if self.names.contains(name) || (exists && !replace) {
             return Err(self.bank.class_exists(name));
         }
-        let rec = self.bank.write_build(build)?;
+        let (rec, entries) = self.bank.prepare_build(build)?;
+        self.pending_bytes += entries.iter().map(|(_, _, b)| b.len()).sum::<usize>();
+        self.pending.push((rec.build_id, entries));
         self.names.insert(name.clone());
         self.staged.push((rec, replace));
+        if self.pending_bytes > PENDING_LIMIT {
+            self.write_pending()?;
+        }
         Ok(())
+    }
+
+    /// Writes the pending build files (several at once, one directory sync).
+    fn write_pending(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        build_file::write_many(self.bank.path(), &pending)
     }
 
     /// Number of classes staged.
@@ -71,6 +92,7 @@ impl ClassBatch<'_> {
     /// replaced. Returns the stored records, in staging order.
     pub fn commit(mut self) -> Result<Vec<ClassRecord>> {
         let bank = self.bank;
+        self.write_pending()?;
         bank.store.flush()?;
         let mut items = Vec::with_capacity(self.staged.len());
         for (rec, replace) in &self.staged {

@@ -12,6 +12,7 @@
 //!   before format 2 have no build statistics (`stats: None`).
 //!   `oldest_readable` becomes 2.
 
+use super::build_file;
 use super::format::BANK_FORMAT_VERSION;
 use super::record::{self, meta_key};
 use super::store::TreeId;
@@ -75,7 +76,7 @@ impl Bank {
             let new_id = self
                 .store
                 .fetch_add_u64(TreeId::Meta, meta_key::NEXT_BUILD_ID, 1)?;
-            let mut blocks = Vec::with_capacity(rec.encoders.len());
+            let mut entries = Vec::with_capacity(rec.encoders.len() + 1);
             for (slot, e) in rec.encoders.iter().enumerate() {
                 let slot = u16::try_from(slot).unwrap_or(u16::MAX);
                 let protos = self.legacy_prototypes(rec.build_id, slot)?;
@@ -89,23 +90,24 @@ impl Bank {
                         found: protos.len() as u64,
                     });
                 }
-                blocks.push((
-                    record::block_key(new_id, slot),
+                entries.push((
+                    build_file::EntryKind::Block,
+                    u32::from(slot),
                     record::encode_block(&protos),
                 ));
             }
-            self.store.insert_batch(TreeId::Prototypes, blocks)?;
             let mut thumbs = Vec::with_capacity(rec.support.len());
             for i in 0..rec.support.len() as u32 {
                 thumbs.push(self.thumbnail(&rec, i)?.unwrap_or_default());
             }
             if thumbs.iter().any(|t| !t.is_empty()) {
-                self.store.insert(
-                    TreeId::Support,
-                    &record::thumbnail_pack_key(new_id),
-                    &record::encode_thumbnail_pack(&thumbs),
-                )?;
+                entries.push((
+                    build_file::EntryKind::Thumbnails,
+                    0,
+                    record::encode_thumbnail_pack(&thumbs),
+                ));
             }
+            build_file::write(self.path(), new_id, &entries)?;
             old_builds.push(rec.build_id);
             rec.build_id = new_id;
             let new = record::encode_class(&rec).map_err(|e| self.encode_err("class", e))?;
@@ -133,8 +135,8 @@ impl Bank {
             from: 1,
             to: 2,
             records: rewrites.len() as u64,
-            summary: "prototypes move to one block per class and encoder, thumbnails to one pack \
-                      per class; class records gain build statistics (none before format 2)",
+            summary: "prototypes and thumbnails move out of sled into one build file per class; \
+                      class records gain build statistics (none before format 2)",
         })
     }
 }
@@ -305,9 +307,10 @@ mod tests {
         let protos = bank.prototypes(&got, &got.encoders[0].fingerprint).unwrap();
         assert_eq!(protos.len(), 2);
         assert_eq!(protos[0].provenance.region, vec![true, false, false, true]);
-        // The format-1 entries are gone: one block, one thumbnail left.
-        assert_eq!(bank.store.keys(TreeId::Prototypes).unwrap().len(), 1);
-        assert_eq!(bank.store.keys(TreeId::Support).unwrap().len(), 1);
+        // The format-1 entries are gone; one build file holds the data.
+        assert!(bank.store.keys(TreeId::Prototypes).unwrap().is_empty());
+        assert!(bank.store.keys(TreeId::Support).unwrap().is_empty());
+        assert_eq!(build_file::list(bank.path()).unwrap().0, vec![got.build_id]);
         let oldest = bank
             .store
             .get(TreeId::Meta, meta_key::OLDEST_READABLE)

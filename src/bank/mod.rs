@@ -18,6 +18,7 @@
 //! Only one process may hold a bank open; a second gets [`BankError::Locked`].
 
 mod batch;
+mod build_file;
 mod format;
 mod migrate;
 mod record;
@@ -134,6 +135,14 @@ pub enum BankError {
         found: u32,
         /// Format version this build writes.
         current: u32,
+    },
+    /// A build file (bulk data of a class build) is damaged.
+    #[error("build file {} is damaged: {reason}; remove the class and add it again, or restore the bank", path.display())]
+    CorruptBuildFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// A class record changed while a migration step was rewriting it.
     #[error("bank {}: a class changed during migration; nothing was migrated, run it again", path.display())]
@@ -579,10 +588,18 @@ impl Bank {
         Ok(record)
     }
 
-    /// Validates `build` and writes its prototypes, regions and thumbnails
-    /// under a fresh build id, without flushing. Returns the class record
-    /// that would commit them.
+    /// Validates `build` and writes its build file (prototypes, regions and
+    /// thumbnails) durably under a fresh build id. Returns the class record
+    /// that would commit it.
     fn write_build(&self, build: &ClassBuild) -> Result<ClassRecord> {
+        let (record, entries) = self.prepare_build(build)?;
+        build_file::write(self.path(), record.build_id, &entries)?;
+        Ok(record)
+    }
+
+    /// Validates `build`, takes a fresh build id and encodes its build file,
+    /// without writing it. Returns the class record that would commit it.
+    fn prepare_build(&self, build: &ClassBuild) -> Result<(ClassRecord, build_file::Entries)> {
         let name = &build.record.name;
         validate_class_name(name).map_err(|problem| BankError::InvalidClassName {
             name: name.clone(),
@@ -592,27 +609,27 @@ impl Bank {
         let build_id = self
             .store
             .fetch_add_u64(TreeId::Meta, meta_key::NEXT_BUILD_ID, 1)?;
-        let blocks = build
+        let mut bodies: Vec<(build_file::EntryKind, u32, Vec<u8>)> = build
             .encoders
             .iter()
             .enumerate()
             .map(|(slot, (_, protos))| {
-                let slot = u16::try_from(slot).unwrap_or(u16::MAX); // bounded by validate_build
                 (
-                    record::block_key(build_id, slot),
+                    build_file::EntryKind::Block,
+                    slot as u32,
                     record::encode_block(protos),
                 )
-            });
-        self.store.insert_batch(TreeId::Prototypes, blocks)?;
+            })
+            .collect();
         if build.thumbnails.iter().any(|t| !t.is_empty()) {
-            self.store.insert(
-                TreeId::Support,
-                &record::thumbnail_pack_key(build_id),
-                &record::encode_thumbnail_pack(&build.thumbnails),
-            )?;
+            bodies.push((
+                build_file::EntryKind::Thumbnails,
+                0,
+                record::encode_thumbnail_pack(&build.thumbnails),
+            ));
         }
         let draft = &build.record;
-        Ok(ClassRecord {
+        let record = ClassRecord {
             name: name.clone(),
             stuff: draft.stuff,
             source: draft.source.clone(),
@@ -629,7 +646,8 @@ impl Bank {
             encoders: entries,
             support: draft.support.clone(),
             stats: draft.stats.clone(),
-        })
+        };
+        Ok((record, bodies))
     }
 
     /// The prototypes a class holds for an encoder, with their provenance
@@ -647,10 +665,19 @@ impl Bank {
         };
         let expected = class.encoders[usize::from(slot)].prototype_count;
         let build_id = class.build_id;
-        let key = record::block_key(build_id, slot);
-        let out = match self.store.get(TreeId::Prototypes, &key)? {
-            Some(block) => record::decode_block(&block)
-                .map_err(|e| corrupt(&self.store, TreeId::Prototypes, &key, e))?,
+        let block = build_file::read(
+            self.path(),
+            build_id,
+            build_file::EntryKind::Block,
+            u32::from(slot),
+        )?;
+        let out = match block {
+            Some(block) => {
+                record::decode_block(&block).map_err(|e| BankError::CorruptBuildFile {
+                    path: build_file::path(self.path(), build_id),
+                    reason: format!("the block of encoder slot {slot}: {e}"),
+                })?
+            }
             None => self.legacy_prototypes(build_id, slot)?,
         };
         if out.len() as u64 != u64::from(expected) {
@@ -711,11 +738,19 @@ impl Bank {
 
     /// The JPEG thumbnail of support image `image` of a class, if stored.
     pub fn thumbnail(&self, class: &ClassRecord, image: u32) -> Result<Option<Vec<u8>>> {
-        let key = record::thumbnail_pack_key(class.build_id);
-        if let Some(pack) = self.store.get(TreeId::Support, &key)? {
+        let pack = build_file::read(
+            self.path(),
+            class.build_id,
+            build_file::EntryKind::Thumbnails,
+            0,
+        )?;
+        if let Some(pack) = pack {
             return record::pack_thumbnail(&pack, image)
                 .map(|t| t.map(<[u8]>::to_vec))
-                .map_err(|e| corrupt(&self.store, TreeId::Support, &key, e));
+                .map_err(|e| BankError::CorruptBuildFile {
+                    path: build_file::path(self.path(), class.build_id),
+                    reason: format!("the thumbnail pack: {e}"),
+                });
         }
         // Format 1: one entry per thumbnail.
         self.store.get(
@@ -857,10 +892,11 @@ impl Bank {
         Ok(entries)
     }
 
-    /// Deletes every prototypes/support entry of a build.
+    /// Deletes a build: its build file and any format-1 entries.
     fn delete_build(&self, build_id: u64) -> Result<u64> {
         let prefix = record::build_prefix(build_id);
-        Ok(self.store.remove_prefix(TreeId::Prototypes, &prefix)?
+        Ok(u64::from(build_file::remove(self.path(), build_id)?)
+            + self.store.remove_prefix(TreeId::Prototypes, &prefix)?
             + self.store.remove_prefix(TreeId::Support, &prefix)?)
     }
 
@@ -889,6 +925,18 @@ impl Bank {
                         cursor.push(0);
                     }
                 }
+            }
+        }
+        let (files, stray) = build_file::list(self.path())?;
+        for id in files {
+            if !referenced.contains(&id) {
+                removed += u64::from(build_file::remove(self.path(), id)?);
+            }
+        }
+        for p in stray {
+            // Temporary files of interrupted writes.
+            if std::fs::remove_file(&p).is_ok() {
+                removed += 1;
             }
         }
         if removed > 0 {
@@ -1121,6 +1169,10 @@ mod tests {
         }
     }
 
+    fn builds(bank: &Bank) -> usize {
+        build_file::list(bank.path()).unwrap().0.len()
+    }
+
     fn entries(bank: &Bank, t: TreeId) -> usize {
         bank.store.keys(t).unwrap().len()
     }
@@ -1187,6 +1239,7 @@ mod tests {
         let before = (
             entries(&bank, TreeId::Prototypes),
             entries(&bank, TreeId::Support),
+            builds(&bank),
         );
         let err = bank
             .put_class(&build("apple", &[('a', 3, 8)], 3), false)
@@ -1198,7 +1251,8 @@ mod tests {
         assert_eq!(
             (
                 entries(&bank, TreeId::Prototypes),
-                entries(&bank, TreeId::Support)
+                entries(&bank, TreeId::Support),
+                builds(&bank)
             ),
             before
         );
@@ -1208,8 +1262,8 @@ mod tests {
             .unwrap();
         assert_ne!(old.build_id, new.build_id);
         assert_eq!(bank.class("apple").unwrap().unwrap(), new);
-        // The old build is gone, the new one complete: one block per class.
-        assert_eq!(entries(&bank, TreeId::Prototypes), 3);
+        // The old build is gone, the new one complete: one build file per class.
+        assert_eq!(builds(&bank), 3);
         assert!(matches!(
             bank.prototypes(&old, &fp('a')),
             Err(BankError::StaleClass { build_id, .. }) if build_id == old.build_id
@@ -1349,10 +1403,7 @@ mod tests {
         let old = {
             let bank = open_with(&path, &[encoder('a', 16)]);
             let old = bank.put_class(&v1, false).unwrap();
-            let clean = (
-                entries(&bank, TreeId::Prototypes),
-                entries(&bank, TreeId::Support),
-            );
+            let clean = builds(&bank);
             let err = bank
                 .put_class_with(&v2, true, FailPoint::AfterPrototypes)
                 .unwrap_err();
@@ -1366,15 +1417,13 @@ mod tests {
             assert_eq!(bank.class("dog").unwrap().unwrap(), old);
             assert_protos_close(&bank.prototypes(&old, &fp('a')).unwrap(), &v1.encoders[0].1);
             // The new build's data is on disk, unreferenced.
-            assert_eq!(entries(&bank, TreeId::Prototypes), clean.0 + 1);
-            assert_eq!(entries(&bank, TreeId::Support), clean.1 + 1);
+            assert_eq!(builds(&bank), clean + 1);
             old
         };
         let bank = Bank::open(&path).unwrap();
-        assert_eq!(bank.leftovers_cleaned(), 1 + 1);
+        assert_eq!(bank.leftovers_cleaned(), 1);
         assert_eq!(bank.class("dog").unwrap().unwrap(), old);
-        assert_eq!(entries(&bank, TreeId::Prototypes), 1);
-        assert_eq!(entries(&bank, TreeId::Support), 1);
+        assert_eq!(builds(&bank), 1);
         assert_protos_close(&bank.prototypes(&old, &fp('a')).unwrap(), &v1.encoders[0].1);
         drop(bank);
         assert_eq!(Bank::open(&path).unwrap().leftovers_cleaned(), 0);
@@ -1395,7 +1444,7 @@ mod tests {
             assert!(matches!(err, BankError::InjectedFailure { .. }));
         }
         let bank = Bank::open(&path).unwrap();
-        assert_eq!(bank.leftovers_cleaned(), 1 + 1);
+        assert_eq!(bank.leftovers_cleaned(), 1);
         let rec = bank.class("dog").unwrap().unwrap();
         assert_protos_close(&bank.prototypes(&rec, &fp('a')).unwrap(), &v2.encoders[0].1);
     }
@@ -1425,7 +1474,36 @@ mod tests {
         assert!(!status.success(), "the child should have aborted");
         let bank = Bank::open(&path).unwrap();
         assert!(bank.class("crash").unwrap().is_none());
-        assert_eq!(bank.leftovers_cleaned(), 1 + 1);
+        assert_eq!(bank.leftovers_cleaned(), 1);
+    }
+
+    #[test]
+    fn stray_and_damaged_build_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bank");
+        {
+            let bank = open_with(&path, &[encoder('a', 8)]);
+            bank.put_class(&build("a", &[('a', 3, 8)], 1), false)
+                .unwrap();
+        }
+        // An interrupted write leaves a temporary file: removed on open.
+        let builds_dir = path.join(build_file::BUILDS_DIR);
+        std::fs::write(builds_dir.join(".00000000000000ff.tmp-1"), b"half").unwrap();
+        let bank = Bank::open(&path).unwrap();
+        assert_eq!(bank.leftovers_cleaned(), 1);
+        let rec = bank.class("a").unwrap().unwrap();
+        // A damaged build file is an error naming the file, not a panic.
+        let file = build_file::path(&path, rec.build_id);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        let err = bank.thumbnail(&rec, 0).unwrap_err();
+        assert!(matches!(err, BankError::CorruptBuildFile { .. }), "{err}");
+        assert!(err.to_string().contains(".build"), "{err}");
+        std::fs::remove_file(&file).unwrap();
+        let err = bank.prototypes(&rec, &fp('a')).unwrap_err();
+        assert!(matches!(err, BankError::Incomplete { .. }), "{err}");
     }
 
     #[test]
@@ -1438,8 +1516,7 @@ mod tests {
             .unwrap();
         assert!(bank.remove_class("a").unwrap());
         assert!(bank.class("a").unwrap().is_none());
-        assert_eq!(entries(&bank, TreeId::Prototypes), 1);
-        assert_eq!(entries(&bank, TreeId::Support), 1);
+        assert_eq!(builds(&bank), 1);
         assert!(!bank.remove_class("a").unwrap());
         assert!(bank.class("b").unwrap().is_some());
     }
@@ -1645,15 +1722,22 @@ mod tests {
         assert!(full >= empty + 200 * 64 * 2, "{empty} -> {full}");
     }
 
-    /// Bank size for 3 classes × 130 prototypes × 384 dims plus 4 thumbnails
-    /// of ~15 KB each per class, against the raw f16 + thumbnail bytes.
+    /// Bank size for 3 classes (or `OVDIFF_SIZE_CLASSES`) × 130 prototypes ×
+    /// 384 dims plus 4 thumbnails of ~15 KB each per class, against the raw
+    /// f16 + thumbnail bytes.
     #[test]
     fn size_overhead_report() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bank");
         let bank = open_with(&path, &[encoder('a', 384)]);
         let mut raw = 0u64;
-        for (k, name) in ["person", "car", "sky"].iter().enumerate() {
+        // OVDIFF_SIZE_CLASSES=100 measures a larger bank (docs/benchmarks.md).
+        let n: usize = std::env::var("OVDIFF_SIZE_CLASSES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        for k in 0..n {
+            let name = &format!("class {k}");
             let mut b = build(name, &[('a', 130, 384)], k as u64);
             for (i, t) in b.thumbnails.iter_mut().enumerate() {
                 *t = noise(100 + i as u64 + 10 * k as u64, 15_000)

@@ -985,11 +985,6 @@ pub(crate) const BLOCK_HEADER_LEN: usize = 7;
 /// Length of one prototype's metadata in a block: level, side, support u32, image u32.
 const BLOCK_META_LEN: usize = 10;
 
-/// `prototypes` key of a block (format 2): build_id u64 BE | slot u16 BE.
-pub(crate) fn block_key(build_id: u64, slot: u16) -> [u8; 10] {
-    prototype_prefix(build_id, slot)
-}
-
 /// Encodes the prototypes of one encoder slot as one block value:
 /// header (version 2, count u32 LE, dim u16 LE), then `count` metadata
 /// records (level u8, side u8, support u32 LE, image u32 LE), then the
@@ -1115,14 +1110,6 @@ pub(crate) fn decode_block(bytes: &[u8]) -> Result<Vec<Prototype>, RecordError> 
         return Err(RecordError::TrailingBytes { count: rest.len() });
     }
     Ok(out)
-}
-
-/// `support` key of a build's thumbnail pack (format 2): build_id u64 BE | b'T'.
-pub(crate) fn thumbnail_pack_key(build_id: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[..8].copy_from_slice(&build_id.to_be_bytes());
-    k[8] = SUPPORT_TAG_THUMBNAIL;
-    k
 }
 
 /// Encodes the JPEG thumbnails of a build as one value: version 2, count

@@ -68,9 +68,13 @@ impl TreeId {
     }
 }
 
-/// Files and directories sled itself creates in a database directory.
+/// Files and directories a bank directory holds: sled's own, and the build
+/// files of format 2 (`builds/`).
 fn is_sled_entry(name: &str) -> bool {
-    matches!(name, "conf" | "db" | "blobs") || name.starts_with("snap.")
+    matches!(
+        name,
+        "conf" | "db" | "blobs" | super::build_file::BUILDS_DIR
+    ) || name.starts_with("snap.")
 }
 
 /// Outcome of [`Store::commit_class`].
@@ -309,6 +313,7 @@ impl Store {
     }
 
     /// Writes many entries to one tree in one atomic batch.
+    #[cfg(test)]
     pub(crate) fn insert_batch<K, V>(
         &self,
         t: TreeId,
