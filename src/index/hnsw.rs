@@ -2170,6 +2170,14 @@ mod tests {
                     100.0 * near_ok as f64 / (n - mids) as f64,
                     100.0 * mid_ok as f64 / mids as f64,
                 );
+                // The row scripts/bench collects into docs/benchmarks.md.
+                let agree = 100.0 * (near_ok + mid_ok) as f64 / n as f64;
+                println!(
+                    "| HNSW vs exact: 1,024 patches × {classes} classes ({rows} rows), ef {ef}: build {:.0} s, HNSW {hnsw_ms:.0} ms vs exact {exact_ms:.0} ms ({:.2}×), RSS +{rss:.0} MiB; pixel agreement | {agree:.2}% | ≥ 99.5% | {} |",
+                    total.as_secs_f64(),
+                    exact_ms / hnsw_ms,
+                    if agree >= 99.5 { "yes" } else { "**no**" }
+                );
             }
             hnsw.set_search_params(params.ef_search, params.ef_upper, params.k)
                 .unwrap();

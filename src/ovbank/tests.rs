@@ -1397,6 +1397,7 @@ fn perf_thousand_classes() {
     let out = dir.path().join("big.ovbank");
     let t = Instant::now();
     let stats = export(&bank, None, &out).unwrap();
+    let export_time = t.elapsed();
     println!(
         "perf: export {:.2?}: {} bytes ({:.1} MiB), {} prototypes (RSS {}, peak {})",
         t.elapsed(),
@@ -1446,6 +1447,7 @@ fn perf_thousand_classes() {
     );
     let t = Instant::now();
     let report = f.verify().unwrap();
+    let verify_time = t.elapsed();
     println!(
         "perf: verify {:.2?} ({} prototypes) (RSS {}, peak {})",
         t.elapsed(),
@@ -1464,7 +1466,23 @@ fn perf_thousand_classes() {
         proc_status("VmRSS:"),
         proc_status("VmHWM:")
     );
+    let import_time = t.elapsed();
     let t = Instant::now();
     merge(&[&f], &dir.path().join("m.ovbank"), OnConflict::Skip).unwrap();
-    println!("perf: merge of the file into a copy {:.2?}", t.elapsed());
+    let merge_time = t.elapsed();
+    println!("perf: merge of the file into a copy {merge_time:.2?}");
+
+    // The rows scripts/bench collects into docs/benchmarks.md.
+    let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    let met = |d: Duration, limit: f64| if d.as_secs_f64() <= limit { "yes" } else { "**no**" };
+    println!("| measure ({n} classes × 130 × 384 f16 + a 15 KB thumbnail each, {:.0} MiB file) | value | target | met |", stats.bytes as f64 / 1048576.0);
+    println!("|---|---|---|---|");
+    println!("| build the bank (Bank::put_class per class) | {} | | |", s(build_s));
+    println!("| export | {} | ≤ 2 s | {} |", s(export_time), met(export_time, 2.0));
+    println!("| import | {} | ≤ 2 s | {} |", s(import_time), met(import_time, 2.0));
+    println!("| open (header, sections, metadata) | {} | ≤ 0.5 s | {} |", ms(best_open), met(best_open, 0.5));
+    println!("| inspect | {} | ≤ 50 ms | {} |", ms(best_inspect), met(best_inspect, 0.05));
+    println!("| verify (every checksum) | {} | | |", ms(verify_time));
+    println!("| merge (the file into a copy) | {} | | |", ms(merge_time));
 }

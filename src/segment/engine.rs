@@ -1668,6 +1668,14 @@ mod tests {
                 auto_threads(threads),
                 gflop / (ms / 1e3),
             );
+            // The row scripts/bench collects into docs/benchmarks.md.
+            println!(
+                "| exact lookup: {n} patches × {classes} classes ({} rows) × {d} d, {} thread(s) | {ms:.0} ms ({:.0} GFLOP/s; vocabulary {:.0} MiB f32) | | |",
+                v.prototypes().nrows(),
+                auto_threads(threads),
+                gflop / (ms / 1e3),
+                (v.prototypes().len() * 4) as f64 / 1048576.0,
+            );
         }
     }
 
@@ -1788,11 +1796,15 @@ mod tests {
     }
 
     /// `cargo test --release --lib -- --ignored --nocapture score_timing`
+    /// (`OVDIFF_BENCH_10K=1` adds a 10,000-class bank: 1.3M rows, 2 GiB f32)
     #[test]
     #[ignore = "timing; run in release"]
     fn score_timing() {
         time_score("(a) 10 classes", 10, 130, 1024, 384);
         time_score("(b) 1,000 classes", 1000, 130, 1024, 384);
+        if std::env::var_os("OVDIFF_BENCH_10K").is_some() {
+            time_score("(c) 10,000 classes", 10_000, 130, 1024, 384);
+        }
         time_fusion(10);
         time_fusion(1000);
         // the stuff rule at scale: 667 thing classes × 130 backgrounds
