@@ -20,6 +20,7 @@
 mod format;
 mod record;
 mod store;
+mod verify;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -33,6 +34,7 @@ pub use record::{
     SupportImageInfo, DTYPE_F16, MAX_CLASS_NAME_BYTES, RECORD_VERSION,
 };
 pub use store::StoreError;
+pub use verify::{verify_bank, BankVerifyReport, ClassVerifyReport};
 
 use crate::prototypes::Prototype;
 use record::meta_key;
