@@ -45,6 +45,12 @@ use store::{CommitOutcome, RenameOutcome, Store, TreeId};
 /// `bank-after-commit`.
 pub const FAILPOINT_ENV: &str = "OVDIFF_FAILPOINT";
 
+/// Environment variable: milliseconds to pause at each failure point of
+/// [`Bank::put_class`] (after the build data is flushed, after the commit),
+/// so that a crash test's random SIGKILL lands in those windows often
+/// (`scripts/torture`). Unset in normal use.
+pub const FAILPOINT_PAUSE_ENV: &str = "OVDIFF_FAILPOINT_PAUSE_MS";
+
 /// Result type of bank operations.
 pub type Result<T> = std::result::Result<T, BankError>;
 
@@ -795,6 +801,12 @@ impl Bank {
     }
 
     fn fail_point(&self, here: FailPoint, requested: FailPoint) -> Result<()> {
+        if let Some(ms) = std::env::var(FAILPOINT_PAUSE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+        }
         if let Some(name) = here.env_name() {
             if std::env::var_os(FAILPOINT_ENV).is_some_and(|v| v == name) {
                 std::process::abort();
