@@ -593,7 +593,11 @@ fn check_not_locked(path: &Path) -> Result<()> {
         }
     };
     match File::try_lock(&file) {
-        Ok(()) => Ok(()), // released when `file` drops
+        Ok(()) => {
+            // Nobody holds the bank: safe to tidy up before sled opens it.
+            remove_partial_snapshots(path);
+            Ok(()) // the lock is released when `file` drops
+        }
         Err(TryLockError::WouldBlock) => Err(BankError::Locked {
             path: path.to_path_buf(),
         }),
@@ -602,6 +606,25 @@ fn check_not_locked(path: &Path) -> Result<()> {
             op: "lock",
             source,
         }),
+    }
+}
+
+/// Deletes `snap.*.generating` files: snapshots sled began and never
+/// finished (it renames them when complete). One is left when the disk
+/// fills up while sled writes a snapshot on open, and sled 0.34 then fails
+/// every later open with "Read corrupted data". Its log still holds every
+/// write, so the data is whole without the partial snapshot.
+fn remove_partial_snapshots(path: &Path) {
+    let Ok(entries) = fs::read_dir(path) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            // If this fails, sled's open reports the file.
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 

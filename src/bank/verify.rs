@@ -438,6 +438,23 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_snapshot_left_by_a_full_disk_does_not_break_the_bank() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bank");
+        let digest = {
+            let bank = bank_with(&path, &[build("cat", [1.0, 0.0, 0.0, 0.0])]);
+            verify_bank(&bank).unwrap().classes[0].digest.clone()
+        };
+        // What sled leaves when the disk fills while it writes a snapshot.
+        std::fs::write(path.join("snap.00000000FFFFFFFF.generating"), b"").unwrap();
+        let bank = Bank::open(&path).unwrap();
+        let report = verify_bank(&bank).unwrap();
+        assert!(report.ok());
+        assert_eq!(report.classes[0].digest, digest);
+        assert!(!path.join("snap.00000000FFFFFFFF.generating").exists());
+    }
+
+    #[test]
     fn non_unit_vectors_and_missing_prototypes_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let bank = bank_with(
