@@ -28,7 +28,11 @@ pub struct StoreError(sled::Error);
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "storage engine: {}", self.0)
+        match &self.0 {
+            // The I/O error itself is the source: printed once, by the caller.
+            sled::Error::Io(_) => f.write_str("storage engine: I/O error"),
+            other => write!(f, "storage engine: {other}"),
+        }
     }
 }
 

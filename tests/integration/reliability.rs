@@ -300,18 +300,26 @@ fn bad_images_work_or_fail_clearly_in_add_and_segment() {
     eprintln!("{}", table.join("\n"));
 }
 
-/// Runs `args` until the bank is locked by `child` (or `child` exits).
-fn wait_until_locked(kit: &Kit, child: &mut std::process::Child) -> bool {
+/// Waits until `child` has the bank's `db` file open (and so holds the
+/// bank), without opening the bank itself: an open from here could take the
+/// lock at the moment the child opens, and the child would be refused.
+/// Reads `/proc/PID/fd`; `false` when the child exits first.
+fn wait_until_held(kit: &Kit, child: &mut std::process::Child) -> bool {
+    let db = kit.bank().join("db").canonicalize().unwrap();
+    let fds = PathBuf::from(format!("/proc/{}/fd", child.id()));
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if child.try_wait().unwrap().is_some() {
             return false;
         }
-        let out = kit.cmd(&["list"]).output().unwrap();
-        if text(&out).1.contains("is in use by another process") {
-            return true;
+        if let Ok(entries) = std::fs::read_dir(&fds) {
+            for e in entries.flatten() {
+                if std::fs::read_link(e.path()).is_ok_and(|t| t == db) {
+                    return true;
+                }
+            }
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
     false
 }
@@ -355,7 +363,7 @@ fn a_second_writer_process_fails_fast_while_an_add_runs() {
         .unwrap();
     assert!(out.status.success(), "{:?}", text(&out));
     let mut writer = long_add(&kit, "green");
-    if !wait_until_locked(&kit, &mut writer) {
+    if !wait_until_held(&kit, &mut writer) {
         // The writer finished before a reader could see the lock: nothing
         // to test on this machine (it must be very fast).
         assert!(writer.wait().unwrap().success());
@@ -383,7 +391,8 @@ fn a_second_writer_process_fails_fast_while_an_add_runs() {
             "{what}: {stderr}"
         );
     }
-    assert!(writer.wait().unwrap().success());
+    let out = writer.wait_with_output().unwrap();
+    assert!(out.status.success(), "the writer failed: {:?}", text(&out));
     let names: Vec<String> = list_names(&kit).expect("the bank opens once the writer is done");
     assert_eq!(names, ["green", "red"]);
 }
@@ -426,6 +435,14 @@ fn readers_during_a_write_see_old_or_new_or_a_clear_refusal() {
         v["prototypes"].clone()
     };
     let mut writer = long_add(&kit, "green");
+    // Readers start once the writer holds the bank: a reader holding it at
+    // the moment the writer opens would get the writer refused (the same
+    // clear message; see docs/reliability.md).
+    assert!(
+        wait_until_held(&kit, &mut writer),
+        "the writer ended before it opened the bank: {:?}",
+        writer.wait_with_output().map(|o| text(&o))
+    );
     let (mut refused, mut old, mut new) = (0, 0, 0);
     let mut round = 0;
     while writer.try_wait().unwrap().is_none() {
@@ -492,8 +509,8 @@ fn readers_during_a_write_see_old_or_new_or_a_clear_refusal() {
             old += 1
         }
     }
-    let status = writer.wait().unwrap();
-    assert!(status.success(), "the writer failed");
+    let out = writer.wait_with_output().unwrap();
+    assert!(out.status.success(), "the writer failed: {:?}", text(&out));
     eprintln!(
         "readers during the write: {refused} refused, {old} saw the old state, {new} the new"
     );
