@@ -634,3 +634,64 @@ fn a_full_disk_fails_add_and_export_clearly_and_keeps_the_bank() {
     std::fs::remove_file(&filler).unwrap();
     drop(tmpfs);
 }
+
+/// `verify --bank`: a sound bank passes (exit 0) with per-class digests that
+/// are equal for equal builds in different banks and differ otherwise; a
+/// missing bank is a clear error and is not created.
+#[test]
+fn verify_bank_reads_back_classes_and_gives_build_independent_digests() {
+    let Some(kit) = Kit::new() else { return };
+    let red = support_dir(kit.data.path(), "red", [230, 40, 40], 2);
+    let blue = support_dir(kit.data.path(), "blue", [40, 40, 230], 2);
+    let other = kit.data.path().join("other");
+    let add_to = |bank: &Path, class: &str, dir: &Path| {
+        let out = kit.sb.run(&[
+            "add",
+            class,
+            "--images",
+            dir.to_str().unwrap(),
+            "--bank",
+            bank.to_str().unwrap(),
+            "--encoder",
+            "tiny-encoder",
+            "--parts",
+            "4",
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+    };
+    // In `other`, `red` gets another build id and a later time.
+    add_to(&other, "blue", &blue);
+    add_to(&other, "red", &red);
+    let json = |bank: &Path| {
+        let out = kit
+            .sb
+            .run(&["verify", "--bank", bank.to_str().unwrap(), "--json"]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        v
+    };
+    let (a, b) = (json(&kit.bank()), json(&other));
+    let digest = |v: &serde_json::Value, name: &str| {
+        v["report"]["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["digest"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(digest(&a, "red"), digest(&b, "red"));
+    assert_ne!(digest(&b, "red"), digest(&b, "blue"));
+    // 2 images, 4 parts: class 1+1, instance 2+2, part 4+4
+    assert_eq!(a["report"]["classes"][0]["prototypes"], 14);
+    assert!(a["problems"].as_array().unwrap().is_empty());
+
+    let missing = kit.data.path().join("nope");
+    let out = kit.sb.run(&["verify", "--bank", missing.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(!missing.exists(), "verify must not create a bank");
+}
