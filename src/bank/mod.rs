@@ -23,6 +23,7 @@ mod format;
 mod migrate;
 mod record;
 mod store;
+mod verify;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -42,6 +43,7 @@ pub use record::{
     MAX_CLASS_NAME_BYTES, RECORD_VERSION,
 };
 pub use store::StoreError;
+pub use verify::{verify_bank, BankVerifyReport, ClassVerifyReport};
 
 use crate::prototypes::Prototype;
 use record::meta_key;
@@ -51,6 +53,12 @@ use store::{CommitOutcome, RenameOutcome, Store, TreeId};
 /// aborts the process (for crash tests): `bank-after-prototypes` or
 /// `bank-after-commit`.
 pub const FAILPOINT_ENV: &str = "OVDIFF_FAILPOINT";
+
+/// Environment variable: milliseconds to pause at each failure point of
+/// [`Bank::put_class`] (after the build data is flushed, after the commit),
+/// so that a crash test's random SIGKILL lands in those windows often
+/// (`scripts/torture`). Unset in normal use.
+pub const FAILPOINT_PAUSE_ENV: &str = "OVDIFF_FAILPOINT_PAUSE_MS";
 
 /// Result type of bank operations.
 pub type Result<T> = std::result::Result<T, BankError>;
@@ -946,6 +954,12 @@ impl Bank {
     }
 
     fn fail_point(&self, here: FailPoint, requested: FailPoint) -> Result<()> {
+        if let Some(ms) = std::env::var(FAILPOINT_PAUSE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+        }
         if let Some(name) = here.env_name() {
             if std::env::var_os(FAILPOINT_ENV).is_some_and(|v| v == name) {
                 std::process::abort();

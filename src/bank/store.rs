@@ -13,6 +13,7 @@ use std::fs::{self, File, TryLockError};
 use std::io;
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,11 @@ pub struct StoreError(sled::Error);
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "storage engine: {}", self.0)
+        match &self.0 {
+            // The I/O error itself is the source: printed once, by the caller.
+            sled::Error::Io(_) => f.write_str("storage engine: I/O error"),
+            other => write!(f, "storage engine: {other}"),
+        }
     }
 }
 
@@ -117,10 +122,22 @@ pub(crate) struct Store {
     foreign_trees: Vec<String>,
     /// Canonical path, recorded on drop in [`RECENTLY_CLOSED`].
     canonical: Option<PathBuf>,
+    /// Set when sled reported an I/O error (a full disk, say): sled 0.34
+    /// then waits forever in its flush-on-drop, so `drop` leaks the handles
+    /// instead (see `Drop for Store`).
+    io_failed: AtomicBool,
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
+        if self.io_failed.load(Ordering::Relaxed) {
+            // After an I/O error sled's own drop blocks for ever waiting for
+            // buffers it can no longer write. Leak the handles: the process
+            // exit releases the file lock, and whatever was not flushed was
+            // never committed (the bank's commit protocol flushes first; the
+            // next open removes unreferenced build data).
+            return;
+        }
         // SAFETY: the handles are dropped exactly once, here, and never used
         // again: `self` is being dropped.
         unsafe {
@@ -217,16 +234,41 @@ impl Store {
                 foreign_trees.push(String::from_utf8_lossy(&name).into_owned());
             }
         }
-        let open_tree = |t: TreeId| db.open_tree(t.name()).map_err(|e| open_error(path, e));
+        // Handles are wrapped at once: after an I/O error they are leaked
+        // rather than dropped (sled's drop would block; see `Drop for Store`).
+        let db = ManuallyDrop::new(db);
+        let open_tree = |t: TreeId| match db.open_tree(t.name()) {
+            Ok(tree) => Ok(ManuallyDrop::new(tree)),
+            Err(e) => Err(open_error(path, e)),
+        };
+        let trees = (|| {
+            Ok::<_, BankError>((
+                open_tree(TreeId::Meta)?,
+                open_tree(TreeId::Classes)?,
+                open_tree(TreeId::Prototypes)?,
+                open_tree(TreeId::Support)?,
+            ))
+        })();
+        let (meta, classes, prototypes, support) = match trees {
+            Ok(t) => t,
+            Err(e) => {
+                if !matches!(&e, BankError::Open { source, .. } if matches!(source.0, sled::Error::Io(_)))
+                {
+                    drop(ManuallyDrop::into_inner(db));
+                }
+                return Err(e);
+            }
+        };
         Ok(Store {
             path: path.to_path_buf(),
-            meta: ManuallyDrop::new(open_tree(TreeId::Meta)?),
-            classes: ManuallyDrop::new(open_tree(TreeId::Classes)?),
-            prototypes: ManuallyDrop::new(open_tree(TreeId::Prototypes)?),
-            support: ManuallyDrop::new(open_tree(TreeId::Support)?),
-            db: ManuallyDrop::new(db),
+            meta,
+            classes,
+            prototypes,
+            support,
+            db,
             foreign_trees,
             canonical: None,
+            io_failed: AtomicBool::new(false),
         })
     }
 
@@ -259,6 +301,9 @@ impl Store {
     }
 
     fn err(&self, op: &'static str, e: sled::Error) -> BankError {
+        if matches!(e, sled::Error::Io(_)) {
+            self.io_failed.store(true, Ordering::Relaxed);
+        }
         BankError::Store {
             path: self.path.clone(),
             op,
@@ -614,7 +659,11 @@ fn check_not_locked(path: &Path) -> Result<()> {
         }
     };
     match File::try_lock(&file) {
-        Ok(()) => Ok(()), // released when `file` drops
+        Ok(()) => {
+            // Nobody holds the bank: safe to tidy up before sled opens it.
+            remove_partial_snapshots(path);
+            Ok(()) // the lock is released when `file` drops
+        }
         Err(TryLockError::WouldBlock) => Err(BankError::Locked {
             path: path.to_path_buf(),
         }),
@@ -623,6 +672,25 @@ fn check_not_locked(path: &Path) -> Result<()> {
             op: "lock",
             source,
         }),
+    }
+}
+
+/// Deletes `snap.*.generating` files: snapshots sled began and never
+/// finished (it renames them when complete). One is left when the disk
+/// fills up while sled writes a snapshot on open, and sled 0.34 then fails
+/// every later open with "Read corrupted data". Its log still holds every
+/// write, so the data is whole without the partial snapshot.
+fn remove_partial_snapshots(path: &Path) {
+    let Ok(entries) = fs::read_dir(path) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            // If this fails, sled's open reports the file.
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 

@@ -20,6 +20,18 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("ovdiff-bank: {err:#}");
+            let disk_full = err.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == ErrorKind::StorageFull)
+            });
+            if disk_full {
+                eprintln!(
+                    "ovdiff-bank: the disk is full: free some space on it and run the command \
+                     again. A bank only ever holds complete classes, so it is as it was before \
+                     this command (classes an import stored before the failure stay); \
+                     `ovdiff-bank verify --bank B` checks it"
+                );
+            }
             ExitCode::from(2)
         }
     }

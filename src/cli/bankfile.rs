@@ -315,3 +315,62 @@ pub fn verify(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `verify --bank B`: read back every class of a bank folder and check it
+/// (see [`crate::bank::verify_bank`]); exit 0 when sound, 2 otherwise. Each
+/// class is printed with a content digest that leaves out timestamps and
+/// build ids, so two builds of the same inputs compare equal.
+pub fn verify_bank(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
+    let path = ctx.home.bank_path(bank);
+    if !path.exists() {
+        bail!(
+            "bank {} does not exist; pass an existing bank with --bank NAME|PATH",
+            path.display()
+        );
+    }
+    let opened = Bank::open(&path)?;
+    let report = crate::bank::verify_bank(&opened)?;
+    let problems = report.all_problems();
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "bank": path, "ok": report.ok(), "report": report, "problems": problems,
+        }))?;
+    } else {
+        let protos: u64 = report.classes.iter().map(|c| c.prototypes).sum();
+        let thumbs: u64 = report.classes.iter().map(|c| u64::from(c.thumbnails)).sum();
+        println!(
+            "bank {}: {} (format v{}, {} encoders, {} classes, {} prototypes, {} thumbnails; \
+             {} leftover entries of interrupted writes removed on open)",
+            path.display(),
+            if report.ok() { "ok" } else { "PROBLEMS FOUND" },
+            report.format_version,
+            report.encoders,
+            report.classes.len(),
+            protos,
+            thumbs,
+            report.leftovers_cleaned
+        );
+        for c in &report.classes {
+            println!(
+                "  {}  {:>6} prototypes {:>4} thumbnails  {}",
+                c.digest, c.prototypes, c.thumbnails, c.name
+            );
+        }
+        for p in &problems {
+            eprintln!("ovdiff-bank: {p}");
+        }
+    }
+    if report.ok() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if !ctx.json {
+            eprintln!(
+                "ovdiff-bank: bank {} has {} problems; rebuild the classes named above \
+                 (`ovdiff-bank add CLASS --images DIR --replace`) or remove them",
+                path.display(),
+                problems.len()
+            );
+        }
+        Ok(ExitCode::from(2))
+    }
+}

@@ -94,10 +94,15 @@ pub enum Command {
         /// The file.
         file: std::path::PathBuf,
     },
-    /// Check every checksum of a `.ovbank` file (exit 0 or 2).
+    /// Check every checksum of a `.ovbank` file, or with --bank read back
+    /// and check every class of a bank folder (exit 0 or 2).
     Verify {
-        /// The file.
-        file: std::path::PathBuf,
+        /// The `.ovbank` file.
+        #[arg(required_unless_present = "bank", conflicts_with = "bank")]
+        file: Option<std::path::PathBuf>,
+        /// Check a bank folder instead: a name under <home>/banks, or a path.
+        #[arg(long, value_name = "NAME|PATH")]
+        bank: Option<String>,
     },
     /// List or check installed model bundles.
     #[command(subcommand)]
@@ -175,7 +180,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Merge(args) => bankfile::merge(&ctx, &args),
         Command::Migrate(args) => migrate::run(&ctx, &args),
         Command::Inspect { file } => bankfile::inspect(&ctx, &file),
-        Command::Verify { file } => bankfile::verify(&ctx, &file),
+        Command::Verify {
+            file: Some(file), ..
+        } => bankfile::verify(&ctx, &file),
+        Command::Verify { file: None, bank } => bankfile::verify_bank(&ctx, bank.as_deref()),
         Command::List(b) => bank::list(&ctx, b.bank.as_deref()),
         Command::Show { class, bank: b } => bank::show(&ctx, b.bank.as_deref(), &class),
         Command::Remove { class, bank: b } => bank::remove(&ctx, b.bank.as_deref(), &class),

@@ -51,6 +51,17 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
             ))
         }
     };
+    if format == ImageFormat::Jpeg {
+        let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+        if jpeg_is_truncated(&bytes) {
+            return Err(err(
+                "the JPEG is truncated (its last scan has no end-of-image marker); \
+                 copy or export the file again"
+                    .into(),
+                None,
+            ));
+        }
+    }
     let open = || -> Result<ImageReader<std::io::BufReader<std::fs::File>>> {
         let mut reader = ImageReader::open(path).map_err(|e| Error::io("opening", path, e))?;
         reader.set_format(format);
@@ -87,6 +98,21 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         )
     })?;
     Ok(img.to_rgb8())
+}
+
+/// `true` when a JPEG stops before its end: no end-of-image marker (FF D9)
+/// follows its last start-of-scan marker (FF DA). The decoder would fill the
+/// missing part with grey without a word. Entropy-coded data never holds
+/// these byte pairs (0xFF is stuffed), and an embedded EXIF thumbnail comes
+/// before the main image's scans, so its markers do not mislead the check.
+pub fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xff, marker]);
+    match (last(0xda), last(0xd9)) {
+        (Some(sos), Some(eoi)) => eoi < sos,
+        (Some(_), None) => true,
+        // No scan at all: the decoder reports that itself.
+        (None, _) => false,
+    }
 }
 
 /// The size (width, height) an image of `w`×`h` is resized to, following the
@@ -252,6 +278,23 @@ mod tests {
         std::fs::write(&cut, &all[..all.len() / 2]).unwrap();
         assert!(load_rgb(&cut).is_err());
         assert_eq!(load_rgb(&good).unwrap().dimensions(), (64, 64));
+        // a truncated JPEG: the decoder alone would pad it with grey
+        let jpg = dir.path().join("good.jpg");
+        RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 90]))
+            .save(&jpg)
+            .unwrap();
+        let all = std::fs::read(&jpg).unwrap();
+        assert!(!jpeg_is_truncated(&all));
+        assert_eq!(load_rgb(&jpg).unwrap().dimensions(), (64, 48));
+        let cut = dir.path().join("cut.jpg");
+        std::fs::write(&cut, &all[..all.len() * 2 / 3]).unwrap();
+        assert!(jpeg_is_truncated(&all[..all.len() * 2 / 3]));
+        let e = load_rgb(&cut).unwrap_err().to_string();
+        assert!(e.contains("cut.jpg") && e.contains("truncated"), "{e}");
+        // trailing bytes after the end-of-image marker are fine
+        let mut padded = all.clone();
+        padded.extend_from_slice(b"trailing data");
+        assert!(!jpeg_is_truncated(&padded));
     }
 
     fn crc32(data: &[u8]) -> u32 {

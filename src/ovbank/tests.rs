@@ -1475,14 +1475,39 @@ fn perf_thousand_classes() {
     // The rows scripts/bench collects into docs/benchmarks.md.
     let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
-    let met = |d: Duration, limit: f64| if d.as_secs_f64() <= limit { "yes" } else { "**no**" };
+    let met = |d: Duration, limit: f64| {
+        if d.as_secs_f64() <= limit {
+            "yes"
+        } else {
+            "**no**"
+        }
+    };
     println!("| measure ({n} classes × 130 × 384 f16 + a 15 KB thumbnail each, {:.0} MiB file) | value | target | met |", stats.bytes as f64 / 1048576.0);
     println!("|---|---|---|---|");
-    println!("| build the bank (Bank::put_class per class) | {} | | |", s(build_s));
-    println!("| export | {} | ≤ 2 s | {} |", s(export_time), met(export_time, 2.0));
-    println!("| import | {} | ≤ 2 s | {} |", s(import_time), met(import_time, 2.0));
-    println!("| open (header, sections, metadata) | {} | ≤ 0.5 s | {} |", ms(best_open), met(best_open, 0.5));
-    println!("| inspect | {} | ≤ 50 ms | {} |", ms(best_inspect), met(best_inspect, 0.05));
+    println!(
+        "| build the bank (Bank::put_class per class) | {} | | |",
+        s(build_s)
+    );
+    println!(
+        "| export | {} | ≤ 2 s | {} |",
+        s(export_time),
+        met(export_time, 2.0)
+    );
+    println!(
+        "| import | {} | ≤ 2 s | {} |",
+        s(import_time),
+        met(import_time, 2.0)
+    );
+    println!(
+        "| open (header, sections, metadata) | {} | ≤ 0.5 s | {} |",
+        ms(best_open),
+        met(best_open, 0.5)
+    );
+    println!(
+        "| inspect | {} | ≤ 50 ms | {} |",
+        ms(best_inspect),
+        met(best_inspect, 0.05)
+    );
     println!("| verify (every checksum) | {} | | |", ms(verify_time));
     println!("| merge (the file into a copy) | {} | | |", ms(merge_time));
 }

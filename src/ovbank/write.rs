@@ -565,13 +565,20 @@ impl Writer {
         let path = self.tmp.path.clone();
         let path = path.as_path();
         let io = |op| move |e| OvBankError::io(path, op, e);
-        let mut file = self
+        let buffered = self
             .tmp
             .file
             .take()
-            .ok_or_else(|| io("write")(std::io::ErrorKind::Other.into()))?
-            .into_inner()
-            .map_err(|e| io("write")(e.into_error()))?;
+            .ok_or_else(|| io("write")(std::io::ErrorKind::Other.into()))?;
+        // Flushing the buffer can fail (a full disk): the guard is disarmed
+        // by now, so the temporary file is removed here.
+        let mut file = match buffered.into_inner() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.tmp.path);
+                return Err(io("write")(e.into_error()));
+            }
+        };
         // Keep the guard armed until the rename.
         let result = (|| {
             file.seek(SeekFrom::Start(0)).map_err(io("seek in"))?;

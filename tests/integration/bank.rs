@@ -334,7 +334,8 @@ fn bad_class_names_and_missing_folders_are_clear_errors() {
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
-fn crc32(data: &[u8]) -> u32 {
+/// CRC-32 (PNG chunks).
+pub fn crc32(data: &[u8]) -> u32 {
     let mut crc = 0xffff_ffffu32;
     for &b in data {
         crc ^= u32::from(b);

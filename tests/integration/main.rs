@@ -7,4 +7,5 @@ mod generator;
 mod harness;
 mod models;
 mod real_model;
+mod reliability;
 mod segment;
