@@ -28,8 +28,7 @@ fn main() -> ExitCode {
                 eprintln!(
                     "ovdiff-bank: the disk is full: free some space on it and run the command \
                      again. A bank only ever holds complete classes, so it is as it was before \
-                     this command (classes an import stored before the failure stay); \
-                     `ovdiff-bank verify --bank B` checks it"
+                     this command; `ovdiff-bank verify --bank B` checks it"
                 );
             }
             ExitCode::from(2)
