@@ -6,5 +6,6 @@ mod bankfile;
 mod generator;
 mod harness;
 mod models;
+mod prefilter;
 mod real_model;
 mod segment;
