@@ -287,8 +287,20 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     }
     let mut pre = match clip {
         Some(bundle) => Some(PrefilterRun {
-            prefilter: Prefilter::load(&runtime, bundle)
-                .context("loading the --prefilter CLIP graphs")?,
+            prefilter: {
+                let p = Prefilter::load(&runtime, bundle)
+                    .context("loading the --prefilter CLIP graphs")?;
+                if p.ties_batches() {
+                    eprintln!(
+                        "ovdiff-bank: note: the CLIP export {} gives text and image one batch \
+                         dimension (an older optimum export), so every prompt also costs an \
+                         image pass; re-export it with a current optimum to make the \
+                         pre-filter much faster",
+                        p.bundle().root().display()
+                    );
+                }
+                p
+            },
             topk,
             hnsw_min_rows: match args.engine {
                 EngineChoice::Exact => None,

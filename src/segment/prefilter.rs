@@ -91,8 +91,8 @@ pub const DEFAULT_TOPK: usize = 10;
 /// beyond reasonable).
 pub const MAX_TOPK: usize = 16;
 
-/// Prompts per text-tower run.
-pub const TEXT_BATCH: usize = 128;
+/// Prompts per text-tower run (see docs/prefilter.md for the measurement).
+pub const TEXT_BATCH: usize = 256;
 
 /// Text embeddings cached per run before the cache is emptied.
 pub const TEXT_CACHE_MAX: usize = 65_536;
@@ -571,6 +571,9 @@ struct Graph {
     pixels: bool,
     text_out: bool,
     image_out: bool,
+    /// Text and image share one batch dimension (older optimum exports name
+    /// both `batch_size`): the image is repeated once per prompt.
+    tied: bool,
 }
 
 impl Graph {
@@ -712,12 +715,19 @@ impl Graph {
                 )));
             }
         }
+        let symbol = |name: &str| session.input_symbols(name).into_iter().next();
+        let tied = need_text
+            && need_image
+            && symbol(INPUT_IDS)
+                .zip(symbol(PIXEL_VALUES))
+                .is_some_and(|(t, i)| !t.is_empty() && t == i);
         Ok(Graph {
             session,
             text,
             pixels,
             text_out: need_text,
             image_out: need_image,
+            tied,
         })
     }
 
@@ -742,7 +752,8 @@ impl Graph {
             let px = pixels
                 .ok_or_else(|| Error::Invalid("the CLIP image tower needs an image".into()))?;
             let s = side as usize;
-            let v: DynValue = Tensor::from_array(([1usize, 3, s, s], px.to_vec()))
+            let copies = if self.tied { ids.len().max(1) } else { 1 };
+            let v: DynValue = Tensor::from_array(([copies, 3, s, s], px.repeat(copies)))
                 .map_err(|e| Error::ort(ctx("building pixel_values"), e))?
                 .into_dyn();
             inputs.push((PIXEL_VALUES.into(), v.into()));
@@ -784,8 +795,10 @@ impl Graph {
             }
             Ok(data.chunks(shape[1]).map(|c| c.to_vec()).collect())
         };
+        // a tied graph returns one (identical) image row per copy
+        let image_rows = if self.tied { ids.len().max(1) } else { 1 };
         let image = if self.image_out {
-            read(IMAGE_EMBEDS, 1)?.pop()
+            read(IMAGE_EMBEDS, image_rows)?.into_iter().next()
         } else {
             None
         };
@@ -877,6 +890,7 @@ pub struct Prefilter {
     cache: HashMap<String, Vec<f32>>,
     dim: Option<usize>,
     stats: PrefilterStats,
+    text_batch: usize,
 }
 
 impl std::fmt::Debug for Prefilter {
@@ -905,6 +919,7 @@ impl Prefilter {
             cache: HashMap::new(),
             dim: None,
             stats: PrefilterStats::default(),
+            text_batch: TEXT_BATCH,
         })
     }
 
@@ -916,6 +931,24 @@ impl Prefilter {
     /// The bundle.
     pub fn bundle(&self) -> &ClipBundle {
         &self.bundle
+    }
+
+    /// Whether the graph ties the text and image batch sizes (an older
+    /// optimum export): then every prompt costs an image pass too, and a
+    /// re-export with a current optimum is much faster.
+    pub fn ties_batches(&self) -> bool {
+        matches!(&self.graphs, Graphs::Joint(g) if g.tied)
+    }
+
+    /// Prompts per text-tower run ([`TEXT_BATCH`] unless changed; for
+    /// benchmarks).
+    pub fn set_text_batch(&mut self, n: usize) {
+        self.text_batch = n.max(1);
+    }
+
+    /// Forget every cached text embedding.
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
     }
 
     /// Select the classes of `names` that CLIP sees in `img` (see the module
@@ -951,7 +984,8 @@ impl Prefilter {
         let end = self.bundle.tokenizer().end_id();
         let mut misses: Vec<String> = Vec::new();
         for p in warm {
-            if !self.cache.contains_key(p) && !misses.contains(p) && misses.len() < TEXT_BATCH {
+            if !self.cache.contains_key(p) && !misses.contains(p) && misses.len() < self.text_batch
+            {
                 misses.push(p.clone());
             }
         }
@@ -986,32 +1020,31 @@ impl Prefilter {
     }
 
     /// L2-normalised embeddings of `prompts`, in order: cached ones from the
-    /// cache, the others through the text tower in batches of
-    /// [`TEXT_BATCH`] (the joint graph also gets `pixels`).
+    /// cache, the others through the text tower, sorted by length, in
+    /// batches of [`TEXT_BATCH`] (the joint graph also gets `pixels`).
     fn embed_texts(&mut self, prompts: &[String], pixels: &[f32]) -> Result<Vec<Vec<f32>>> {
         let dir = self.bundle.root().to_path_buf();
         let side = self.bundle.image_size();
         let end = self.bundle.tokenizer().end_id();
-        let mut misses: Vec<&String> = Vec::new();
+        let mut misses: Vec<(&String, Vec<i64>)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for p in prompts {
             if !self.cache.contains_key(p) && seen.insert(p) {
-                misses.push(p);
+                misses.push((p, self.bundle.tokenizer.encode(p)));
             }
         }
         self.stats.prompts_cached += prompts.len() - misses.len();
-        for chunk in misses.chunks(TEXT_BATCH) {
-            let ids: Vec<Vec<i64>> = chunk
-                .iter()
-                .map(|p| self.bundle.tokenizer.encode(p))
-                .collect();
+        // Batches of prompts of similar length pad little.
+        misses.sort_by_key(|(_, ids)| ids.iter().skip(1).position(|&t| t == end));
+        for chunk in misses.chunks(self.text_batch) {
+            let ids: Vec<Vec<i64>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
             let (_, texts) = match &mut self.graphs {
                 Graphs::Joint(g) => g.run(&dir, side, Some(pixels), &ids, end)?,
                 Graphs::Split { text, .. } => text.run(&dir, side, None, &ids, end)?,
             };
             self.stats.runs += 1;
             self.stats.prompts_embedded += chunk.len();
-            for (p, e) in chunk.iter().zip(texts) {
+            for ((p, _), e) in chunk.iter().zip(texts) {
                 let e = check_dim(&mut self.dim, e, &dir)?;
                 self.cache.insert((*p).clone(), normalised(e));
             }
@@ -1379,6 +1412,22 @@ mod tests {
         let Some(rt) = runtime() else { return };
         let mut pf = Prefilter::open(&rt, &fixture()).unwrap();
         check_fixture_answers(&mut pf);
+    }
+
+    #[test]
+    fn a_graph_with_one_batch_dimension_gets_one_image_per_prompt() {
+        let Some(rt) = runtime() else { return };
+        let tmp = copy_fixture();
+        std::fs::copy(
+            fixture().join("variants/tied_batch.onnx"),
+            tmp.path().join("model.onnx"),
+        )
+        .unwrap();
+        let mut pf = Prefilter::open(&rt, tmp.path()).unwrap();
+        assert!(pf.ties_batches());
+        check_fixture_answers(&mut pf);
+        let pf = Prefilter::open(&rt, &fixture()).unwrap();
+        assert!(!pf.ties_batches());
     }
 
     #[test]
