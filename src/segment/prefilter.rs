@@ -9,7 +9,7 @@
 //!    CLIP mean and std, and embedded; each candidate class `c` is embedded
 //!    as the text `"a {c}"`. Both are L2-normalised, and the `k` classes
 //!    with the highest cosine are kept ([`top_k`]; `k` is clamped to the
-//!    number of candidates).
+//!    number of candidates; [`DEFAULT_TOPK`] unless given).
 //! 2. **Powerset.** Every non-empty subset of those `k` classes becomes one
 //!    prompt, its classes' `"a {c}"` joined with `" and "` in stage-1 rank
 //!    order (`"a cat and a dog"`), in the reference's order ([`powerset`]:
@@ -21,7 +21,8 @@
 //! candidates (the background prototypes of the selected classes stand for
 //! background, as always). Without a CLIP bundle there is no pre-filter.
 //!
-//! Stage 2 embeds `2^k − 1` prompts (1023 for the reference's `k = 10`).
+//! Stage 2 embeds `2^k − 1` prompts (1023 for the reference's `k = 10`,
+//! which is why the default is smaller: [`DEFAULT_TOPK`]).
 //! Text embeddings depend only on the prompt, so they are cached per run
 //! ([`TEXT_CACHE_MAX`] prompts), and the prompts that miss the cache are
 //! embedded in batches of [`TEXT_BATCH`].
@@ -53,9 +54,14 @@
 //! With the single `model.onnx`, every run needs both an image and some
 //! text. The image and the class prompts therefore share the first run;
 //! later batches of prompts are run with the same image again (a ViT-B/16
-//! image pass costs about as much as a handful of prompts, so with
-//! batches of [`TEXT_BATCH`] this adds a few per cent). With the split
-//! layout each tower runs alone.
+//! image pass costs about as much as 30–40 short prompts, so with batches
+//! of [`TEXT_BATCH`] this adds about 15% to stage 2; an image batch of 0,
+//! which would avoid it, is refused by the vision tower's reshapes). With
+//! the split layout each tower runs alone. Older optimum versions name the
+//! text and image batch dimensions alike (`batch_size`), and ONNX Runtime
+//! then insists that they are equal: for such a graph the image is repeated
+//! once per prompt ([`Prefilter::ties_batches`]), which is correct but
+//! slow.
 //!
 //! The text side feeds `input_ids` (start token, at most 75 BPE tokens, end
 //! token) padded with the tokenizer's pad token to the longest prompt of
@@ -84,8 +90,14 @@ use crate::runtime::tensor::read_float;
 use crate::runtime::{ModelSession, Runtime};
 use crate::{Error, Result};
 
-/// The reference's `k`: classes kept by stage 1, whose subsets stage 2 compares.
-pub const DEFAULT_TOPK: usize = 10;
+/// The default `k`: classes kept by stage 1, whose subsets stage 2
+/// compares. The reference uses [`REFERENCE_TOPK`]; its 1023 prompts per
+/// image cost 8–35 s on two CPU cores against about 2 s for `k = 6`
+/// (63 prompts), measured with a ViT-B/16-sized export (docs/prefilter.md).
+pub const DEFAULT_TOPK: usize = 6;
+
+/// OVDiff's `k` (`CLIPClassifier(topk=10)`): `--prefilter-topk 10`.
+pub const REFERENCE_TOPK: usize = 10;
 
 /// The largest `k` accepted (`2^16 − 1` prompts per image is already far
 /// beyond reasonable).

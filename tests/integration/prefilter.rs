@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use image::{Rgb, RgbImage};
+use ovdiff_bank::segment::prefilter::DEFAULT_TOPK;
 use ovdiff_bank::segment::render::read_label_png;
 
 use crate::bank::support_dir;
@@ -122,7 +123,7 @@ fn prefilter_keeps_the_classes_clip_sees_and_only_those_are_labelled() {
     let (report, labels) = kit.segment(&red, &out, &["--prefilter", &clip]);
     assert_eq!(kept(&report), vec!["red"], "{report:#}");
     let pf = &report["prefilter"];
-    assert_eq!(pf["topk"], 10);
+    assert_eq!(pf["topk"], DEFAULT_TOPK);
     assert_eq!(pf["prompt"], "a red");
     assert_eq!(pf["prompts"], 7, "k is clamped to the 3 candidates");
     assert_eq!(pf["stage1"][0]["class"], "red");
