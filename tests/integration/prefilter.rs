@@ -137,6 +137,15 @@ fn prefilter_keeps_the_classes_clip_sees_and_only_those_are_labelled() {
     );
     assert_eq!(report["classes"].as_array().unwrap().len(), 1, "{report:#}");
 
+    // The kept classes can be matched with HNSW too (a graph for just them).
+    let (report, labels) = kit.segment(&red, &out, &["--prefilter", &clip, "--engine", "hnsw"]);
+    assert_eq!(kept(&report), vec!["red"], "{report:#}");
+    assert!(has_label(&labels, 1) && labels.iter().all(|&l| l <= 1));
+    assert!(
+        kit.sb.home.path().join("cache/hnsw").is_dir(),
+        "the kept classes' HNSW graph is cached"
+    );
+
     // A red and a green disc: only the " and " prompt of stage 2 explains
     // both; blue is never a candidate.
     let two = kit.discs("two.png", &[(RED, 0.4), (GREEN, 0.4)]);
