@@ -15,7 +15,7 @@ use super::{print_json, Context};
 use crate::bank::ClassRecord;
 use crate::features::preprocess;
 use crate::prototypes::{Level, Side};
-use crate::segment::engine::SegmentOptions;
+use crate::segment::engine::{SegmentOptions, Segmentation};
 use crate::segment::prefilter::{self, ClipBundle, Prefilter, PrefilterStats, Ranked};
 use crate::segment::query::{self, QueryMember};
 use crate::segment::render::{self, ExplainMatch, ExplainOptions, ExplainRow, PatchMask};
@@ -138,10 +138,80 @@ struct PrefilterReport {
 /// The pre-filter of a run and how the classes it keeps are matched.
 struct PrefilterRun {
     prefilter: Prefilter,
+    fingerprint: String,
     topk: usize,
     hnsw_min_rows: Option<usize>,
     cache_dir: PathBuf,
     threads: usize,
+}
+
+impl PrefilterRun {
+    /// Load the checked bundle's graphs and fingerprint it.
+    fn load(
+        ctx: &Context,
+        args: &SegmentArgs,
+        runtime: &crate::runtime::Runtime,
+        bundle: ClipBundle,
+        topk: usize,
+    ) -> anyhow::Result<PrefilterRun> {
+        let fingerprint = bundle.fingerprint()?.to_string();
+        let prefilter =
+            Prefilter::load(runtime, bundle).context("loading the --prefilter CLIP graphs")?;
+        if prefilter.ties_batches() {
+            eprintln!(
+                "ovdiff-bank: note: the CLIP export {} gives text and image one batch dimension \
+                 (an older optimum export), so every prompt also costs an image pass; re-export \
+                 it with a current optimum to make the pre-filter much faster",
+                prefilter.bundle().root().display()
+            );
+        }
+        Ok(PrefilterRun {
+            prefilter,
+            fingerprint,
+            topk,
+            hnsw_min_rows: match args.engine {
+                EngineChoice::Exact => None,
+                EngineChoice::Hnsw => Some(0),
+                EngineChoice::Auto => Some(query::AUTO_HNSW_MIN_ROWS),
+            },
+            cache_dir: ctx.home.cache_dir(),
+            threads: ctx.runtime.threads,
+        })
+    }
+
+    /// Select the classes of `img`, then segment it with only those.
+    fn segment(
+        &mut self,
+        members: &mut [QueryMember],
+        img: &RgbImage,
+        names: &[String],
+        opts: &SegmentOptions,
+    ) -> anyhow::Result<(Segmentation, query::Restricted, PrefilterReport)> {
+        let (sel, stats) = self
+            .prefilter
+            .select(img, names, self.topk)
+            .context("running the CLIP pre-filter")?;
+        let restricted = query::restrict(
+            members,
+            &sel.kept,
+            self.hnsw_min_rows,
+            &self.cache_dir,
+            self.threads,
+        )?;
+        let seg = query::segment_restricted(members, &restricted, img, opts)?;
+        let report = PrefilterReport {
+            bundle: self.prefilter.bundle().root().to_path_buf(),
+            fingerprint: self.fingerprint.clone(),
+            topk: self.topk,
+            kept: sel.classes,
+            stage1: sel.stage1,
+            prompt: sel.prompt,
+            score: sel.score,
+            prompts: sel.prompts,
+            stats,
+        };
+        Ok((seg, restricted, report))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -286,30 +356,7 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let mut pre = match clip {
-        Some(bundle) => Some(PrefilterRun {
-            prefilter: {
-                let p = Prefilter::load(&runtime, bundle)
-                    .context("loading the --prefilter CLIP graphs")?;
-                if p.ties_batches() {
-                    eprintln!(
-                        "ovdiff-bank: note: the CLIP export {} gives text and image one batch \
-                         dimension (an older optimum export), so every prompt also costs an \
-                         image pass; re-export it with a current optimum to make the \
-                         pre-filter much faster",
-                        p.bundle().root().display()
-                    );
-                }
-                p
-            },
-            topk,
-            hnsw_min_rows: match args.engine {
-                EngineChoice::Exact => None,
-                EngineChoice::Hnsw => Some(0),
-                EngineChoice::Auto => Some(query::AUTO_HNSW_MIN_ROWS),
-            },
-            cache_dir: ctx.home.cache_dir(),
-            threads: ctx.runtime.threads,
-        }),
+        Some(bundle) => Some(PrefilterRun::load(ctx, args, &runtime, bundle, topk)?),
         None => None,
     };
     std::fs::create_dir_all(&args.out)
@@ -465,35 +512,10 @@ fn segment_one(
 ) -> anyhow::Result<ImageReport> {
     let started = Instant::now();
     let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
-    let mut prefilter_ms = None;
     let (seg, restricted, prefilter) = match pre {
         None => (query::segment_with(members, img, opts)?, None, None),
         Some(run) => {
-            let (sel, stats) = run
-                .prefilter
-                .select(img, &names, run.topk)
-                .context("running the CLIP pre-filter")?;
-            prefilter_ms = Some(stats.ms);
-            let restricted = query::restrict(
-                members,
-                &sel.kept,
-                run.hnsw_min_rows,
-                &run.cache_dir,
-                run.threads,
-            )?;
-            let seg = query::segment_restricted(members, &restricted, img, opts)?;
-            let bundle = run.prefilter.bundle();
-            let report = PrefilterReport {
-                bundle: bundle.root().to_path_buf(),
-                fingerprint: bundle.fingerprint()?.to_string(),
-                topk: run.topk,
-                kept: sel.classes,
-                stage1: sel.stage1,
-                prompt: sel.prompt,
-                score: sel.score,
-                prompts: sel.prompts,
-                stats,
-            };
+            let (seg, restricted, report) = run.segment(members, img, &names, opts)?;
             (seg, Some(restricted), Some(report))
         }
     };
@@ -611,8 +633,8 @@ fn segment_one(
         ("writing", write_ms),
         ("total", started.elapsed().as_secs_f64() * 1e3 + decode_ms),
     ]);
-    if let Some(ms) = prefilter_ms {
-        timings_ms.insert("prefilter", ms);
+    if let Some(p) = &prefilter {
+        timings_ms.insert("prefilter", p.stats.ms);
     }
     let report = ImageReport {
         image: path.to_path_buf(),
