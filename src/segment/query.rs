@@ -451,6 +451,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_narrowed_query_reports_labels_of_the_whole_query() {
+        use ndarray::array;
+        let cand = |name: &str, v: [f32; 2]| {
+            Candidate::new(name, false, array![[v[0], v[1]]], array![[v[1], v[0]]])
+        };
+        // the query was [a, b, c]; the pre-filter kept a and c
+        let vocabulary =
+            Vocabulary::new(vec![cand("a", [1.0, 0.0]), cand("c", [0.0, 1.0])]).unwrap();
+        let c_row = vocabulary.segment(2).start as u32;
+        let bg_row = vocabulary.segment(0).start as u32;
+        let narrow = Restricted {
+            kept: vec![0, 2],
+            vocabularies: vec![vocabulary],
+            hnsw: vec![None],
+        };
+        let r = narrow.proto_ref(0, c_row).unwrap();
+        assert_eq!(
+            (r.class, r.side, r.id),
+            (3, crate::prototypes::Side::Foreground, 0)
+        );
+        // a background prototype names the class whose images it came from
+        let r = narrow.proto_ref(0, bg_row).unwrap();
+        assert_eq!((r.class, r.side), (1, crate::prototypes::Side::Background));
+        assert!(narrow.proto_ref(1, c_row).is_none(), "no such member");
+    }
+
+    #[test]
     fn closest_names_are_suggested() {
         let known = ["person", "cat", "cup", "rocket"];
         assert_eq!(closest_names("persn", known), vec!["person"]);
