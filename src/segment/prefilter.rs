@@ -65,7 +65,7 @@
 //!
 //! The text side feeds `input_ids` (start token, at most 75 BPE tokens, end
 //! token) padded with the tokenizer's pad token to the longest prompt of
-//! the batch (to 77 when the graph fixes the length), and `attention_mask`
+//! the batch (to the graph's length when it fixes one), and `attention_mask`
 //! (1 up to the end token) when the graph takes it. CLIP's causal text
 //! transformer pools at the end token, so the padding length does not
 //! change an embedding. A prompt longer than 75 tokens is truncated, as
@@ -383,9 +383,14 @@ impl ClipBundle {
         let layout = find_layout(dir)?;
         let pre_path = dir.join(PREPROCESSOR_CONFIG);
         if !pre_path.is_file() {
+            let extra = if dir.join("manifest.toml").is_file() {
+                "; this folder has a manifest.toml: it looks like an encoder bundle, not CLIP"
+            } else {
+                ""
+            };
             return Err(fail(format!(
-                "`{PREPROCESSOR_CONFIG}` is missing (it gives the image size, mean and std); \
-                 {EXPORT_HINT}"
+                "`{PREPROCESSOR_CONFIG}` is missing (it gives the image size, mean and \
+                 std){extra}; {EXPORT_HINT}"
             )));
         }
         let bytes = std::fs::read(&pre_path).map_err(|e| Error::io("reading", &pre_path, e))?;

@@ -237,7 +237,8 @@ fn prefilter_errors_say_what_to_do() {
     let (_, stderr) = text(&res);
     assert_eq!(res.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("`model.onnx`") || stderr.contains("preprocessor_config.json"),
+        stderr.contains("`preprocessor_config.json` is missing")
+            && stderr.contains("looks like an encoder bundle"),
         "{stderr}"
     );
     assert!(stderr.contains("optimum-cli export onnx"), "{stderr}");
