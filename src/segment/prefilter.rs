@@ -106,8 +106,9 @@ pub const MAX_TOPK: usize = 16;
 /// Prompts per text-tower run (see docs/prefilter.md for the measurement).
 pub const TEXT_BATCH: usize = 256;
 
-/// Text embeddings cached per run before the cache is emptied.
-pub const TEXT_CACHE_MAX: usize = 65_536;
+/// Text embeddings cached per run before the cache is emptied (32 MiB at
+/// ViT-B/16's 512 dimensions).
+pub const TEXT_CACHE_MAX: usize = 16_384;
 
 /// What joins the class prompts of a subset.
 pub const CONNECTOR: &str = " and ";
