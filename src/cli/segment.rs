@@ -15,7 +15,8 @@ use super::{print_json, Context};
 use crate::bank::ClassRecord;
 use crate::features::preprocess;
 use crate::prototypes::{Level, Side};
-use crate::segment::engine::SegmentOptions;
+use crate::segment::engine::{SegmentOptions, Segmentation};
+use crate::segment::prefilter::{self, ClipBundle, Prefilter, PrefilterStats, Ranked};
 use crate::segment::query::{self, QueryMember};
 use crate::segment::render::{self, ExplainMatch, ExplainOptions, ExplainRow, PatchMask};
 use crate::segment::store::{open_store, ClassStore};
@@ -64,6 +65,15 @@ pub struct SegmentArgs {
     /// Also write NAME.explain.png and print, per class, the support images whose prototypes won its pixels.
     #[arg(long)]
     pub explain: bool,
+    /// CLIP category pre-filter: a CLIP ONNX export (`optimum-cli export onnx --model
+    /// openai/clip-vit-base-patch16 DIR`); per image, only the classes CLIP picks are candidates.
+    /// Without it, no pre-filter runs.
+    #[arg(long, value_name = "CLIP_DIR")]
+    pub prefilter: Option<PathBuf>,
+    /// Classes the pre-filter's first stage keeps; the second compares all 2^K − 1 subsets of
+    /// them [default: 6; OVDiff uses 10, which costs 1023 text-tower prompts per image].
+    #[arg(long, value_name = "K", requires = "prefilter")]
+    pub prefilter_topk: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +114,104 @@ struct ImageReport {
     background_fraction: f64,
     timings_ms: BTreeMap<&'static str, f64>,
     windows: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefilter: Option<PrefilterReport>,
+}
+
+/// What the CLIP pre-filter kept for one image.
+#[derive(Debug, Serialize)]
+struct PrefilterReport {
+    bundle: PathBuf,
+    fingerprint: String,
+    topk: usize,
+    /// The classes segmented, in stage-1 rank order.
+    kept: Vec<String>,
+    /// Stage 1: the top-k classes with their cosines, best first.
+    stage1: Vec<Ranked>,
+    /// Stage 2's winning prompt and its cosine.
+    prompt: String,
+    score: f32,
+    prompts: usize,
+    stats: PrefilterStats,
+}
+
+/// The pre-filter of a run and how the classes it keeps are matched.
+struct PrefilterRun {
+    prefilter: Prefilter,
+    fingerprint: String,
+    topk: usize,
+    hnsw_min_rows: Option<usize>,
+    cache_dir: PathBuf,
+    threads: usize,
+}
+
+impl PrefilterRun {
+    /// Load the checked bundle's graphs and fingerprint it.
+    fn load(
+        ctx: &Context,
+        args: &SegmentArgs,
+        runtime: &crate::runtime::Runtime,
+        bundle: ClipBundle,
+        topk: usize,
+    ) -> anyhow::Result<PrefilterRun> {
+        let fingerprint = bundle.fingerprint()?.to_string();
+        let prefilter =
+            Prefilter::load(runtime, bundle).context("loading the --prefilter CLIP graphs")?;
+        if prefilter.ties_batches() {
+            eprintln!(
+                "ovdiff-bank: note: the CLIP export {} gives text and image one batch dimension \
+                 (an older optimum export), so every prompt also costs an image pass; re-export \
+                 it with a current optimum to make the pre-filter much faster",
+                prefilter.bundle().root().display()
+            );
+        }
+        Ok(PrefilterRun {
+            prefilter,
+            fingerprint,
+            topk,
+            hnsw_min_rows: match args.engine {
+                EngineChoice::Exact => None,
+                EngineChoice::Hnsw => Some(0),
+                EngineChoice::Auto => Some(query::AUTO_HNSW_MIN_ROWS),
+            },
+            cache_dir: ctx.home.cache_dir(),
+            threads: ctx.runtime.threads,
+        })
+    }
+
+    /// Select the classes of `img`, then segment it with only those.
+    fn segment(
+        &mut self,
+        members: &mut [QueryMember],
+        img: &RgbImage,
+        names: &[String],
+        opts: &SegmentOptions,
+    ) -> anyhow::Result<(Segmentation, query::Restricted, PrefilterReport)> {
+        let (sel, stats) = self
+            .prefilter
+            .select(img, names, self.topk)
+            .context("running the CLIP pre-filter")?;
+        let restricted = query::restrict(
+            members,
+            &sel.kept,
+            self.hnsw_min_rows,
+            &self.cache_dir,
+            self.threads,
+        )?;
+        let seg = query::segment_restricted(members, &restricted, img, opts)?;
+        let report = PrefilterReport {
+            bundle: self.prefilter.bundle().root().to_path_buf(),
+            fingerprint: self.fingerprint.clone(),
+            topk: self.topk,
+            kept: sel.classes,
+            stage1: sel.stage1,
+            prompt: sel.prompt,
+            score: sel.score,
+            prompts: sel.prompts,
+            stats,
+        };
+        Ok((seg, restricted, report))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -212,6 +320,22 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         Some(v)
     };
     let classes = query::resolve_classes(bank, names.as_deref())?;
+    let topk = args.prefilter_topk.unwrap_or(prefilter::DEFAULT_TOPK);
+    if !(1..=prefilter::MAX_TOPK).contains(&topk) {
+        bail!(
+            "--prefilter-topk {topk} is out of range: give 1 to {} (the second stage compares \
+             2^K - 1 prompts per image)",
+            prefilter::MAX_TOPK
+        );
+    }
+    // The CLIP folder is checked before any model is loaded.
+    let clip = match &args.prefilter {
+        Some(dir) => Some(
+            ClipBundle::open(dir)
+                .with_context(|| format!("checking the --prefilter bundle {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let runtime = ctx.runtime()?;
     let explicit: Vec<PathBuf> = args
         .encoders
@@ -226,10 +350,15 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
             EngineChoice::Hnsw => true,
             EngineChoice::Auto => rows >= query::AUTO_HNSW_MIN_ROWS,
         };
-        if hnsw {
+        // With a pre-filter, each image is matched against the classes it keeps.
+        if hnsw && clip.is_none() {
             m.use_hnsw(&ctx.home.cache_dir(), ctx.runtime.threads)?;
         }
     }
+    let mut pre = match clip {
+        Some(bundle) => Some(PrefilterRun::load(ctx, args, &runtime, bundle, topk)?),
+        None => None,
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
 
@@ -270,6 +399,7 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
                     bank,
                     &classes.records,
                     &mut members,
+                    pre.as_mut(),
                     &img,
                     path,
                     &stems[i],
@@ -331,6 +461,21 @@ fn print_summary(r: &ImageReport, explain: bool) {
         r.overlay.display(),
         r.timings_ms.get("total").copied().unwrap_or(0.0)
     );
+    if let Some(p) = &r.prefilter {
+        let ranked: Vec<String> = p
+            .stage1
+            .iter()
+            .map(|c| format!("{} {:.3}", c.class, c.score))
+            .collect();
+        println!(
+            "  pre-filter kept {} (\"{}\", cosine {:.3}; top-{}: {})",
+            p.kept.join(", "),
+            p.prompt,
+            p.score,
+            p.stage1.len(),
+            ranked.join(", ")
+        );
+    }
     if explain {
         // The explanation as one JSON line, as the sheet shows it.
         let classes: Vec<_> = r
@@ -340,7 +485,14 @@ fn print_summary(r: &ImageReport, explain: bool) {
             .collect();
         println!(
             "{}",
-            serde_json::json!({ "image": r.image, "explain_sheet": r.explain, "classes": classes })
+            serde_json::json!({
+                "image": r.image,
+                "explain_sheet": r.explain,
+                "classes": classes,
+                "prefilter": r.prefilter.as_ref().map(|p| serde_json::json!({
+                    "kept": p.kept, "stage1": p.stage1, "prompt": p.prompt, "score": p.score
+                })),
+            })
         );
     }
 }
@@ -350,6 +502,7 @@ fn segment_one(
     bank: &dyn ClassStore,
     records: &[ClassRecord],
     members: &mut [QueryMember],
+    pre: Option<&mut PrefilterRun>,
     img: &RgbImage,
     path: &Path,
     stem: &str,
@@ -358,11 +511,17 @@ fn segment_one(
     decode_ms: f64,
 ) -> anyhow::Result<ImageReport> {
     let started = Instant::now();
-    let seg = query::segment_with(members, img, opts)?;
+    let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+    let (seg, restricted, prefilter) = match pre {
+        None => (query::segment_with(members, img, opts)?, None, None),
+        Some(run) => {
+            let (seg, restricted, report) = run.segment(members, img, &names, opts)?;
+            (seg, Some(restricted), Some(report))
+        }
+    };
     let t_write = Instant::now();
     let labels = seg.labels.labels_u8()?;
     let (w, h) = img.dimensions();
-    let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
     let counts = seg.labels.pixel_counts(names.len() + 1);
     let total = (w as u64 * h as u64).max(1);
 
@@ -378,7 +537,11 @@ fn segment_one(
             continue;
         }
         let m = &members[source as usize];
-        let Some(r) = m.vocabulary.proto_ref(row) else {
+        let r = match &restricted {
+            Some(narrow) => narrow.proto_ref(source as usize, row),
+            None => m.vocabulary.proto_ref(row),
+        };
+        let Some(r) = r else {
             continue;
         };
         let Some(p) = m.prototypes[r.class as usize - 1].get(r.id as usize) else {
@@ -461,7 +624,7 @@ fn segment_one(
     let write_ms = t_write.elapsed().as_secs_f64() * 1e3;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let t = seg.timings;
-    let timings_ms = BTreeMap::from([
+    let mut timings_ms = BTreeMap::from([
         ("decode", decode_ms),
         ("resize", ms(t.resize)),
         ("encoder", ms(t.encode)),
@@ -470,6 +633,9 @@ fn segment_one(
         ("writing", write_ms),
         ("total", started.elapsed().as_secs_f64() * 1e3 + decode_ms),
     ]);
+    if let Some(p) = &prefilter {
+        timings_ms.insert("prefilter", p.stats.ms);
+    }
     let report = ImageReport {
         image: path.to_path_buf(),
         width: w,
@@ -482,6 +648,7 @@ fn segment_one(
         classes,
         timings_ms,
         windows: t.windows,
+        prefilter,
     };
     let json = serde_json::to_vec_pretty(&report)?;
     render::write_atomic(&report_path, &json)?;

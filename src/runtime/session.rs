@@ -62,6 +62,23 @@ impl ModelSession {
         signatures(self.session.outputs())
     }
 
+    /// The names of an input's symbolic dimensions (`""` for a fixed or
+    /// unnamed one), empty when there is no such input. Two inputs whose
+    /// dimensions share a name must get the same size at run time.
+    pub fn input_symbols(&self, name: &str) -> Vec<String> {
+        self.session
+            .inputs()
+            .iter()
+            .find(|o| o.name() == name)
+            .and_then(|o| match o.dtype() {
+                ValueType::Tensor {
+                    dimension_symbols, ..
+                } => Some(dimension_symbols.to_vec()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
     /// The underlying session, for running it.
     pub(crate) fn session_mut(&mut self) -> &mut Session {
         &mut self.session

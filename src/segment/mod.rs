@@ -6,11 +6,14 @@
 //!   stuff rule for backgrounds), exact blocked matching ([`Matcher`]),
 //!   late fusion of windows and encoders ([`Accumulator`]) and
 //!   [`segment_image`].
+//! * [`prefilter`]: the optional CLIP category pre-filter, which picks the
+//!   candidate classes CLIP sees in an image before it is segmented.
 
 pub mod engine;
 mod font;
 #[cfg(test)]
 mod oracle;
+pub mod prefilter;
 pub mod query;
 pub mod render;
 pub mod store;

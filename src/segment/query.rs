@@ -15,7 +15,8 @@ use crate::prototypes::Prototype;
 use crate::runtime::manifest::MANIFEST_FILE;
 use crate::runtime::{Bundle, Runtime, VerifyMode};
 use crate::segment::engine::{
-    segment_image_ensemble, Candidate, EnsembleMember, SegmentOptions, Segmentation, Vocabulary,
+    segment_image_ensemble, Candidate, EnsembleMember, ProtoRef, SegmentOptions, Segmentation,
+    Vocabulary,
 };
 use crate::segment::store::ClassStore;
 use crate::{Error, Home, Result};
@@ -177,26 +178,146 @@ impl QueryMember {
     /// cached one matches these exact rows and parameters (never trusted
     /// otherwise), else build it and cache it.
     pub fn use_hnsw(&mut self, cache_dir: &Path, threads: usize) -> Result<()> {
-        let params = HnswParams::default();
-        let fp = Fingerprint::new(&self.vocabulary, &params);
-        let path = cache_dir
-            .join("hnsw")
-            .join(format!("{}.graph", fp.to_hex()));
-        let matcher = match HnswMatcher::load(&path, &fp)? {
-            Some(m) => m,
-            None => {
-                let m = HnswMatcher::from_vocabulary(&self.vocabulary, params)?;
-                if std::fs::create_dir_all(path.parent().expect("invariant: has a parent")).is_ok()
-                {
-                    // a cache that cannot be written costs time, not correctness
-                    let _ = m.save(&path);
-                }
-                m
-            }
-        };
-        self.hnsw = Some(matcher.with_threads(threads));
+        self.hnsw = Some(hnsw_matcher(&self.vocabulary, cache_dir, threads)?);
         Ok(())
     }
+}
+
+/// An HNSW matcher over `vocabulary`'s rows: loaded from `cache_dir` when a
+/// cached graph matches these exact rows and parameters (never trusted
+/// otherwise), else built and cached.
+fn hnsw_matcher(vocabulary: &Vocabulary, cache_dir: &Path, threads: usize) -> Result<HnswMatcher> {
+    let params = HnswParams::default();
+    let fp = Fingerprint::new(vocabulary, &params);
+    let path = cache_dir
+        .join("hnsw")
+        .join(format!("{}.graph", fp.to_hex()));
+    let matcher = match HnswMatcher::load(&path, &fp)? {
+        Some(m) => m,
+        None => {
+            let m = HnswMatcher::from_vocabulary(vocabulary, params)?;
+            if std::fs::create_dir_all(path.parent().expect("invariant: has a parent")).is_ok() {
+                // a cache that cannot be written costs time, not correctness
+                let _ = m.save(&path);
+            }
+            m
+        }
+    };
+    Ok(matcher.with_threads(threads))
+}
+
+/// A query narrowed to some of its candidates (the CLIP pre-filter's
+/// choice for one image): per encoder, a vocabulary of only those classes,
+/// so that their background prototypes alone stand for background.
+#[derive(Debug)]
+pub struct Restricted {
+    /// The kept candidates (indices into the query), in query order.
+    pub kept: Vec<usize>,
+    /// Per member, the vocabulary of the kept candidates.
+    pub vocabularies: Vec<Vocabulary>,
+    hnsw: Vec<Option<HnswMatcher>>,
+}
+
+impl Restricted {
+    /// What row `row` of member `member`'s restricted vocabulary is, with
+    /// `class` given as the label in the whole query (1-based).
+    pub fn proto_ref(&self, member: usize, row: u32) -> Option<ProtoRef> {
+        let mut r = self.vocabularies.get(member)?.proto_ref(row)?;
+        r.class = u16::try_from(*self.kept.get(usize::from(r.class).checked_sub(1)?)? + 1).ok()?;
+        Some(r)
+    }
+}
+
+/// Narrow `members` to the candidates `keep` (indices into the query; at
+/// least one). `hnsw_min_rows`: match with HNSW when the kept rows reach
+/// this many (`None`: always exact); graphs are cached in `cache_dir`.
+pub fn restrict(
+    members: &[QueryMember],
+    keep: &[usize],
+    hnsw_min_rows: Option<usize>,
+    cache_dir: &Path,
+    threads: usize,
+) -> Result<Restricted> {
+    let mut kept = keep.to_vec();
+    kept.sort_unstable();
+    kept.dedup();
+    let Some(first) = members.first() else {
+        return Err(Error::Invalid("no encoder to segment with".into()));
+    };
+    if kept.is_empty() || kept.iter().any(|&i| i >= first.vocabulary.num_classes()) {
+        return Err(Error::Invalid(format!(
+            "cannot narrow a query of {} classes to {keep:?}",
+            first.vocabulary.num_classes()
+        )));
+    }
+    let mut vocabularies = Vec::with_capacity(members.len());
+    let mut hnsw = Vec::with_capacity(members.len());
+    for m in members {
+        let candidates = kept
+            .iter()
+            .map(|&i| {
+                Candidate::from_prototypes(
+                    &m.vocabulary.names()[i],
+                    m.vocabulary.is_stuff(i + 1),
+                    &m.prototypes[i],
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let vocabulary = Vocabulary::new(candidates)?.with_threads(threads);
+        let use_hnsw = hnsw_min_rows.is_some_and(|n| vocabulary.prototypes().nrows() >= n);
+        hnsw.push(if use_hnsw {
+            Some(hnsw_matcher(&vocabulary, cache_dir, threads)?)
+        } else {
+            None
+        });
+        vocabularies.push(vocabulary);
+    }
+    Ok(Restricted {
+        kept,
+        vocabularies,
+        hnsw,
+    })
+}
+
+/// Segment one image with the narrowed query: labels are those of the
+/// whole query (`1..K` in query order), and only the kept ones occur.
+pub fn segment_restricted(
+    members: &mut [QueryMember],
+    restricted: &Restricted,
+    img: &image::RgbImage,
+    opts: &SegmentOptions,
+) -> Result<Segmentation> {
+    if members.len() != restricted.vocabularies.len() {
+        return Err(Error::Invalid(
+            "the narrowed query has another number of encoders".into(),
+        ));
+    }
+    let all_names: Vec<String> = members
+        .first()
+        .map(|m| m.vocabulary.names().to_vec())
+        .unwrap_or_default();
+    let mut ensemble: Vec<EnsembleMember<'_>> = members
+        .iter_mut()
+        .zip(restricted.vocabularies.iter().zip(&restricted.hnsw))
+        .map(|(m, (v, h))| EnsembleMember {
+            encoder: &mut m.encoder,
+            matcher: match h {
+                Some(h) => h as &dyn crate::segment::engine::Matcher,
+                None => v,
+            },
+        })
+        .collect();
+    let mut seg = segment_image_ensemble(&mut ensemble, img, opts)?;
+    let to_query: Vec<u16> = std::iter::once(0)
+        .chain(restricted.kept.iter().map(|&i| (i + 1) as u16))
+        .collect();
+    for l in &mut seg.labels.labels {
+        *l = to_query[usize::from(*l)];
+    }
+    seg.class_names = std::iter::once("background".to_string())
+        .chain(all_names)
+        .collect();
+    Ok(seg)
 }
 
 /// Load the encoders a query needs and build one vocabulary per encoder.
@@ -328,6 +449,33 @@ fn dir_name(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_narrowed_query_reports_labels_of_the_whole_query() {
+        use ndarray::array;
+        let cand = |name: &str, v: [f32; 2]| {
+            Candidate::new(name, false, array![[v[0], v[1]]], array![[v[1], v[0]]])
+        };
+        // the query was [a, b, c]; the pre-filter kept a and c
+        let vocabulary =
+            Vocabulary::new(vec![cand("a", [1.0, 0.0]), cand("c", [0.0, 1.0])]).unwrap();
+        let c_row = vocabulary.segment(2).start as u32;
+        let bg_row = vocabulary.segment(0).start as u32;
+        let narrow = Restricted {
+            kept: vec![0, 2],
+            vocabularies: vec![vocabulary],
+            hnsw: vec![None],
+        };
+        let r = narrow.proto_ref(0, c_row).unwrap();
+        assert_eq!(
+            (r.class, r.side, r.id),
+            (3, crate::prototypes::Side::Foreground, 0)
+        );
+        // a background prototype names the class whose images it came from
+        let r = narrow.proto_ref(0, bg_row).unwrap();
+        assert_eq!((r.class, r.side), (1, crate::prototypes::Side::Background));
+        assert!(narrow.proto_ref(1, c_row).is_none(), "no such member");
+    }
 
     #[test]
     fn closest_names_are_suggested() {

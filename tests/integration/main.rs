@@ -6,6 +6,7 @@ mod bankfile;
 mod generator;
 mod harness;
 mod models;
+mod prefilter;
 mod real_model;
 mod reliability;
 mod segment;
