@@ -475,7 +475,9 @@ fn peak_rss_kib(cmd: &std::path::Path, args: &[&std::ffi::OsStr]) -> Result<u64,
         .output()
         .map_err(|e| format!("/usr/bin/time: {e}"))?;
     if !res.status.success() {
-        return Err(String::from_utf8_lossy(&res.stderr).trim().replace('\n', " "));
+        return Err(String::from_utf8_lossy(&res.stderr)
+            .trim()
+            .replace('\n', " "));
     }
     let text = std::fs::read_to_string(out.path()).map_err(|e| e.to_string())?;
     text.trim().parse().map_err(|e| format!("{text:?}: {e}"))
