@@ -76,7 +76,7 @@ pub struct SupportImageInfo {
 
 /// How a class build went: recorded by the builder, shown by `show`, kept by
 /// export and import. Banks of format 1 have none (see [`ClassRecordV1`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BuildStats {
     /// Version of the ovdiff-bank that built the class.
     pub tool_version: String,

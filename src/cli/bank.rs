@@ -630,19 +630,7 @@ struct ShowReport {
     support: Vec<SupportJson>,
     created_unix: u64,
     /// Build statistics; null for classes built before bank format 2.
-    build: Option<BuildJson>,
-}
-
-#[derive(Debug, Serialize)]
-struct BuildJson {
-    tool_version: String,
-    total_ms: u64,
-    sample_ms: u64,
-    decode_ms: u64,
-    encode_ms: u64,
-    pool_ms: u64,
-    fg_patches: u64,
-    bg_patches: u64,
+    build: Option<crate::bank::BuildStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -696,16 +684,7 @@ pub fn show(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<Ex
             .collect(),
         support,
         created_unix: rec.created_unix,
-        build: rec.stats.as_ref().map(|b| BuildJson {
-            tool_version: b.tool_version.clone(),
-            total_ms: b.total_ms,
-            sample_ms: b.sample_ms,
-            decode_ms: b.decode_ms,
-            encode_ms: b.encode_ms,
-            pool_ms: b.pool_ms,
-            fg_patches: b.fg_patches,
-            bg_patches: b.bg_patches,
-        }),
+        build: rec.stats.clone(),
     };
     if ctx.json {
         print_json(&report)?;

@@ -35,13 +35,15 @@ pub fn support_dir(root: &Path, name: &str, color: [u8; 3], n: u32) -> PathBuf {
     dir
 }
 
-struct Kit {
-    sb: Sandbox,
-    data: tempfile::TempDir,
+/// A sandbox with the tiny fixture encoder and a data folder whose bank is
+/// `<data>/bank` (also used by the reliability tests).
+pub struct Kit {
+    pub sb: Sandbox,
+    pub data: tempfile::TempDir,
 }
 
 impl Kit {
-    fn new() -> Option<Kit> {
+    pub fn new() -> Option<Kit> {
         let sb = Sandbox::with_runtime()?;
         sb.link_model("tiny-encoder", &fixture("models/tiny-encoder"));
         Some(Kit {
@@ -50,11 +52,12 @@ impl Kit {
         })
     }
 
-    fn bank(&self) -> PathBuf {
+    pub fn bank(&self) -> PathBuf {
         self.data.path().join("bank")
     }
 
-    fn add(&self, class: &str, images: &Path, extra: &[&str]) -> std::process::Output {
+    /// `add CLASS --images DIR --bank <data>/bank --encoder tiny-encoder --parts 4 EXTRA…`
+    pub fn add(&self, class: &str, images: &Path, extra: &[&str]) -> std::process::Output {
         let bank = self.bank();
         let mut args = vec![
             "add",

@@ -11,48 +11,27 @@ use std::time::{Duration, Instant};
 use image::{GrayImage, ImageBuffer, Luma, Rgb, Rgba, RgbaImage};
 
 use crate::bank::{crc32, disc_image, support_dir};
-use crate::harness::{fixture, text, Sandbox};
+use crate::harness::{fixture, text};
 
 /// A sandbox with the tiny encoder and a bank at `<data>/bank` holding `red`.
 struct Kit {
-    sb: Sandbox,
-    data: tempfile::TempDir,
+    base: crate::bank::Kit,
+}
+
+impl std::ops::Deref for Kit {
+    type Target = crate::bank::Kit;
+    fn deref(&self) -> &crate::bank::Kit {
+        &self.base
+    }
 }
 
 impl Kit {
     fn new() -> Option<Kit> {
-        let sb = Sandbox::with_runtime()?;
-        sb.link_model("tiny-encoder", &fixture("models/tiny-encoder"));
-        let kit = Kit {
-            sb,
-            data: tempfile::tempdir().unwrap(),
-        };
-        let red = support_dir(kit.data.path(), "red", [230, 40, 40], 2);
-        let out = kit.add("red", &red, &[]);
+        let base = crate::bank::Kit::new()?;
+        let red = support_dir(base.data.path(), "red", [230, 40, 40], 2);
+        let out = base.add("red", &red, &[]);
         assert!(out.status.success(), "{:?}", text(&out));
-        Some(kit)
-    }
-
-    fn bank(&self) -> PathBuf {
-        self.data.path().join("bank")
-    }
-
-    fn add(&self, class: &str, images: &Path, extra: &[&str]) -> Output {
-        let bank = self.bank();
-        let mut args = vec![
-            "add",
-            class,
-            "--images",
-            images.to_str().unwrap(),
-            "--bank",
-            bank.to_str().unwrap(),
-            "--encoder",
-            "tiny-encoder",
-            "--parts",
-            "4",
-        ];
-        args.extend_from_slice(extra);
-        self.sb.run(&args)
+        Some(Kit { base })
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
