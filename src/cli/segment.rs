@@ -344,7 +344,7 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let mut members = query::plan(&runtime, bank, &classes, &explicit, ctx.runtime.threads)?;
     for m in &mut members {
-        let rows = m.vocabulary.prototypes().nrows();
+        let rows = m.vocabulary.num_rows();
         let hnsw = match args.engine {
             EngineChoice::Exact => false,
             EngineChoice::Hnsw => true,
@@ -544,11 +544,11 @@ fn segment_one(
         let Some(r) = r else {
             continue;
         };
-        let Some(p) = m.prototypes[r.class as usize - 1].get(r.id as usize) else {
+        let Some(p) = m.classes[r.class as usize - 1].metas.get(r.id as usize) else {
             continue;
         };
         let e = per_image
-            .entry((label, p.provenance.image))
+            .entry((label, p.image))
             .or_insert_with(|| (0, BTreeMap::new()));
         e.0 += pixels;
         *e.1.entry((kind(p.level, p.side), r.id)).or_insert(0) += pixels;

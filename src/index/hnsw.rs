@@ -1828,7 +1828,7 @@ mod tests {
             assert!((hits[0].1 - 1.0).abs() < 1e-5);
         }
         // Batched: each row's own column is won by the row itself.
-        let s = hnsw.score(p).unwrap();
+        let s = hnsw.score(p.view()).unwrap();
         for (i, row) in s.best_proto.rows().into_iter().enumerate() {
             let c = hnsw.column_of(i as u32).unwrap();
             assert_eq!(row[c], i as u32);

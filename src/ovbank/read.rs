@@ -446,6 +446,12 @@ impl OvBankFile {
         self.data.bytes()
     }
 
+    /// The whole file's bytes (mapped, or held in memory). Views such as
+    /// [`OvBankFile::vectors`] point into it.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes()
+    }
+
     /// The header and footer fields.
     pub fn header(&self) -> &Header {
         &self.header

@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, Array3, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{s, Array2, Array3, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2};
 
+use super::rows::{HalfRows, Matrix, RowAt, RowSet, F32_BLOCK};
 use super::window::{layout, resize_short_side, round_to_patches, Window};
-use crate::features::grid::l2_normalize_rows;
 use crate::features::{preprocess, Encoder, PatchGrid};
 use crate::prototypes::{Prototype, Side};
 use crate::{Error, Result};
@@ -57,10 +57,6 @@ pub const MAX_CLASSES: usize = u16::MAX as usize;
 
 /// Patches per block of the exact matcher's matrix product.
 const ROW_BLOCK: usize = 256;
-/// Prototypes per block of the exact matcher's matrix product: with
-/// [`ROW_BLOCK`] the similarity buffer is 4 MiB per thread, whatever the
-/// bank size.
-const PROTO_BLOCK: usize = 4096;
 /// Below this many multiply-adds a score runs on one thread.
 const PARALLEL_WORK: usize = 1 << 24;
 
@@ -77,29 +73,30 @@ pub struct Candidate {
     /// A stuff class: its background prototypes are ignored, and its
     /// foreground prototypes filter the other classes' backgrounds.
     pub stuff: bool,
-    /// Foreground prototypes, `(n_fg, dim)`; need not be normalised.
-    pub fg: Array2<f32>,
-    /// For each row of `fg`, its id in the class's prototype list (for
+    /// Foreground prototypes; need not be normalised.
+    pub(crate) fg: RowSet,
+    /// For each foreground row, its id in the class's prototype list (for
     /// explanations).
-    pub fg_ids: Vec<u32>,
-    /// Background prototypes, `(n_bg, dim)`; may have no rows.
-    pub bg: Array2<f32>,
-    /// For each row of `bg`, its id in the class's prototype list.
-    pub bg_ids: Vec<u32>,
+    pub(crate) fg_ids: Vec<u32>,
+    /// Background prototypes; may have no rows.
+    pub(crate) bg: RowSet,
+    /// For each background row, its id in the class's prototype list.
+    pub(crate) bg_ids: Vec<u32>,
 }
 
 impl Candidate {
-    /// A candidate whose prototype ids are the row numbers (`fg` rows are
-    /// `0..n_fg`, `bg` rows `0..n_bg`).
+    /// A candidate from f32 prototypes, `(n_fg, dim)` and `(n_bg, dim)`,
+    /// whose ids are the row numbers (`fg` rows are `0..n_fg`, `bg` rows
+    /// `0..n_bg`).
     pub fn new(name: impl Into<String>, stuff: bool, fg: Array2<f32>, bg: Array2<f32>) -> Self {
         let fg_ids = (0..fg.nrows() as u32).collect();
         let bg_ids = (0..bg.nrows() as u32).collect();
         Candidate {
             name: name.into(),
             stuff,
-            fg,
+            fg: RowSet::F32(fg),
             fg_ids,
-            bg,
+            bg: RowSet::F32(bg),
             bg_ids,
         }
     }
@@ -136,13 +133,63 @@ impl Candidate {
             Array2::from_shape_vec((n, dim), v).expect("invariant: n rows of dim values")
         };
         Ok(Candidate {
-            fg: to(fg, fg_ids.len()),
-            bg: to(bg, bg_ids.len()),
+            fg: RowSet::F32(to(fg, fg_ids.len())),
+            bg: RowSet::F32(to(bg, bg_ids.len())),
             name,
             stuff,
             fg_ids,
             bg_ids,
         })
+    }
+
+    /// A candidate over a class's f16 vectors in stored order, without
+    /// copying them: `sides[i]` is the side of row `i`, and a prototype's id
+    /// is its row. The vocabulary converts rows a block at a time when it
+    /// scores, so a query holds no f32 copy of the bank.
+    pub fn from_half(
+        name: impl Into<String>,
+        stuff: bool,
+        rows: HalfRows,
+        sides: &[Side],
+    ) -> Result<Self> {
+        let name = name.into();
+        if sides.len() != rows.len() {
+            return Err(Error::DimensionMismatch {
+                what: format!("prototype sides of class `{name}`"),
+                expected: rows.len().to_string(),
+                found: sides.len().to_string(),
+            });
+        }
+        let pick = |side: Side| -> Vec<u32> {
+            (0..sides.len() as u32)
+                .filter(|&i| sides[i as usize] == side)
+                .collect()
+        };
+        let (fg_ids, bg_ids) = (pick(Side::Foreground), pick(Side::Background));
+        Ok(Candidate {
+            fg: RowSet::Half {
+                rows: rows.clone(),
+                pick: fg_ids.clone(),
+            },
+            bg: RowSet::Half {
+                rows,
+                pick: bg_ids.clone(),
+            },
+            name,
+            stuff,
+            fg_ids,
+            bg_ids,
+        })
+    }
+
+    /// Number of foreground prototypes.
+    pub fn num_foreground(&self) -> usize {
+        self.fg.len()
+    }
+
+    /// Number of background prototypes.
+    pub fn num_background(&self) -> usize {
+        self.bg.len()
     }
 }
 
@@ -155,20 +202,24 @@ pub struct ProtoRef {
     pub class: u16,
     /// Foreground or background.
     pub side: Side,
-    /// Its id in the candidate (`Candidate::fg_ids` / `bg_ids`).
+    /// Its id in the candidate (its index in the class's prototype list).
     pub id: u32,
 }
 
 /// The candidate classes of one query, stacked for matching with one
 /// encoder's features.
 ///
-/// All prototypes live in one L2-normalised matrix, rows grouped by the
+/// All prototypes form one L2-normalised matrix, rows grouped by the
 /// score column they vote for: first the background rows `B` (the kept
 /// background prototypes of the non-stuff candidates, in candidate order),
 /// then the foreground rows of candidate 1, candidate 2, … ([`segment`]
 /// gives the rows of a column). A row number is what
 /// [`Scores::best_proto`] and [`LabelMap::proto`] hold; [`proto_ref`] turns
 /// it into (class, side, id).
+///
+/// Candidates given as f16 rows ([`Candidate::from_half`]) are not copied:
+/// the matrix refers to them and the exact matcher converts a block of rows
+/// at a time. Candidates given as f32 are normalised into an f32 matrix.
 ///
 /// [`segment`]: Vocabulary::segment
 /// [`proto_ref`]: Vocabulary::proto_ref
@@ -177,11 +228,20 @@ pub struct Vocabulary {
     names: Vec<String>,
     stuff: Vec<bool>,
     dim: usize,
-    protos: Array2<f32>,
+    protos: Matrix,
     segments: Vec<Range<usize>>,
     refs: Vec<ProtoRef>,
     dropped: Vec<ProtoRef>,
     threads: usize,
+}
+
+/// A row of a candidate, before stacking.
+#[derive(Clone, Copy)]
+struct CandRow {
+    cand: usize,
+    side: Side,
+    /// Row in the candidate's side.
+    k: usize,
 }
 
 impl Vocabulary {
@@ -226,7 +286,7 @@ impl Vocabulary {
                     c.name
                 )));
             }
-            if c.fg.nrows() == 0 {
+            if c.fg.len() == 0 {
                 return Err(Error::Invalid(format!(
                     "class `{}` has no foreground prototypes",
                     c.name
@@ -236,27 +296,27 @@ impl Vocabulary {
                 ("foreground", &c.fg, &c.fg_ids),
                 ("background", &c.bg, &c.bg_ids),
             ] {
-                if ids.len() != m.nrows() {
+                if ids.len() != m.len() {
                     return Err(Error::DimensionMismatch {
                         what: format!("{what} prototype ids of class `{}`", c.name),
-                        expected: m.nrows().to_string(),
+                        expected: m.len().to_string(),
                         found: ids.len().to_string(),
                     });
                 }
-                if m.nrows() == 0 {
+                if m.len() == 0 {
                     continue;
                 }
                 if dim == 0 {
-                    dim = m.ncols();
+                    dim = m.dim();
                 }
-                if m.ncols() != dim {
+                if m.dim() != dim {
                     return Err(Error::DimensionMismatch {
                         what: format!("{what} prototypes of class `{}`", c.name),
                         expected: dim.to_string(),
-                        found: m.ncols().to_string(),
+                        found: m.dim().to_string(),
                     });
                 }
-                if m.iter().any(|v| !v.is_finite()) {
+                if !m.is_finite() {
                     return Err(Error::Invalid(format!(
                         "class `{}` has non-finite {what} prototype values",
                         c.name
@@ -267,74 +327,112 @@ impl Vocabulary {
         if dim == 0 {
             return Err(Error::Invalid("prototypes have dimension 0".into()));
         }
-        let norm = |m: &Array2<f32>| {
-            let mut m = m.to_owned();
-            l2_normalize_rows(&mut m);
-            m
+        fn side_of(c: &Candidate, side: Side) -> &RowSet {
+            match side {
+                Side::Foreground => &c.fg,
+                Side::Background => &c.bg,
+            }
+        }
+        // Fill `out` with the normalised rows `rows`.
+        let fill = |rows: &[CandRow], out: &mut Array2<f32>| {
+            for (r, mut dst) in rows.iter().zip(out.rows_mut()) {
+                side_of(&candidates[r.cand], r.side).normalized_row(
+                    r.k,
+                    dst.as_slice_mut()
+                        .expect("invariant: owned matrices are standard layout"),
+                );
+            }
+        };
+        let side_rows = |side: Side, keep: &dyn Fn(&Candidate) -> bool| -> Vec<CandRow> {
+            let mut rows = Vec::new();
+            for (i, c) in candidates.iter().enumerate().filter(|(_, c)| keep(c)) {
+                rows.extend((0..side_of(c, side).len()).map(|k| CandRow { cand: i, side, k }));
+            }
+            rows
         };
         // The foreground prototypes of the stuff candidates filter the
-        // backgrounds.
-        let stuff_rows: usize = candidates
-            .iter()
-            .filter(|c| c.stuff)
-            .map(|c| c.fg.nrows())
-            .sum();
-        let fg_rows: usize = candidates.iter().map(|c| c.fg.nrows()).sum();
-        let mut stuff_fg = Array2::<f32>::zeros((stuff_rows, dim));
-        let mut r = 0;
-        for c in candidates.iter().filter(|c| c.stuff) {
-            let n = c.fg.nrows();
-            stuff_fg.slice_mut(s![r..r + n, ..]).assign(&norm(&c.fg));
-            r += n;
-        }
-        // All thing-class backgrounds, then their best cosine to a stuff
-        // foreground prototype in one blocked product.
-        let mut bg_rows: Vec<f32> = Vec::new();
-        let mut bg_refs = Vec::new();
-        for (i, c) in candidates.iter().enumerate() {
-            if c.stuff || c.bg.nrows() == 0 {
-                continue;
+        // backgrounds of the thing candidates, in blocks of background rows.
+        let stuff_rows = side_rows(Side::Foreground, &|c| c.stuff);
+        let bg_rows = side_rows(Side::Background, &|c| !c.stuff);
+        let mut stuff_fg = Array2::<f32>::zeros((stuff_rows.len(), dim));
+        fill(&stuff_rows, &mut stuff_fg);
+        let mut dropped_row = vec![false; bg_rows.len()];
+        if !stuff_rows.is_empty() {
+            let stuff_fg = Matrix::F32(stuff_fg);
+            let all = std::iter::once(0..stuff_rows.len()).collect::<Vec<_>>();
+            for b0 in (0..bg_rows.len()).step_by(F32_BLOCK) {
+                let b1 = (b0 + F32_BLOCK).min(bg_rows.len());
+                let mut block = Array2::<f32>::zeros((b1 - b0, dim));
+                fill(&bg_rows[b0..b1], &mut block);
+                let (max_sim, _) = segment_maxima(&stuff_fg, &all, block.view(), 0);
+                for (d, sim) in dropped_row[b0..b1].iter_mut().zip(max_sim.column(0)) {
+                    *d = *sim > threshold;
+                }
             }
-            bg_rows.extend(norm(&c.bg).iter());
-            bg_refs.extend(c.bg_ids.iter().map(|&id| ProtoRef {
-                class: (i + 1) as u16,
-                side: Side::Background,
-                id,
-            }));
         }
-        let bg = Array2::from_shape_vec((bg_refs.len(), dim), bg_rows)
-            .expect("invariant: one dim-long row per ref");
-        let (max_sim, _) = segment_maxima(
-            stuff_fg.view(),
-            std::slice::from_ref(&(0..stuff_rows)),
-            bg.view(),
-            0,
-        );
-        let mut rows: Vec<f32> = Vec::with_capacity((bg.nrows() + fg_rows) * dim);
-        let mut refs = Vec::new();
+        let proto_ref = |r: &CandRow| {
+            let c = &candidates[r.cand];
+            ProtoRef {
+                class: (r.cand + 1) as u16,
+                side: r.side,
+                id: match r.side {
+                    Side::Foreground => c.fg_ids[r.k],
+                    Side::Background => c.bg_ids[r.k],
+                },
+            }
+        };
+        let mut stacked: Vec<CandRow> = Vec::new();
         let mut dropped = Vec::new();
-        for ((pref, row), sim) in bg_refs.into_iter().zip(bg.rows()).zip(max_sim.column(0)) {
-            if *sim > threshold {
-                dropped.push(pref);
+        for (r, gone) in bg_rows.iter().zip(&dropped_row) {
+            if *gone {
+                dropped.push(proto_ref(r));
             } else {
-                rows.extend(row.iter());
-                refs.push(pref);
+                stacked.push(*r);
             }
         }
         let mut segments = Vec::with_capacity(candidates.len() + 1);
-        segments.push(0..refs.len());
+        segments.push(0..stacked.len());
         for (i, c) in candidates.iter().enumerate() {
-            let start = refs.len();
-            rows.extend(norm(&c.fg).iter());
-            refs.extend(c.fg_ids.iter().map(|&id| ProtoRef {
-                class: (i + 1) as u16,
+            let start = stacked.len();
+            stacked.extend((0..c.fg.len()).map(|k| CandRow {
+                cand: i,
                 side: Side::Foreground,
-                id,
+                k,
             }));
-            segments.push(start..refs.len());
+            segments.push(start..stacked.len());
         }
-        let protos = Array2::from_shape_vec((refs.len(), dim), rows)
-            .expect("invariant: one dim-long row per ref");
+        let refs: Vec<ProtoRef> = stacked.iter().map(proto_ref).collect();
+        let all_half = candidates
+            .iter()
+            .all(|c| matches!((&c.fg, &c.bg), (RowSet::Half { .. }, RowSet::Half { .. })));
+        let protos = if all_half {
+            // One source per candidate (its f16 block); rows point into them.
+            let sources: Vec<HalfRows> = candidates
+                .iter()
+                .map(|c| match &c.fg {
+                    RowSet::Half { rows, .. } => rows.clone(),
+                    RowSet::F32(_) => unreachable!("checked: every candidate is f16"),
+                })
+                .collect();
+            let rows = stacked
+                .iter()
+                .map(|r| {
+                    let pick = match side_of(&candidates[r.cand], r.side) {
+                        RowSet::Half { pick, .. } => pick,
+                        RowSet::F32(_) => unreachable!("checked: every candidate is f16"),
+                    };
+                    RowAt {
+                        source: r.cand as u32,
+                        row: pick[r.k],
+                    }
+                })
+                .collect();
+            Matrix::Half { sources, rows, dim }
+        } else {
+            let mut m = Array2::<f32>::zeros((stacked.len(), dim));
+            fill(&stacked, &mut m);
+            Matrix::F32(m)
+        };
         let stuff = candidates.iter().map(|c| c.stuff).collect();
         Ok(Vocabulary {
             names: candidates.into_iter().map(|c| c.name).collect(),
@@ -380,9 +478,22 @@ impl Vocabulary {
         self.segments[column].clone()
     }
 
-    /// All prototypes, L2-normalised, `(rows, dim)`.
-    pub fn prototypes(&self) -> ArrayView2<'_, f32> {
-        self.protos.view()
+    /// All prototypes, L2-normalised, `(rows, dim)`: a view of an f32
+    /// vocabulary, or a converted copy of an f16 one (the exact matcher
+    /// never needs it; the HNSW builder does).
+    pub fn prototypes(&self) -> CowArray<'_, f32, Ix2> {
+        self.protos.to_f32()
+    }
+
+    /// Number of prototype rows.
+    pub fn num_rows(&self) -> usize {
+        self.protos.nrows()
+    }
+
+    /// True when the rows are f16 converted as they are scored (no f32
+    /// copy of the bank is held).
+    pub fn is_half(&self) -> bool {
+        matches!(self.protos, Matrix::Half { .. })
     }
 
     /// What prototype row `row` is; `None` for [`NO_PROTO`] or out of range.
@@ -408,7 +519,8 @@ impl Vocabulary {
     /// Score `patches` (`(n, dim)`, rows L2-normalised) against every
     /// column: exact cosine similarity by blocked matrix products (blocks
     /// of 256 patches × 4096 prototypes, so memory stays bounded for any
-    /// bank), then the per-column maximum. Ties go to the lowest row.
+    /// bank; f16 rows are converted a block at a time), then the
+    /// per-column maximum. Ties go to the lowest row.
     pub fn score(&self, patches: ArrayView2<'_, f32>) -> Result<Scores> {
         if patches.ncols() != self.dim {
             return Err(Error::DimensionMismatch {
@@ -418,7 +530,7 @@ impl Vocabulary {
             });
         }
         let (mut scores, best) =
-            segment_maxima(self.protos.view(), &self.segments, patches, self.threads);
+            segment_maxima(&self.protos, &self.segments, patches, self.threads);
         for (c, seg) in self.segments.iter().enumerate() {
             if seg.is_empty() {
                 scores.column_mut(c).fill(EMPTY_SCORE);
@@ -436,7 +548,7 @@ impl Vocabulary {
 /// [`NO_PROTO`] for an empty segment. Rows of `patches` are split among
 /// `threads` threads (0: one per core) when the work is large enough.
 fn segment_maxima(
-    protos: ArrayView2<'_, f32>,
+    protos: &Matrix,
     segments: &[Range<usize>],
     patches: ArrayView2<'_, f32>,
     threads: usize,
@@ -473,12 +585,12 @@ fn segment_maxima(
     (scores, best)
 }
 
-/// The single-threaded kernel of [`segment_maxima`]: blocks of
-/// [`ROW_BLOCK`] patches × [`PROTO_BLOCK`] prototypes by one matrix
-/// product each, folded into `scores` / `best` (which start at -∞ /
-/// [`NO_PROTO`]).
+/// The single-threaded kernel of [`segment_maxima`]: for each block of
+/// prototype rows (viewed, or converted from f16 once), blocks of
+/// [`ROW_BLOCK`] patches by one matrix product each, folded into `scores` /
+/// `best` (which start at -∞ / [`NO_PROTO`]).
 fn maxima_rows(
-    protos: ArrayView2<'_, f32>,
+    protos: &Matrix,
     segments: &[Range<usize>],
     patches: ArrayView2<'_, f32>,
     mut scores: ArrayViewMut2<'_, f32>,
@@ -489,19 +601,21 @@ fn maxima_rows(
     if n == 0 || np == 0 {
         return;
     }
-    let mut buf = Array2::<f32>::zeros((ROW_BLOCK.min(n), PROTO_BLOCK.min(np)));
-    for r0 in (0..n).step_by(ROW_BLOCK) {
-        let r1 = (r0 + ROW_BLOCK).min(n);
-        let a = patches.slice(s![r0..r1, ..]);
-        let mut seg = 0;
-        for c0 in (0..np).step_by(PROTO_BLOCK) {
-            let c1 = (c0 + PROTO_BLOCK).min(np);
-            let b = protos.slice(s![c0..c1, ..]);
+    let block_rows = protos.block_rows();
+    let mut proto_buf = protos.block_buffer();
+    let mut buf = Array2::<f32>::zeros((ROW_BLOCK.min(n), block_rows.min(np)));
+    let mut seg = 0;
+    for c0 in (0..np).step_by(block_rows) {
+        let c1 = (c0 + block_rows).min(np);
+        let b = protos.block(c0, c1, &mut proto_buf);
+        while seg < segments.len() && segments[seg].end <= c0 {
+            seg += 1;
+        }
+        for r0 in (0..n).step_by(ROW_BLOCK) {
+            let r1 = (r0 + ROW_BLOCK).min(n);
+            let a = patches.slice(s![r0..r1, ..]);
             let mut sims = buf.slice_mut(s![..r1 - r0, ..c1 - c0]);
             general_mat_mul(1.0, &a, &b.t(), 0.0, &mut sims);
-            while seg < segments.len() && segments[seg].end <= c0 {
-                seg += 1;
-            }
             let mut k = seg;
             while k < segments.len() && segments[k].start < c1 {
                 let (s0, s1) = (segments[k].start.max(c0), segments[k].end.min(c1));
@@ -645,9 +759,66 @@ struct StoredWindow {
     win: Window,
     gh: usize,
     gw: usize,
-    scores: Scores,
+    /// `(patches, cols)`, standard layout.
+    scores: Array2<f32>,
+    best: BestRows,
     xtaps: Vec<Tap>,
     ytaps: Vec<Tap>,
+}
+
+/// A window's winning prototype rows (`Scores::best_proto`), kept in half
+/// the memory when they allow it: every column's rows lie in its segment
+/// of the vocabulary, so each fits in 16 bits above the column's lowest.
+#[derive(Debug, Clone)]
+enum BestRows {
+    /// `row - base[column]`, or `u16::MAX` for [`NO_PROTO`].
+    Offsets { base: Vec<u32>, off: Array2<u16> },
+    /// As given.
+    Rows(Array2<u32>),
+}
+
+impl BestRows {
+    fn new(best: Array2<u32>) -> BestRows {
+        let cols = best.ncols();
+        let mut lo = vec![u32::MAX; cols];
+        let mut hi = vec![0u32; cols];
+        for row in best.rows() {
+            for ((l, h), &v) in lo.iter_mut().zip(&mut hi).zip(row) {
+                if v != NO_PROTO {
+                    *l = (*l).min(v);
+                    *h = (*h).max(v);
+                }
+            }
+        }
+        let fits = lo
+            .iter()
+            .zip(&hi)
+            .all(|(&l, &h)| l == u32::MAX || h - l < u32::from(u16::MAX));
+        if !fits {
+            return BestRows::Rows(best);
+        }
+        let mut off = Array2::<u16>::zeros(best.dim());
+        for (src, mut dst) in best.rows().into_iter().zip(off.rows_mut()) {
+            for ((d, &v), &l) in dst.iter_mut().zip(src).zip(&lo) {
+                *d = if v == NO_PROTO {
+                    u16::MAX
+                } else {
+                    (v - l) as u16
+                };
+            }
+        }
+        BestRows::Offsets { base: lo, off }
+    }
+
+    fn get(&self, patch: usize, col: usize) -> u32 {
+        match self {
+            BestRows::Rows(b) => b[[patch, col]],
+            BestRows::Offsets { base, off } => match off[[patch, col]] {
+                u16::MAX => NO_PROTO,
+                o => base[col] + u32::from(o),
+            },
+        }
+    }
 }
 
 /// Fuses window scores into one label map over a `w`×`h` image.
@@ -733,6 +904,19 @@ impl Accumulator {
         grid_w: usize,
         scores: &Scores,
     ) -> Result<()> {
+        self.add_window_owned(source, window, grid_h, grid_w, scores.clone())
+    }
+
+    /// [`add_window_from`](Accumulator::add_window_from), keeping `scores`
+    /// without a copy.
+    pub fn add_window_owned(
+        &mut self,
+        source: u16,
+        window: &Window,
+        grid_h: usize,
+        grid_w: usize,
+        scores: Scores,
+    ) -> Result<()> {
         if window.w == 0 || window.h == 0 || window.right() > self.w || window.bottom() > self.h {
             return Err(Error::Invalid(format!(
                 "window {window:?} is not inside the {}×{} image",
@@ -751,9 +935,12 @@ impl Accumulator {
                 found: format!("{:?}", scores.scores.shape()),
             });
         }
-        let mut scores = scores.clone();
-        if !scores.scores.is_standard_layout() {
-            scores.scores = scores.scores.as_standard_layout().into_owned();
+        let Scores {
+            mut scores,
+            best_proto,
+        } = scores;
+        if !scores.is_standard_layout() {
+            scores = scores.as_standard_layout().into_owned();
         }
         self.windows.push(StoredWindow {
             source,
@@ -763,6 +950,7 @@ impl Accumulator {
             xtaps: bilinear_taps(grid_w, window.w as usize),
             ytaps: bilinear_taps(grid_h, window.h as usize),
             scores,
+            best: BestRows::new(best_proto),
         });
         Ok(())
     }
@@ -787,11 +975,7 @@ impl Accumulator {
             }
             covering.push(wi);
             let ty = sw.ytaps[(y - sw.win.y) as usize];
-            let data = sw
-                .scores
-                .scores
-                .as_slice()
-                .expect("invariant: standard layout");
+            let data = sw.scores.as_slice().expect("invariant: standard layout");
             let line = sw.gw * c;
             let (r0, r1) = (&data[ty.i0 * line..][..line], &data[ty.i1 * line..][..line]);
             tmp.clear();
@@ -914,9 +1098,9 @@ impl Accumulator {
                     let py = nearest((y - sw.win.y) as usize, sw.gh, sw.win.h as usize);
                     let px = nearest(x - sw.win.x as usize, sw.gw, sw.win.w as usize);
                     let patch = py * sw.gw + px;
-                    let v = sw.scores.scores[[patch, k]];
+                    let v = sw.scores[[patch, k]];
                     if best.is_none_or(|(bv, _, _)| v > bv) {
-                        best = Some((v, sw.scores.best_proto[[patch, k]], sw.source));
+                        best = Some((v, sw.best.get(patch, k), sw.source));
                     }
                 }
                 if let Some((_, p, s)) = best {
@@ -1222,7 +1406,7 @@ pub fn segment_image_ensemble(
             let scores = m.matcher.score(grid.features.view())?;
             t.matching += clock.elapsed();
             let clock = Instant::now();
-            acc.add_window_from(si as u16, win, grid.h, grid.w, &scores)?;
+            acc.add_window_owned(si as u16, win, grid.h, grid.w, scores)?;
             t.upsample += clock.elapsed();
             t.windows += 1;
             t.patches += grid.h * grid.w;
@@ -1373,10 +1557,135 @@ mod tests {
         ];
         let c = Candidate::from_prototypes("cat", false, &protos).unwrap();
         assert_eq!((c.fg_ids.clone(), c.bg_ids.clone()), (vec![0, 2], vec![1]));
-        assert_eq!(c.fg.row(1).to_vec(), vec![0.6, 0.8]);
+        assert_eq!(c.fg.to_array().row(1).to_vec(), vec![0.6, 0.8]);
         let mut bad = protos.clone();
         bad[2].vector.push(0.0);
         assert!(Candidate::from_prototypes("cat", false, &bad).is_err());
+    }
+
+    /// The same classes as f32 candidates (through `from_prototypes`) and
+    /// as f16 rows (through `from_half`), in one stored order that mixes the
+    /// sides; values are rounded to f16 first so both hold the same numbers.
+    fn both_ways(rng: &mut Rng, cands: &[Candidate]) -> (Vec<Candidate>, Vec<Candidate>) {
+        use crate::prototypes::{Level, Provenance};
+        use half::f16;
+        let mut f32s = Vec::new();
+        let mut halves = Vec::new();
+        for c in cands {
+            let (fg, bg) = (c.fg.to_array(), c.bg.to_array());
+            let mut stored: Vec<(Side, Vec<f32>)> = fg
+                .rows()
+                .into_iter()
+                .map(|r| (Side::Foreground, r.to_vec()))
+                .chain(
+                    bg.rows()
+                        .into_iter()
+                        .map(|r| (Side::Background, r.to_vec())),
+                )
+                .collect();
+            for i in (1..stored.len()).rev() {
+                stored.swap(i, rng.range(0, i + 1));
+            }
+            for (_, v) in &mut stored {
+                v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
+            }
+            let protos: Vec<Prototype> = stored
+                .iter()
+                .map(|(side, v)| Prototype {
+                    level: Level::Part,
+                    side: *side,
+                    vector: v.clone(),
+                    support: 1,
+                    provenance: Provenance {
+                        image: 0,
+                        grid_h: 1,
+                        grid_w: 1,
+                        region: vec![true],
+                    },
+                })
+                .collect();
+            f32s.push(Candidate::from_prototypes(&c.name, c.stuff, &protos).unwrap());
+            let values: Vec<f32> = stored.iter().flat_map(|(_, v)| v.clone()).collect();
+            let rows = HalfRows::from_f32(&values, fg.ncols()).unwrap();
+            let sides: Vec<Side> = stored.iter().map(|(s, _)| *s).collect();
+            halves.push(Candidate::from_half(&c.name, c.stuff, rows, &sides).unwrap());
+        }
+        (f32s, halves)
+    }
+
+    #[test]
+    fn half_rows_score_exactly_like_f32_rows() {
+        // The last case has over 4,096 rows: several blocks of both kinds.
+        for (seed, (k, d, fg, bg)) in [
+            (3, 16, (1, 6), (0, 4)),
+            (12, 64, (1, 30), (0, 30)),
+            (40, 32, (100, 150), (5, 20)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut rng = Rng::new(100 + seed as u64);
+            let cands = random_bank(&mut rng, k, d, fg, bg);
+            let (f32s, halves) = both_ways(&mut rng, &cands);
+            let a = Vocabulary::new(f32s.clone()).unwrap();
+            let b = Vocabulary::new(halves).unwrap();
+            assert!(!a.is_half() && b.is_half());
+            assert!(!a.dropped_background().is_empty() || k < 4);
+            assert_eq!(a.dropped_background(), b.dropped_background());
+            assert_eq!(a.num_rows(), b.num_rows());
+            for c in 0..=k {
+                assert_eq!(a.segment(c), b.segment(c));
+            }
+            for r in 0..a.num_rows() as u32 {
+                assert_eq!(a.proto_ref(r), b.proto_ref(r));
+            }
+            assert_eq!(a.prototypes(), b.prototypes());
+            let patches = random_patches(&mut rng, &f32s, 700);
+            let want = a.score(patches.view()).unwrap();
+            assert_eq!(want, b.score(patches.view()).unwrap(), "case {seed}");
+            let one = b.with_threads(1).score(patches.view()).unwrap();
+            assert_eq!(want, one, "case {seed}, one thread");
+        }
+    }
+
+    #[test]
+    fn winning_rows_are_kept_compactly_and_read_back_exactly() {
+        let best = array![
+            [NO_PROTO, 70_000, 5],
+            [NO_PROTO, 70_000 + 65_534, 9],
+            [NO_PROTO, 70_100, 5]
+        ];
+        let b = BestRows::new(best.clone());
+        assert!(matches!(b, BestRows::Offsets { .. }));
+        for ((i, j), &v) in best.indexed_iter() {
+            assert_eq!(b.get(i, j), v);
+        }
+        // A column whose rows span more than 16 bits is kept as is.
+        let wide = array![[0, 1], [65_535, 2]];
+        let b = BestRows::new(wide.clone());
+        assert!(matches!(b, BestRows::Rows(_)));
+        for ((i, j), &v) in wide.indexed_iter() {
+            assert_eq!(b.get(i, j), v);
+        }
+    }
+
+    #[test]
+    fn half_rows_of_the_wrong_shape_are_refused() {
+        let rows = HalfRows::from_f32(&[1.0, 0.0, 0.0, 1.0], 2).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(HalfRows::from_f32(&[1.0, 0.0, 0.0], 2).is_err());
+        let one_side = [Side::Foreground];
+        assert!(Candidate::from_half("a", false, rows.clone(), &one_side).is_err());
+        let c =
+            Candidate::from_half("a", false, rows, &[Side::Background, Side::Foreground]).unwrap();
+        assert_eq!((c.fg_ids.clone(), c.bg_ids.clone()), (vec![1], vec![0]));
+        assert_eq!((c.num_foreground(), c.num_background()), (1, 1));
+        let empty = HalfRows::from_f32(&[], 384).unwrap();
+        let c = Candidate::from_half("b", false, empty, &[]).unwrap();
+        assert!(
+            Vocabulary::new(vec![c]).is_err(),
+            "no foreground prototypes"
+        );
     }
 
     #[test]
@@ -1528,7 +1837,7 @@ mod tests {
                 }
                 f[[i, 3]] += 0.2;
             }
-            l2_normalize_rows(&mut f);
+            crate::features::grid::l2_normalize_rows(&mut f);
             Ok(PatchGrid {
                 h: gh,
                 w: gw,
@@ -1647,35 +1956,40 @@ mod tests {
         let t = Instant::now();
         let cands = random_bank(&mut rng, classes, d, (protos, protos + 1), (0, 1));
         let patches = random_patches(&mut rng, &cands, n);
+        let (_, halves) = both_ways(&mut rng, &cands);
         let generate = t.elapsed();
         let t = Instant::now();
         let vocab = Vocabulary::new(cands).unwrap();
         let build = t.elapsed();
         eprintln!("{label}: random data {generate:?}, Vocabulary::new {build:?}");
-        for threads in [1, 0] {
-            let v = vocab.clone().with_threads(threads);
-            v.score(patches.view()).unwrap();
-            let reps = 3;
-            let t = Instant::now();
-            for _ in 0..reps {
-                std::hint::black_box(v.score(patches.view()).unwrap());
+        // f16 rows converted block by block, as a bank or a file is queried
+        let half = Vocabulary::new(halves).unwrap();
+        for (kind, vocab, bytes) in [("f32", &vocab, 4), ("f16", &half, 2)] {
+            for threads in [1, 0] {
+                let v = vocab.clone().with_threads(threads);
+                v.score(patches.view()).unwrap();
+                let reps = 3;
+                let t = Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(v.score(patches.view()).unwrap());
+                }
+                let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+                let gflop = 2.0 * (n * v.num_rows() * d) as f64 / 1e9;
+                eprintln!(
+                    "{label}: {n} patches × {} prototypes × {d} d, {kind}, threads {}: {ms:.1} ms ({:.1} GFLOP/s)",
+                    v.num_rows(),
+                    auto_threads(threads),
+                    gflop / (ms / 1e3),
+                );
+                // The row scripts/bench collects into docs/benchmarks.md.
+                println!(
+                    "| exact lookup: {n} patches × {classes} classes ({} rows) × {d} d, {kind} rows, {} thread(s) | {ms:.0} ms ({:.0} GFLOP/s; vocabulary {:.0} MiB {kind}) | | |",
+                    v.num_rows(),
+                    auto_threads(threads),
+                    gflop / (ms / 1e3),
+                    (v.num_rows() * d * bytes) as f64 / 1048576.0,
+                );
             }
-            let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
-            let gflop = 2.0 * (n * v.prototypes().nrows() * d) as f64 / 1e9;
-            eprintln!(
-                "{label}: {n} patches × {} prototypes × {d} d, threads {}: {ms:.1} ms ({:.1} GFLOP/s)",
-                v.prototypes().nrows(),
-                auto_threads(threads),
-                gflop / (ms / 1e3),
-            );
-            // The row scripts/bench collects into docs/benchmarks.md.
-            println!(
-                "| exact lookup: {n} patches × {classes} classes ({} rows) × {d} d, {} thread(s) | {ms:.0} ms ({:.0} GFLOP/s; vocabulary {:.0} MiB f32) | | |",
-                v.prototypes().nrows(),
-                auto_threads(threads),
-                gflop / (ms / 1e3),
-                (v.prototypes().len() * 4) as f64 / 1048576.0,
-            );
         }
     }
 

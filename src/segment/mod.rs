@@ -16,6 +16,7 @@ mod oracle;
 pub mod prefilter;
 pub mod query;
 pub mod render;
+pub mod rows;
 pub mod store;
 pub mod window;
 

@@ -10,6 +10,7 @@
 use ndarray::Array2;
 
 use super::engine::Candidate;
+use super::rows::RowSet;
 use super::window::Window;
 
 /// A small deterministic generator (SplitMix64) for test data.
@@ -119,7 +120,13 @@ pub(crate) struct OracleBank {
 pub(crate) fn oracle_bank(cands: &[Candidate], threshold: f64) -> OracleBank {
     let fg: Vec<Vec<(u32, Vec<f64>)>> = cands
         .iter()
-        .map(|c| c.fg_ids.iter().copied().zip(rows64(&c.fg)).collect())
+        .map(|c| {
+            c.fg_ids
+                .iter()
+                .copied()
+                .zip(rows64(&c.fg.to_array()))
+                .collect()
+        })
         .collect();
     let stuff_fg: Vec<&Vec<f64>> = cands
         .iter()
@@ -133,7 +140,7 @@ pub(crate) fn oracle_bank(cands: &[Candidate], threshold: f64) -> OracleBank {
         if c.stuff {
             continue;
         }
-        for (id, v) in c.bg_ids.iter().zip(rows64(&c.bg)) {
+        for (id, v) in c.bg_ids.iter().zip(rows64(&c.bg.to_array())) {
             if stuff_fg.iter().any(|s| dot(s, &v) > threshold) {
                 dropped += 1;
             } else {
@@ -278,7 +285,8 @@ pub(crate) fn random_bank(
         .iter()
         .filter(|c| c.stuff)
         .flat_map(|c| {
-            c.fg.rows()
+            c.fg.to_array()
+                .rows()
                 .into_iter()
                 .map(|r| r.to_vec())
                 .collect::<Vec<_>>()
@@ -288,14 +296,19 @@ pub(crate) fn random_bank(
         return cands;
     }
     for c in cands.iter_mut().filter(|c| !c.stuff) {
-        let mut rows: Vec<Vec<f32>> = c.bg.rows().into_iter().map(|r| r.to_vec()).collect();
+        let mut rows: Vec<Vec<f32>> =
+            c.bg.to_array()
+                .rows()
+                .into_iter()
+                .map(|r| r.to_vec())
+                .collect();
         for a in [0.95, 0.9, 0.8, 0.7] {
             let s = &stuff_fg[rng.range(0, stuff_fg.len())];
             rows.push(rng.at_cosine(s, a));
         }
         let next = c.bg_ids.last().map_or(0, |l| l + 1);
         c.bg_ids.extend(next..next + 4);
-        c.bg = stack(&rows, d);
+        c.bg = RowSet::F32(stack(&rows, d));
     }
     cands
 }
@@ -303,13 +316,14 @@ pub(crate) fn random_bank(
 /// `n` random patch features: a third random directions, the rest noisy
 /// copies of random prototypes of `cands` (any side, dropped ones too).
 pub(crate) fn random_patches(rng: &mut Rng, cands: &[Candidate], n: usize) -> Array2<f32> {
-    let d = cands[0].fg.ncols();
+    let d = cands[0].fg.dim();
     let all: Vec<Vec<f32>> = cands
         .iter()
         .flat_map(|c| {
-            c.fg.rows()
+            let (fg, bg) = (c.fg.to_array(), c.bg.to_array());
+            fg.rows()
                 .into_iter()
-                .chain(c.bg.rows())
+                .chain(bg.rows())
                 .map(|r| r.to_vec())
                 .collect::<Vec<_>>()
         })

@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use crate::bank::{ClassRecord, EncoderInfo};
 use crate::features::Encoder;
 use crate::index::{Fingerprint, HnswMatcher, HnswParams};
-use crate::prototypes::Prototype;
+use crate::prototypes::Side;
 use crate::runtime::manifest::MANIFEST_FILE;
 use crate::runtime::{Bundle, Runtime, VerifyMode};
 use crate::segment::engine::{
     segment_image_ensemble, Candidate, EnsembleMember, ProtoRef, SegmentOptions, Segmentation,
     Vocabulary,
 };
-use crate::segment::store::ClassStore;
+use crate::segment::store::{ClassRows, ClassStore};
 use crate::{Error, Home, Result};
 
 /// The classes of a query, resolved against a bank.
@@ -161,8 +161,9 @@ pub struct QueryMember {
     pub encoder: Encoder,
     /// Its candidates, stacked.
     pub vocabulary: Vocabulary,
-    /// Per candidate (query order), its prototypes as stored.
-    pub prototypes: Vec<Vec<Prototype>>,
+    /// Per candidate (query order), its prototypes as f16 rows (shared
+    /// with the vocabulary, not copied) and metas, in stored order.
+    pub classes: Vec<ClassRows>,
     /// An approximate matcher over the same rows, when the query uses HNSW.
     pub hnsw: Option<HnswMatcher>,
 }
@@ -174,6 +175,39 @@ pub struct QueryMember {
 pub const AUTO_HNSW_MIN_ROWS: usize = 50_000;
 
 impl QueryMember {
+    /// A member over `encoder` (its bundle's fingerprint picks the
+    /// prototypes): each class's f16 rows as the store holds them (mapped,
+    /// for a file) and a vocabulary that refers to them.
+    pub fn new(
+        bank: &dyn ClassStore,
+        classes: &ResolvedClasses,
+        encoder: Encoder,
+        threads: usize,
+    ) -> Result<QueryMember> {
+        let fp = encoder.bundle().fingerprint().to_string();
+        let mut candidates = Vec::new();
+        let mut rows = Vec::new();
+        for rec in &classes.records {
+            let class = bank.prototype_rows(rec, &fp)?;
+            if !class.rows.is_empty() && class.rows.dim() != encoder.dim() {
+                return Err(Error::DimensionMismatch {
+                    what: format!("prototypes of `{}`", rec.name),
+                    expected: encoder.dim().to_string(),
+                    found: class.rows.dim().to_string(),
+                });
+            }
+            candidates.push(half_candidate(&rec.name, rec.stuff, &class)?);
+            rows.push(class);
+        }
+        let vocabulary = Vocabulary::new(candidates)?.with_threads(threads);
+        Ok(QueryMember {
+            encoder,
+            vocabulary,
+            classes: rows,
+            hnsw: None,
+        })
+    }
+
     /// Switch this member to HNSW: load the graph from `cache_dir` when a
     /// cached one matches these exact rows and parameters (never trusted
     /// otherwise), else build it and cache it.
@@ -256,15 +290,15 @@ pub fn restrict(
         let candidates = kept
             .iter()
             .map(|&i| {
-                Candidate::from_prototypes(
+                half_candidate(
                     &m.vocabulary.names()[i],
                     m.vocabulary.is_stuff(i + 1),
-                    &m.prototypes[i],
+                    &m.classes[i],
                 )
             })
             .collect::<Result<Vec<_>>>()?;
         let vocabulary = Vocabulary::new(candidates)?.with_threads(threads);
-        let use_hnsw = hnsw_min_rows.is_some_and(|n| vocabulary.prototypes().nrows() >= n);
+        let use_hnsw = hnsw_min_rows.is_some_and(|n| vocabulary.num_rows() >= n);
         hnsw.push(if use_hnsw {
             Some(hnsw_matcher(&vocabulary, cache_dir, threads)?)
         } else {
@@ -392,33 +426,16 @@ pub fn plan(
     }
     let mut members = Vec::new();
     for bundle in bundles {
-        let fp = bundle.fingerprint().to_string();
         let encoder = Encoder::load(runtime, bundle)?;
-        let mut candidates = Vec::new();
-        let mut prototypes = Vec::new();
-        for rec in &classes.records {
-            let protos = bank.prototypes(rec, &fp)?;
-            if let Some(p) = protos.first() {
-                if p.vector.len() != encoder.dim() {
-                    return Err(Error::DimensionMismatch {
-                        what: format!("prototypes of `{}`", rec.name),
-                        expected: encoder.dim().to_string(),
-                        found: p.vector.len().to_string(),
-                    });
-                }
-            }
-            candidates.push(Candidate::from_prototypes(&rec.name, rec.stuff, &protos)?);
-            prototypes.push(protos);
-        }
-        let vocabulary = Vocabulary::new(candidates)?.with_threads(threads);
-        members.push(QueryMember {
-            encoder,
-            vocabulary,
-            prototypes,
-            hnsw: None,
-        });
+        members.push(QueryMember::new(bank, classes, encoder, threads)?);
     }
     Ok(members)
+}
+
+/// A candidate over a class's f16 rows (shared, not copied).
+fn half_candidate(name: &str, stuff: bool, class: &ClassRows) -> Result<Candidate> {
+    let sides: Vec<Side> = class.metas.iter().map(|m| m.side).collect();
+    Candidate::from_half(name, stuff, class.rows.clone(), &sides)
 }
 
 /// Segment one image with every member of a query, fused late.

@@ -1,11 +1,57 @@
 //! Where a query's prototypes come from: a bank (the sled store) or a `.ovbank` file queried in place.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use half::f16;
+
+use super::rows::{HalfRows, HalfSource};
 use crate::bank::{Bank, ClassRecord, EncoderInfo};
-use crate::ovbank::OvBankFile;
+use crate::ovbank::{OvBankError, OvBankFile, PrototypeMeta};
 use crate::prototypes::Prototype;
-use crate::Result;
+use crate::{Error, Result};
+
+/// A class's prototypes for one encoder as a query holds them: the vectors
+/// as f16 rows (shared with a mapped file, or one owned copy), and each
+/// prototype's kind and support image, without the regions.
+#[derive(Debug, Clone)]
+pub struct ClassRows {
+    /// The vectors, in stored order.
+    pub rows: HalfRows,
+    /// Per row: level, side, pooled patches and support image.
+    pub metas: Vec<PrototypeMeta>,
+}
+
+impl ClassRows {
+    /// From decoded prototypes (their values are f16 in every bank, so the
+    /// conversion back is exact).
+    pub fn from_prototypes(protos: &[Prototype]) -> Result<ClassRows> {
+        let dim = protos.first().map_or(0, |p| p.vector.len());
+        let mut values = Vec::with_capacity(protos.len() * dim);
+        for (i, p) in protos.iter().enumerate() {
+            if p.vector.len() != dim {
+                return Err(Error::DimensionMismatch {
+                    what: format!("prototype {i}"),
+                    expected: dim.to_string(),
+                    found: p.vector.len().to_string(),
+                });
+            }
+            values.extend_from_slice(&p.vector);
+        }
+        Ok(ClassRows {
+            rows: HalfRows::from_f32(&values, dim)?,
+            metas: protos
+                .iter()
+                .map(|p| PrototypeMeta {
+                    level: p.level,
+                    side: p.side,
+                    support: p.support,
+                    image: p.provenance.image,
+                })
+                .collect(),
+        })
+    }
+}
 
 /// Read access to classes and prototypes, whatever holds them.
 pub trait ClassStore {
@@ -21,6 +67,11 @@ pub trait ClassStore {
     fn prototypes(&self, class: &ClassRecord, encoder_fingerprint: &str) -> Result<Vec<Prototype>>;
     /// A support image's thumbnail (JPEG bytes).
     fn thumbnail(&self, class: &ClassRecord, image: u32) -> Result<Option<Vec<u8>>>;
+    /// A class's prototypes for an encoder as f16 rows and metas, in
+    /// stored order; by default decoded with [`ClassStore::prototypes`].
+    fn prototype_rows(&self, class: &ClassRecord, encoder_fingerprint: &str) -> Result<ClassRows> {
+        ClassRows::from_prototypes(&self.prototypes(class, encoder_fingerprint)?)
+    }
 }
 
 impl ClassStore for Bank {
@@ -65,7 +116,23 @@ fn record(c: &crate::ovbank::OvClass) -> ClassRecord {
 /// An opened `.ovbank` file and its path.
 pub struct FileStore {
     path: std::path::PathBuf,
-    file: OvBankFile,
+    file: Arc<OvBankFile>,
+}
+
+/// One class × encoder block of f16 vectors inside a shared file.
+struct FileBlock {
+    file: Arc<OvBankFile>,
+    /// Byte offset of the block in the file.
+    start: usize,
+    /// Number of f16 values.
+    len: usize,
+}
+
+impl HalfSource for FileBlock {
+    fn halves(&self) -> &[f16] {
+        // Checked when the block was made: in range and 2-byte aligned.
+        bytemuck::cast_slice(&self.file.as_bytes()[self.start..self.start + 2 * self.len])
+    }
 }
 
 impl FileStore {
@@ -73,7 +140,7 @@ impl FileStore {
     pub fn open(path: &Path) -> Result<FileStore> {
         Ok(FileStore {
             path: path.to_path_buf(),
-            file: OvBankFile::open(path)?,
+            file: Arc::new(OvBankFile::open(path)?),
         })
     }
 }
@@ -96,6 +163,27 @@ impl ClassStore for FileStore {
     }
     fn thumbnail(&self, class: &ClassRecord, image: u32) -> Result<Option<Vec<u8>>> {
         Ok(self.file.thumbnail(&class.name, image).map(<[u8]>::to_vec))
+    }
+    /// The vectors stay in the mapped file: rows refer to them.
+    fn prototype_rows(&self, class: &ClassRecord, fp: &str) -> Result<ClassRows> {
+        let view = match self.file.vectors(&class.name, fp) {
+            Ok(v) => v,
+            Err(OvBankError::BigEndianHost) => {
+                return ClassRows::from_prototypes(&self.prototypes(class, fp)?)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let values = view.as_slice();
+        let start = values.as_ptr() as usize - self.file.as_bytes().as_ptr() as usize;
+        let block = FileBlock {
+            file: Arc::clone(&self.file),
+            start,
+            len: values.len(),
+        };
+        Ok(ClassRows {
+            rows: HalfRows::new(Arc::new(block), view.dim())?,
+            metas: view.metas().collect(),
+        })
     }
 }
 
