@@ -1,5 +1,5 @@
 //! Benchmarks that print figures (not timed tests):
-//! `cargo run --release --example bench -- [add|segment|generate|in-place|all|prefilter CLIP_DIR]`.
+//! `cargo run --release --example bench -- [add|segment|generate|in-place|all|lookup ENCODER_MS|prefilter CLIP_DIR]`.
 //! `scripts/bench` runs these and the timing tests and writes `docs/benchmarks.md`.
 //!
 //! `add`: a class from 32 real images with `dinov2-s14` on this machine,
@@ -413,8 +413,8 @@ fn bench_segment(home: &Home) {
 /// takes one to two minutes to build on 2 cores).
 fn lookup_at_scale(patches: usize, bare_encoder_s: f64) {
     use ndarray::Array2;
-    use ovdiff_bank::index::{HnswMatcher, HnswParams};
-    use ovdiff_bank::segment::engine::{Candidate, Vocabulary};
+    use ovdiff_bank::index::{HnswMatcher, HnswParams, IvfMatcher, IvfParams};
+    use ovdiff_bank::segment::engine::{Candidate, Matcher, Vocabulary};
 
     let d = 384;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -471,25 +471,50 @@ fn lookup_at_scale(patches: usize, bare_encoder_s: f64) {
         share * 100.0,
         if share <= 0.25 { "yes" } else { "**no**" }
     );
+    // An approximate matcher's median time of three and its label agreement
+    // with the exact engine.
+    let le = vocab.score(q.view()).unwrap().labels(None);
+    let measure = |m: &dyn Matcher| {
+        let la = m.score(q.view()).unwrap().labels(None);
+        let runs: Vec<f64> = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(m.score(q.view()).unwrap());
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        let agree = le.iter().zip(&la).filter(|(a, b)| a == b).count() as f64 / le.len() as f64;
+        (median(runs), agree)
+    };
+    let t = Instant::now();
+    let mut params = IvfParams::default();
+    if let Some(p) = std::env::var("OVDIFF_BENCH_IVF_PROBES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        params.probes = p;
+    }
+    let ivf = IvfMatcher::from_vocabulary(&vocab, params).expect("ivf");
+    let build = t.elapsed().as_secs_f64();
+    let (approx, agree) = measure(&ivf);
+    let share = approx / bare_encoder_s;
+    println!(
+        "| IVF lookup, the same ({} lists, {} probes; built in {build:.0} s) | {:.0} ms = {:.0}% of the bare encoder; {:.2}% label agreement with exact | ≤ 25%, ≥ 99.5% | {} |",
+        ivf.stats().lists,
+        ivf.params().probes,
+        approx * 1e3,
+        share * 100.0,
+        agree * 100.0,
+        if share <= 0.25 && agree >= 0.995 { "yes" } else { "**no**" }
+    );
     if std::env::var_os("OVDIFF_BENCH_HNSW").is_none() {
-        println!("| HNSW lookup, the same | not run (set OVDIFF_BENCH_HNSW=1; the graph build takes 1–2 min) | ≤ 25%, ≥ 99.5% agreement | |");
+        println!("| HNSW lookup, the same | not run (set OVDIFF_BENCH_HNSW=1; the graph build takes 4–5 min) | ≤ 25%, ≥ 99.5% agreement | |");
         return;
     }
     let t = Instant::now();
     let hnsw = HnswMatcher::from_vocabulary(&vocab, HnswParams::default()).expect("hnsw");
     let build = t.elapsed().as_secs_f64();
-    hnsw.score(q.view()).unwrap();
-    let runs: Vec<f64> = (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(hnsw.score(q.view()).unwrap());
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    let approx = median(runs);
-    let le = vocab.score(q.view()).unwrap().labels(None);
-    let la = hnsw.score(q.view()).unwrap().labels(None);
-    let agree = le.iter().zip(&la).filter(|(a, b)| a == b).count() as f64 / le.len() as f64;
+    let (approx, agree) = measure(&hnsw);
     let share = approx / bare_encoder_s;
     println!(
         "| HNSW lookup, the same (graph built in {build:.0} s) | {:.0} ms = {:.0}% of the bare encoder; {:.2}% label agreement with exact | ≤ 25%, ≥ 99.5% | {} |",
@@ -741,6 +766,15 @@ fn main() {
     if what == "segment" || what == "all" {
         // the 10-class bank must not be open while the binary runs
         bench_segment(&home);
+    }
+    if what == "lookup" {
+        // only the lookup rows of `segment`, against a bare encoder time
+        // measured by `segment` (its "bare encoder" row)
+        let ms: f64 = std::env::args()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .expect("usage: bench lookup ENCODER_MS (the bare encoder row of `bench segment`)");
+        lookup_at_scale(3328, ms / 1e3);
     }
     if what == "prefilter" {
         let dir = std::env::args().nth(2).expect(

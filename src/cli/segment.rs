@@ -29,8 +29,11 @@ pub enum EngineChoice {
     Auto,
     /// Exact blocked matrix multiply.
     Exact,
-    /// Approximate nearest neighbours (HNSW).
+    /// Approximate nearest neighbours (HNSW graph, cached).
     Hnsw,
+    /// Approximate: inverted lists by k-means, exact products within the
+    /// lists a patch probes (built on each run, in seconds).
+    Ivf,
 }
 
 /// Arguments of `segment`.
@@ -56,7 +59,8 @@ pub struct SegmentArgs {
     /// Output folder.
     #[arg(long, default_value = "ovdiff-out", value_name = "DIR")]
     pub out: PathBuf,
-    /// Matcher: auto, exact or hnsw.
+    /// Matcher: auto (exact below 50,000 prototype rows, HNSW above), exact,
+    /// hnsw or ivf (see docs/benchmarks.md).
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineChoice,
     /// Encoder bundle(s) to use [default: the installed bundles the bank's classes were built with].
@@ -170,7 +174,8 @@ impl PrefilterRun {
             fingerprint,
             topk,
             hnsw_min_rows: match args.engine {
-                EngineChoice::Exact => None,
+                // a narrowed query keeps a few classes: exact
+                EngineChoice::Exact | EngineChoice::Ivf => None,
                 EngineChoice::Hnsw => Some(0),
                 EngineChoice::Auto => Some(query::AUTO_HNSW_MIN_ROWS),
             },
@@ -346,13 +351,23 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     for m in &mut members {
         let rows = m.vocabulary.num_rows();
         let hnsw = match args.engine {
-            EngineChoice::Exact => false,
+            EngineChoice::Exact | EngineChoice::Ivf => false,
             EngineChoice::Hnsw => true,
             EngineChoice::Auto => rows >= query::AUTO_HNSW_MIN_ROWS,
         };
         // With a pre-filter, each image is matched against the classes it keeps.
         if hnsw && clip.is_none() {
             m.use_hnsw(&ctx.home.cache_dir(), ctx.runtime.threads)?;
+        }
+        if args.engine == EngineChoice::Ivf && clip.is_none() {
+            let st = m.use_ivf(ctx.runtime.threads)?;
+            eprintln!(
+                "ovdiff-bank: IVF lists for {}: {} rows in {} lists, built in {:.1} s",
+                m.encoder.bundle().name(),
+                st.rows,
+                st.lists,
+                st.build_s
+            );
         }
     }
     let mut pre = match clip {

@@ -4,5 +4,7 @@
 //!   from the hits, orphan handling, a checked on-disk cache).
 
 pub mod hnsw;
+pub mod ivf;
 
 pub use hnsw::{Fingerprint, HnswMatcher, HnswParams, HnswStats};
+pub use ivf::{IvfMatcher, IvfParams, IvfStats};

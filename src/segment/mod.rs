@@ -12,7 +12,7 @@
 pub mod engine;
 mod font;
 #[cfg(test)]
-mod oracle;
+pub(crate) mod oracle;
 pub mod prefilter;
 pub mod query;
 pub mod render;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bank::{ClassRecord, EncoderInfo};
 use crate::features::Encoder;
-use crate::index::{Fingerprint, HnswMatcher, HnswParams};
+use crate::index::{Fingerprint, HnswMatcher, HnswParams, IvfMatcher, IvfParams, IvfStats};
 use crate::prototypes::Side;
 use crate::runtime::manifest::MANIFEST_FILE;
 use crate::runtime::{Bundle, Runtime, VerifyMode};
@@ -166,6 +166,8 @@ pub struct QueryMember {
     pub classes: Vec<ClassRows>,
     /// An approximate matcher over the same rows, when the query uses HNSW.
     pub hnsw: Option<HnswMatcher>,
+    /// An approximate matcher over the same rows, when the query uses IVF.
+    pub ivf: Option<IvfMatcher>,
 }
 
 /// `--engine auto` switches to HNSW at this many prototype rows in a query.
@@ -205,6 +207,7 @@ impl QueryMember {
             vocabulary,
             classes: rows,
             hnsw: None,
+            ivf: None,
         })
     }
 
@@ -214,6 +217,16 @@ impl QueryMember {
     pub fn use_hnsw(&mut self, cache_dir: &Path, threads: usize) -> Result<()> {
         self.hnsw = Some(hnsw_matcher(&self.vocabulary, cache_dir, threads)?);
         Ok(())
+    }
+
+    /// Switch this member to IVF: cluster its rows into lists (seconds at
+    /// 1,000 classes); returns what was built.
+    pub fn use_ivf(&mut self, threads: usize) -> Result<IvfStats> {
+        let ivf = IvfMatcher::from_vocabulary(&self.vocabulary, IvfParams::default())?
+            .with_threads(threads);
+        let stats = ivf.stats();
+        self.ivf = Some(ivf);
+        Ok(stats)
     }
 }
 
@@ -448,9 +461,10 @@ pub fn segment_with(
         .iter_mut()
         .map(|m| EnsembleMember {
             encoder: &mut m.encoder,
-            matcher: match &m.hnsw {
-                Some(h) => h as &dyn crate::segment::engine::Matcher,
-                None => &m.vocabulary,
+            matcher: match (&m.hnsw, &m.ivf) {
+                (Some(h), _) => h as &dyn crate::segment::engine::Matcher,
+                (None, Some(i)) => i,
+                (None, None) => &m.vocabulary,
             },
         })
         .collect();

@@ -350,3 +350,36 @@ fn the_hnsw_engine_runs_and_caches_its_graph() {
         .count();
     assert_eq!(graphs, 1, "one cached graph, reused by the second run");
 }
+
+#[test]
+fn the_ivf_engine_labels_like_the_exact_engine() {
+    let Some(kit) = Kit::new() else { return };
+    let img = kit.query_image("q.png", [230, 40, 40]);
+    let mut maps = Vec::new();
+    for engine in ["exact", "ivf"] {
+        let out_dir = kit.out();
+        let out = kit.run(&[
+            "segment",
+            &img,
+            "--classes",
+            "red,blue",
+            "--out",
+            &out_dir,
+            "--engine",
+            engine,
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+        if engine == "ivf" {
+            assert!(text(&out).1.contains("IVF lists"), "{:?}", text(&out));
+        }
+        let (_, _, labels) = read_label_png(&Path::new(&out_dir).join("q.png")).unwrap();
+        maps.push(labels);
+    }
+    assert_eq!(maps[1][(70 * 168 + 84) as usize], 1, "the red disc is red");
+    let same = maps[0].iter().zip(&maps[1]).filter(|(a, b)| a == b).count();
+    assert!(
+        same as f64 >= 0.99 * maps[0].len() as f64,
+        "{same} of {} pixels agree",
+        maps[0].len()
+    );
+}

@@ -1,0 +1,607 @@
+//! An inverted-file matcher: the vocabulary's rows clustered into lists by spherical k-means, each patch scored exactly against the rows of the lists whose centroids are nearest to it.
+//!
+//! Where HNSW walks a graph one patch at a time, this engine keeps the
+//! work in matrix products, which is what two CPU cores do fastest:
+//!
+//! 1. **Coarse**: patches × centroids, one product; each patch picks its
+//!    [`IvfParams::probes`] best lists.
+//! 2. **Fine**: per list, the patches that picked it × the list's rows, one
+//!    product each, folded into per-column maxima exactly as the exact
+//!    engine folds them (higher wins, the lower row on ties).
+//!
+//! With `L` lists and `P` probes a patch is compared with `L + P·N/L` of
+//! the `N` rows' worth of vectors; `L = √(P·N)` minimises that.
+//!
+//! # Where it is approximate
+//!
+//! A row in a list the patch did not probe is not seen. Every column
+//! (class, or the background, column 0) also gets the patch's dot product
+//! with **the mean of the column's rows**, which is the average of the
+//! patch's scores against those rows and so never above their maximum. A
+//! column's score is the larger of that mean score and its best row seen
+//! in the probed lists: a lower bound of the exact score, equal to it
+//! whenever the column's best row lies in a probed list (the HNSW engine
+//! bounds unseen columns from above instead). [`Scores::best_proto`] holds
+//! the best row seen, or [`NO_PROTO`] when no row of the column was seen.
+//! A column without any rows is [`EMPTY_SCORE`], as in the exact engine.
+
+use std::ops::Range;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
+
+use crate::segment::engine::{Matcher, Scores, Vocabulary, EMPTY_SCORE, NO_PROTO};
+use crate::{Error, Result};
+
+/// Parameters of an [`IvfMatcher`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IvfParams {
+    /// Lists probed per patch.
+    pub probes: usize,
+    /// Number of lists; 0 picks `√(probes · rows)`.
+    pub lists: usize,
+    /// Lloyd iterations of the spherical k-means.
+    pub iterations: usize,
+    /// Rows the k-means trains on, per list (the rest are only assigned).
+    pub train_per_list: usize,
+    /// Seed of the k-means initialisation.
+    pub seed: u64,
+}
+
+impl Default for IvfParams {
+    fn default() -> Self {
+        IvfParams {
+            probes: 48,
+            lists: 0,
+            iterations: 6,
+            train_per_list: 24,
+            seed: 42,
+        }
+    }
+}
+
+impl IvfParams {
+    /// The number of lists for `rows` rows.
+    pub fn lists_for(&self, rows: usize) -> usize {
+        let l = if self.lists > 0 {
+            self.lists
+        } else {
+            ((self.probes.max(1) * rows) as f64).sqrt().round() as usize
+        };
+        l.clamp(1, rows.max(1))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.probes == 0 || self.train_per_list == 0 {
+            return Err(Error::Invalid(format!(
+                "IVF parameters {self:?}: probes and train_per_list must be at least 1"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Build statistics of an [`IvfMatcher`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IvfStats {
+    /// Rows indexed.
+    pub rows: usize,
+    /// Lists.
+    pub lists: usize,
+    /// Rows in the largest list.
+    pub largest_list: usize,
+    /// Seconds to build.
+    pub build_s: f64,
+}
+
+/// The inverted-file matcher over one vocabulary's rows (see the module
+/// docs).
+#[derive(Debug, Clone)]
+pub struct IvfMatcher {
+    names: Vec<String>,
+    dim: usize,
+    params: IvfParams,
+    /// Unit centroids, `(lists, dim)`.
+    centroids: Array2<f32>,
+    /// Rows in list order, `(rows, dim)`.
+    rows: Array2<f32>,
+    /// List `l` is `rows[offsets[l]..offsets[l + 1]]`.
+    offsets: Vec<usize>,
+    /// Vocabulary row of each list-ordered row.
+    ids: Vec<u32>,
+    /// Score column of each list-ordered row.
+    cols: Vec<u16>,
+    /// Which columns have rows at all.
+    empty_col: Vec<bool>,
+    /// Per column, the mean of its unit rows (zero for an empty column),
+    /// `(cols, dim)`.
+    means: Array2<f32>,
+    threads: usize,
+    stats: IvfStats,
+}
+
+/// Per row of `a`, the index of its best row of `b` (the first on ties),
+/// by blocked products on up to `threads` threads (0: one per core).
+fn nearest_rows(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, threads: usize) -> Vec<u32> {
+    const BLOCK: usize = 1024;
+    let n = a.nrows();
+    let mut out = vec![0u32; n];
+    if n == 0 || b.nrows() == 0 {
+        return out;
+    }
+    let threads = crate::runtime::threads_or_cores(threads)
+        .min(n.div_ceil(BLOCK))
+        .max(1);
+    let chunk = n.div_ceil(threads);
+    std::thread::scope(|sc| {
+        for (a, out) in a
+            .axis_chunks_iter(Axis(0), chunk)
+            .zip(out.chunks_mut(chunk))
+        {
+            sc.spawn(move || {
+                let mut buf = Array2::<f32>::zeros((BLOCK.min(a.nrows()), b.nrows()));
+                for (i0, o) in (0..a.nrows()).step_by(BLOCK).zip(out.chunks_mut(BLOCK)) {
+                    let i1 = (i0 + BLOCK).min(a.nrows());
+                    let mut sims = buf.slice_mut(s![..i1 - i0, ..]);
+                    general_mat_mul(1.0, &a.slice(s![i0..i1, ..]), &b.t(), 0.0, &mut sims);
+                    for (dst, row) in o.iter_mut().zip(sims.rows()) {
+                        let mut best = (0usize, f32::NEG_INFINITY);
+                        for (j, &v) in row.iter().enumerate() {
+                            if v > best.1 {
+                                best = (j, v);
+                            }
+                        }
+                        *dst = best.0 as u32;
+                    }
+                }
+            });
+        }
+    });
+    out
+}
+
+/// A small deterministic generator (splitmix64) for the initialisation.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// `k` distinct indices of `0..n`, in increasing order (a partial
+/// Fisher–Yates shuffle).
+fn sample(rng: &mut SplitMix, n: usize, k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let k = k.min(n);
+    for i in 0..k {
+        let j = i + rng.below(n - i);
+        idx.swap(i, j);
+    }
+    idx.truncate(k);
+    idx.sort_unstable();
+    idx
+}
+
+/// Spherical k-means: `lists` unit centroids of the unit rows `x`.
+fn spherical_kmeans(
+    x: ArrayView2<'_, f32>,
+    lists: usize,
+    params: &IvfParams,
+    threads: usize,
+) -> Array2<f32> {
+    let (n, d) = x.dim();
+    let mut rng = SplitMix(params.seed);
+    let train_idx = sample(&mut rng, n, lists * params.train_per_list);
+    let train = x.select(Axis(0), &train_idx);
+    let mut centroids = train.select(Axis(0), &sample(&mut rng, train.nrows(), lists));
+    for _ in 0..params.iterations {
+        let assign = nearest_rows(train.view(), centroids.view(), threads);
+        let mut sums = Array2::<f32>::zeros((lists, d));
+        let mut counts = vec![0usize; lists];
+        for (row, &a) in train.rows().into_iter().zip(&assign) {
+            let mut s = sums.row_mut(a as usize);
+            s += &row;
+            counts[a as usize] += 1;
+        }
+        for (l, mut c) in centroids.rows_mut().into_iter().enumerate() {
+            if counts[l] == 0 {
+                // an empty list restarts at a random training row
+                c.assign(&train.row(rng.below(train.nrows())));
+                continue;
+            }
+            let s = sums.row(l);
+            let norm = s.dot(&s).sqrt();
+            if norm > 0.0 {
+                c.assign(&s.mapv(|v| v / norm));
+            }
+        }
+    }
+    centroids
+}
+
+impl IvfMatcher {
+    /// Cluster `vocab`'s rows into lists and keep them in list order.
+    pub fn from_vocabulary(vocab: &Vocabulary, params: IvfParams) -> Result<IvfMatcher> {
+        params.validate()?;
+        let t = std::time::Instant::now();
+        let protos = vocab.prototypes();
+        let (n, dim) = protos.dim();
+        if n >= NO_PROTO as usize {
+            return Err(Error::Invalid(format!(
+                "{n} prototypes; at most {} can be indexed",
+                NO_PROTO - 1
+            )));
+        }
+        let segments: Vec<Range<usize>> = (0..=vocab.num_classes())
+            .map(|c| vocab.segment(c))
+            .collect();
+        let mut col_of = vec![0u16; n];
+        for (c, seg) in segments.iter().enumerate() {
+            col_of[seg.clone()].iter_mut().for_each(|v| *v = c as u16);
+        }
+        let mut means = Array2::<f32>::zeros((segments.len(), dim));
+        for (c, seg) in segments.iter().enumerate() {
+            if !seg.is_empty() {
+                let m = protos.slice(s![seg.clone(), ..]).sum_axis(Axis(0)) / seg.len() as f32;
+                means.row_mut(c).assign(&m);
+            }
+        }
+        let lists = params.lists_for(n);
+        let centroids = if n == 0 {
+            Array2::zeros((0, dim))
+        } else {
+            spherical_kmeans(protos.view(), lists, &params, 0)
+        };
+        let assign = nearest_rows(protos.view(), centroids.view(), 0);
+        let mut offsets = vec![0usize; centroids.nrows() + 1];
+        for &a in &assign {
+            offsets[a as usize + 1] += 1;
+        }
+        for l in 0..centroids.nrows() {
+            offsets[l + 1] += offsets[l];
+        }
+        // stable within a list: rows in vocabulary order
+        let mut next = offsets.clone();
+        let mut ids = vec![0u32; n];
+        for (r, &a) in assign.iter().enumerate() {
+            ids[next[a as usize]] = r as u32;
+            next[a as usize] += 1;
+        }
+        let rows = protos.select(
+            Axis(0),
+            &ids.iter().map(|&r| r as usize).collect::<Vec<_>>(),
+        );
+        let cols = ids.iter().map(|&r| col_of[r as usize]).collect();
+        let largest_list = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        Ok(IvfMatcher {
+            names: vocab.names().to_vec(),
+            dim,
+            params,
+            stats: IvfStats {
+                rows: n,
+                lists: centroids.nrows(),
+                largest_list,
+                build_s: t.elapsed().as_secs_f64(),
+            },
+            centroids,
+            rows,
+            offsets,
+            ids,
+            cols,
+            empty_col: segments.iter().map(|s| s.is_empty()).collect(),
+            means,
+            threads: 0,
+        })
+    }
+
+    /// Use `threads` threads to score (0: one per core, the default).
+    pub fn with_threads(mut self, threads: usize) -> IvfMatcher {
+        self.threads = threads;
+        self
+    }
+
+    /// Build statistics.
+    pub fn stats(&self) -> IvfStats {
+        self.stats
+    }
+
+    /// The parameters it was built with.
+    pub fn params(&self) -> IvfParams {
+        self.params
+    }
+
+    /// Score `patches` (`(n, dim)`, unit rows): see the module docs.
+    pub fn score(&self, patches: ArrayView2<'_, f32>) -> Result<Scores> {
+        if patches.ncols() != self.dim {
+            return Err(Error::DimensionMismatch {
+                what: "patch features".into(),
+                expected: format!("{} columns (the prototypes' dimension)", self.dim),
+                found: patches.ncols().to_string(),
+            });
+        }
+        let n = patches.nrows();
+        let cols = self.names.len() + 1;
+        let mut scores = Array2::from_elem((n, cols), f32::NEG_INFINITY);
+        let mut best = Array2::from_elem((n, cols), NO_PROTO);
+        if n > 0 {
+            let threads = crate::runtime::threads_or_cores(self.threads)
+                .min(n.div_ceil(64))
+                .max(1);
+            let chunk = n.div_ceil(threads);
+            std::thread::scope(|sc| {
+                let parts = patches
+                    .axis_chunks_iter(Axis(0), chunk)
+                    .zip(scores.axis_chunks_iter_mut(Axis(0), chunk))
+                    .zip(best.axis_chunks_iter_mut(Axis(0), chunk));
+                for ((p, s), b) in parts {
+                    sc.spawn(move || self.score_rows(p, s, b));
+                }
+            });
+        }
+        Ok(Scores {
+            scores,
+            best_proto: best,
+        })
+    }
+
+    /// The single-threaded kernel of [`IvfMatcher::score`].
+    fn score_rows(
+        &self,
+        patches: ArrayView2<'_, f32>,
+        mut scores: ArrayViewMut2<'_, f32>,
+        mut best: ArrayViewMut2<'_, u32>,
+    ) {
+        let n = patches.nrows();
+        let lists = self.centroids.nrows();
+        if lists > 0 {
+            // 1. coarse: each patch's best lists
+            let probes = self.params.probes.min(lists);
+            let mut coarse = Array2::<f32>::zeros((n, lists));
+            general_mat_mul(1.0, &patches, &self.centroids.t(), 0.0, &mut coarse);
+            let mut by_list: Vec<Vec<u32>> = vec![Vec::new(); lists];
+            let mut order: Vec<u32> = Vec::with_capacity(lists);
+            for (i, row) in coarse.rows().into_iter().enumerate() {
+                order.clear();
+                order.extend(0..lists as u32);
+                if probes < lists {
+                    order.select_nth_unstable_by(probes - 1, |&a, &b| {
+                        row[b as usize].total_cmp(&row[a as usize])
+                    });
+                }
+                for &l in &order[..probes] {
+                    by_list[l as usize].push(i as u32);
+                }
+            }
+            drop(coarse);
+            // 2. fine: per list, its patches × its rows
+            let mut gathered = Array2::<f32>::zeros((0, self.dim));
+            let mut sims = Vec::new();
+            for (l, who) in by_list.iter().enumerate() {
+                let (r0, r1) = (self.offsets[l], self.offsets[l + 1]);
+                if who.is_empty() || r0 == r1 {
+                    continue;
+                }
+                let m = who.len();
+                if gathered.nrows() < m {
+                    gathered = Array2::zeros((m, self.dim));
+                }
+                for (dst, &i) in gathered.rows_mut().into_iter().zip(who) {
+                    let mut dst = dst;
+                    dst.assign(&patches.row(i as usize));
+                }
+                sims.resize(m * (r1 - r0), 0.0);
+                let mut sv = ArrayViewMut2::from_shape((m, r1 - r0), &mut sims[..])
+                    .expect("invariant: m × len values");
+                general_mat_mul(
+                    1.0,
+                    &gathered.slice(s![..m, ..]),
+                    &self.rows.slice(s![r0..r1, ..]).t(),
+                    0.0,
+                    &mut sv,
+                );
+                for (row, &i) in sv.rows().into_iter().zip(who) {
+                    let i = i as usize;
+                    for (j, &v) in row.iter().enumerate() {
+                        let c = self.cols[r0 + j] as usize;
+                        let id = self.ids[r0 + j];
+                        let cur = &mut scores[[i, c]];
+                        if v > *cur || (v == *cur && id < best[[i, c]]) {
+                            *cur = v;
+                            best[[i, c]] = id;
+                        }
+                    }
+                }
+            }
+        }
+        // 3. every column at least its mean score
+        let mut lower = Array2::<f32>::zeros((n, self.means.nrows()));
+        general_mat_mul(1.0, &patches, &self.means.t(), 0.0, &mut lower);
+        for ((v, &low), &empty) in scores
+            .iter_mut()
+            .zip(lower.iter())
+            .zip(self.empty_col.iter().cycle())
+        {
+            *v = if empty { EMPTY_SCORE } else { v.max(low) };
+        }
+    }
+}
+
+impl Matcher for IvfMatcher {
+    fn class_names(&self) -> &[String] {
+        &self.names
+    }
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn score(&self, patches: ArrayView2<'_, f32>) -> Result<Scores> {
+        IvfMatcher::score(self, patches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::engine::Candidate;
+    use crate::segment::oracle::{random_patches, Rng};
+
+    /// `classes` classes of `per` foreground rows clustered around a centre
+    /// (and `per / 2` random backgrounds for the non-stuff ones).
+    fn clustered(rng: &mut Rng, classes: usize, per: usize, d: usize) -> Vec<Candidate> {
+        (0..classes)
+            .map(|c| {
+                let centre = rng.unit(d);
+                let fg: Vec<f32> = (0..per)
+                    .flat_map(|_| rng.noisy(&centre, 0.8 / (d as f64).sqrt()))
+                    .collect();
+                let stuff = c % 5 == 0;
+                let nb = if stuff { 0 } else { per / 2 };
+                let bg: Vec<f32> = (0..nb).flat_map(|_| rng.unit(d)).collect();
+                Candidate::new(
+                    format!("class {c}"),
+                    stuff,
+                    Array2::from_shape_vec((per, d), fg).unwrap(),
+                    Array2::from_shape_vec((nb, d), bg).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn agreement(exact: &Scores, approx: &Scores) -> f64 {
+        let (a, b) = (exact.labels(None), approx.labels(None));
+        a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+    }
+
+    /// Patches of several kinds over `vocab`'s rows: noisy copies of rows
+    /// (noise norm σ), midpoints of two rows, random directions.
+    fn patch_kinds(rng: &mut Rng, vocab: &Vocabulary, n: usize) -> Vec<(String, Array2<f32>)> {
+        let p = vocab.prototypes().to_owned();
+        let d = p.ncols();
+        let mut kinds = Vec::new();
+        for sigma in [0.3, 0.6, 1.0] {
+            let rows: Vec<f32> = (0..n)
+                .flat_map(|_| {
+                    let r = p.row(rng.range(0, p.nrows())).to_vec();
+                    rng.noisy(&r, sigma / (d as f64).sqrt())
+                })
+                .collect();
+            let q = Array2::from_shape_vec((n, d), rows).unwrap();
+            kinds.push((format!("near a row, noise σ {sigma}"), q));
+        }
+        let rows: Vec<f32> = (0..n)
+            .flat_map(|_| {
+                let a = p.row(rng.range(0, p.nrows())).to_owned();
+                let b = p.row(rng.range(0, p.nrows())).to_owned();
+                rng.noisy(&(&a + &b).to_vec(), 0.3 / (d as f64).sqrt())
+            })
+            .collect();
+        let q = Array2::from_shape_vec((n, d), rows).unwrap();
+        kinds.push(("midpoint of two rows".into(), q));
+        let rows: Vec<f32> = (0..n).flat_map(|_| rng.unit(d)).collect();
+        let q = Array2::from_shape_vec((n, d), rows).unwrap();
+        kinds.push(("random direction".into(), q));
+        kinds
+    }
+
+    #[test]
+    fn labels_agree_with_the_exact_engine() {
+        let mut rng = Rng::new(5);
+        let vocab = Vocabulary::new(clustered(&mut rng, 300, 60, 64)).unwrap();
+        let ivf = IvfMatcher::from_vocabulary(&vocab, IvfParams::default()).unwrap();
+        let st = ivf.stats();
+        assert_eq!(st.rows, vocab.num_rows());
+        assert!(st.lists > 1 && st.lists < st.rows);
+        // the least agreement asserted, per kind of patch
+        let floors = [0.995, 0.995, 0.95, 0.97, 0.8];
+        for ((name, q), floor) in patch_kinds(&mut rng, &vocab, 1000).into_iter().zip(floors) {
+            let exact = vocab.score(q.view()).unwrap();
+            let approx = ivf.score(q.view()).unwrap();
+            let agree = agreement(&exact, &approx);
+            eprintln!("IVF, {name}: {:.2}% of labels agree", 100.0 * agree);
+            assert!(agree >= floor, "{name}: {agree}");
+            // Scores are lower bounds, at least the best row seen.
+            for ((i, c), &r) in approx.best_proto.indexed_iter() {
+                assert!(approx.scores[[i, c]] <= exact.scores[[i, c]] + 1e-5);
+                if r != NO_PROTO {
+                    let row = vocab.prototypes().row(r as usize).to_owned();
+                    assert!(approx.scores[[i, c]] >= q.row(i).dot(&row) - 1e-5);
+                    assert!(vocab.segment(c).contains(&(r as usize)));
+                }
+            }
+        }
+        // One thread gives the same answer.
+        let q = patch_kinds(&mut rng, &vocab, 200).remove(1).1;
+        let one = ivf.clone().with_threads(1).score(q.view()).unwrap();
+        assert_eq!(one, ivf.score(q.view()).unwrap());
+    }
+
+    /// IVF against HNSW by kind of patch (`cargo test --release --lib
+    /// ivf::tests::engines_by_kind_of_patch -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "diagnostic; run in release"]
+    fn engines_by_kind_of_patch() {
+        let mut rng = Rng::new(5);
+        let vocab = Vocabulary::new(clustered(&mut rng, 300, 60, 64)).unwrap();
+        let kinds = patch_kinds(&mut rng, &vocab, 1000);
+        let mut runs: Vec<(String, Box<dyn Matcher>)> = Vec::new();
+        for probes in [48, 96] {
+            let p = IvfParams {
+                probes,
+                ..IvfParams::default()
+            };
+            let m = IvfMatcher::from_vocabulary(&vocab, p).unwrap();
+            runs.push((format!("IVF, {probes} probes"), Box::new(m)));
+        }
+        let hnsw = crate::index::HnswMatcher::from_vocabulary(&vocab, Default::default()).unwrap();
+        runs.push(("HNSW".into(), Box::new(hnsw)));
+        for (engine, m) in &runs {
+            for (name, q) in &kinds {
+                let a = agreement(&vocab.score(q.view()).unwrap(), &m.score(q.view()).unwrap());
+                eprintln!("{engine}, {name}: {:.2}%", 100.0 * a);
+            }
+        }
+    }
+
+    #[test]
+    fn probing_every_list_is_exact() {
+        let mut rng = Rng::new(6);
+        let cands = clustered(&mut rng, 12, 20, 32);
+        let patches = random_patches(&mut rng, &cands, 300);
+        let vocab = Vocabulary::new(cands).unwrap();
+        let params = IvfParams {
+            probes: 1000,
+            lists: 16,
+            ..IvfParams::default()
+        };
+        let ivf = IvfMatcher::from_vocabulary(&vocab, params).unwrap();
+        let exact = vocab.score(patches.view()).unwrap();
+        let approx = ivf.score(patches.view()).unwrap();
+        assert_eq!(approx.best_proto, exact.best_proto);
+        for (a, b) in approx.scores.iter().zip(exact.scores.iter()) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let mut rng = Rng::new(7);
+        let vocab = Vocabulary::new(clustered(&mut rng, 3, 4, 8)).unwrap();
+        let zero = IvfParams {
+            probes: 0,
+            ..IvfParams::default()
+        };
+        assert!(IvfMatcher::from_vocabulary(&vocab, zero).is_err());
+        let ivf = IvfMatcher::from_vocabulary(&vocab, IvfParams::default()).unwrap();
+        assert!(ivf.score(Array2::<f32>::zeros((2, 7)).view()).is_err());
+        let empty = ivf.score(Array2::<f32>::zeros((0, 8)).view()).unwrap();
+        assert_eq!(empty.scores.nrows(), 0);
+    }
+}
