@@ -25,7 +25,7 @@ use crate::support_set;
 /// Which matcher scores patches against prototypes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineChoice {
-    /// Exact below the measured crossover size, HNSW above it.
+    /// Exact below 50,000 prototype rows, IVF above.
     Auto,
     /// Exact blocked matrix multiply.
     Exact,
@@ -59,8 +59,8 @@ pub struct SegmentArgs {
     /// Output folder.
     #[arg(long, default_value = "ovdiff-out", value_name = "DIR")]
     pub out: PathBuf,
-    /// Matcher: auto (exact below 50,000 prototype rows, HNSW above), exact,
-    /// hnsw or ivf (see docs/benchmarks.md).
+    /// Matcher: auto (exact below 50,000 prototype rows, IVF above), exact,
+    /// ivf or hnsw (see docs/benchmarks.md).
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineChoice,
     /// Encoder bundle(s) to use [default: the installed bundles the bank's classes were built with].
@@ -177,7 +177,8 @@ impl PrefilterRun {
                 // a narrowed query keeps a few classes: exact
                 EngineChoice::Exact | EngineChoice::Ivf => None,
                 EngineChoice::Hnsw => Some(0),
-                EngineChoice::Auto => Some(query::AUTO_HNSW_MIN_ROWS),
+                // narrowed to a few classes, auto is exact in practice
+                EngineChoice::Auto => Some(query::AUTO_APPROX_MIN_ROWS),
             },
             cache_dir: ctx.home.cache_dir(),
             threads: ctx.runtime.threads,
@@ -350,23 +351,28 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     let mut members = query::plan(&runtime, bank, &classes, &explicit, ctx.runtime.threads)?;
     for m in &mut members {
         let rows = m.vocabulary.num_rows();
-        let hnsw = match args.engine {
-            EngineChoice::Exact | EngineChoice::Ivf => false,
-            EngineChoice::Hnsw => true,
-            EngineChoice::Auto => rows >= query::AUTO_HNSW_MIN_ROWS,
+        let (hnsw, ivf) = match args.engine {
+            EngineChoice::Exact => (false, false),
+            EngineChoice::Hnsw => (true, false),
+            EngineChoice::Ivf => (false, true),
+            EngineChoice::Auto => (false, rows >= query::AUTO_APPROX_MIN_ROWS),
         };
         // With a pre-filter, each image is matched against the classes it keeps.
         if hnsw && clip.is_none() {
             m.use_hnsw(&ctx.home.cache_dir(), ctx.runtime.threads)?;
         }
-        if args.engine == EngineChoice::Ivf && clip.is_none() {
-            let st = m.use_ivf(ctx.runtime.threads)?;
+        if ivf && clip.is_none() {
+            let st = m.use_ivf(&ctx.home.cache_dir(), ctx.runtime.threads)?;
             eprintln!(
-                "ovdiff-bank: IVF lists for {}: {} rows in {} lists, built in {:.1} s",
+                "ovdiff-bank: IVF lists for {}: {} rows in {} lists, {}",
                 m.encoder.bundle().name(),
                 st.rows,
                 st.lists,
-                st.build_s
+                if st.loaded {
+                    format!("loaded from the cache in {:.1} s", st.build_s)
+                } else {
+                    format!("built in {:.1} s and cached", st.build_s)
+                }
             );
         }
     }

@@ -2179,6 +2179,44 @@ mod tests {
                     if agree >= 99.5 { "yes" } else { "**no**" }
                 );
             }
+            // The IVF engine on the same bank and patches.
+            let t = Instant::now();
+            let ivf =
+                crate::index::IvfMatcher::from_vocabulary(&vocab, Default::default()).unwrap();
+            let ivf_build = t.elapsed().as_secs_f64();
+            let (exact_ms, ivf_ms) = time_pair(
+                reps,
+                || vocab.score(patches.view()).unwrap(),
+                || ivf.score(patches.view()).unwrap(),
+            );
+            let li = ivf.score(patches.view()).unwrap().labels(None);
+            let (mut near_ok, mut mid_ok, mut mids) = (0, 0, 0);
+            for (i, (&a, &b)) in le.iter().zip(&li).enumerate() {
+                if i % 4 == 3 {
+                    mids += 1;
+                    mid_ok += (a == b) as usize;
+                } else {
+                    near_ok += (a == b) as usize;
+                }
+            }
+            let n = le.len();
+            let agree = 100.0 * (near_ok + mid_ok) as f64 / n as f64;
+            eprintln!(
+                "  IVF ({} lists, {} probes): build {ivf_build:.1} s, ivf {ivf_ms:.0} ms, exact {exact_ms:.0} ms ({:.2}×); \
+                 label agreement {agree:.2}% (near-prototype {:.2}%, midpoints {:.2}%)",
+                ivf.stats().lists,
+                ivf.params().probes,
+                exact_ms / ivf_ms,
+                100.0 * near_ok as f64 / (n - mids) as f64,
+                100.0 * mid_ok as f64 / mids as f64,
+            );
+            println!(
+                "| IVF vs exact: 1,024 patches × {classes} classes ({rows} rows), {} probes: build {ivf_build:.0} s, IVF {ivf_ms:.0} ms vs exact {exact_ms:.0} ms ({:.2}×); pixel agreement | {agree:.2}% | ≥ 99.5% | {} |",
+                ivf.params().probes,
+                exact_ms / ivf_ms,
+                if agree >= 99.5 { "yes" } else { "**no**" }
+            );
+            drop(ivf);
             hnsw.set_search_params(params.ef_search, params.ef_upper, params.k)
                 .unwrap();
             let dir = tempfile::tempdir().unwrap();

@@ -26,12 +26,17 @@
 //! A column without any rows is [`EMPTY_SCORE`], as in the exact engine.
 
 use std::ops::Range;
+use std::path::Path;
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 
+use crate::index::hnsw::{Fingerprint, HnswParams};
 use crate::segment::engine::{Matcher, Scores, Vocabulary, EMPTY_SCORE, NO_PROTO};
 use crate::{Error, Result};
+
+/// First bytes of an IVF cache file (format 1).
+const IVF_MAGIC: &[u8; 8] = b"OVDBIVF1";
 
 /// Parameters of an [`IvfMatcher`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +95,10 @@ pub struct IvfStats {
     pub lists: usize,
     /// Rows in the largest list.
     pub largest_list: usize,
-    /// Seconds to build.
+    /// Seconds to build, or to load from the cache.
     pub build_s: f64,
+    /// Loaded from the cache rather than built.
+    pub loaded: bool,
 }
 
 /// The inverted-file matcher over one vocabulary's rows (see the module
@@ -241,20 +248,6 @@ impl IvfMatcher {
                 NO_PROTO - 1
             )));
         }
-        let segments: Vec<Range<usize>> = (0..=vocab.num_classes())
-            .map(|c| vocab.segment(c))
-            .collect();
-        let mut col_of = vec![0u16; n];
-        for (c, seg) in segments.iter().enumerate() {
-            col_of[seg.clone()].iter_mut().for_each(|v| *v = c as u16);
-        }
-        let mut means = Array2::<f32>::zeros((segments.len(), dim));
-        for (c, seg) in segments.iter().enumerate() {
-            if !seg.is_empty() {
-                let m = protos.slice(s![seg.clone(), ..]).sum_axis(Axis(0)) / seg.len() as f32;
-                means.row_mut(c).assign(&m);
-            }
-        }
         let lists = params.lists_for(n);
         let centroids = if n == 0 {
             Array2::zeros((0, dim))
@@ -262,7 +255,7 @@ impl IvfMatcher {
             spherical_kmeans(protos.view(), lists, &params, 0)
         };
         let assign = nearest_rows(protos.view(), centroids.view(), 0);
-        let mut offsets = vec![0usize; centroids.nrows() + 1];
+        let mut offsets = vec![0u32; centroids.nrows() + 1];
         for &a in &assign {
             offsets[a as usize + 1] += 1;
         }
@@ -273,24 +266,56 @@ impl IvfMatcher {
         let mut next = offsets.clone();
         let mut ids = vec![0u32; n];
         for (r, &a) in assign.iter().enumerate() {
-            ids[next[a as usize]] = r as u32;
+            ids[next[a as usize] as usize] = r as u32;
             next[a as usize] += 1;
+        }
+        drop(protos);
+        Ok(Self::assemble(vocab, params, centroids, offsets, ids, t))
+    }
+
+    /// The matcher over `vocab` with lists already made (`ids` in list
+    /// order, list `l` is `ids[offsets[l]..offsets[l + 1]]`; checked by the
+    /// callers).
+    fn assemble(
+        vocab: &Vocabulary,
+        params: IvfParams,
+        centroids: Array2<f32>,
+        offsets: Vec<u32>,
+        ids: Vec<u32>,
+        started: std::time::Instant,
+    ) -> IvfMatcher {
+        let protos = vocab.prototypes();
+        let dim = protos.ncols();
+        let segments: Vec<Range<usize>> = (0..=vocab.num_classes())
+            .map(|c| vocab.segment(c))
+            .collect();
+        let mut col_of = vec![0u16; protos.nrows()];
+        let mut means = Array2::<f32>::zeros((segments.len(), dim));
+        for (c, seg) in segments.iter().enumerate() {
+            col_of[seg.clone()].iter_mut().for_each(|v| *v = c as u16);
+            if !seg.is_empty() {
+                let m = protos.slice(s![seg.clone(), ..]).sum_axis(Axis(0)) / seg.len() as f32;
+                means.row_mut(c).assign(&m);
+            }
         }
         let rows = protos.select(
             Axis(0),
             &ids.iter().map(|&r| r as usize).collect::<Vec<_>>(),
         );
+        drop(protos);
         let cols = ids.iter().map(|&r| col_of[r as usize]).collect();
+        let offsets: Vec<usize> = offsets.into_iter().map(|o| o as usize).collect();
         let largest_list = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        Ok(IvfMatcher {
+        IvfMatcher {
             names: vocab.names().to_vec(),
             dim,
             params,
             stats: IvfStats {
-                rows: n,
+                rows: ids.len(),
                 lists: centroids.nrows(),
                 largest_list,
-                build_s: t.elapsed().as_secs_f64(),
+                build_s: started.elapsed().as_secs_f64(),
+                loaded: false,
             },
             centroids,
             rows,
@@ -300,7 +325,169 @@ impl IvfMatcher {
             empty_col: segments.iter().map(|s| s.is_empty()).collect(),
             means,
             threads: 0,
-        })
+        }
+    }
+
+    /// The fingerprint a cache of lists over `vocab` built with `params`
+    /// carries: every row, the columns and names (as for HNSW graphs) and
+    /// the parameters.
+    pub fn fingerprint(vocab: &Vocabulary, params: &IvfParams) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let rows = Fingerprint::new(vocab, &HnswParams::default());
+        let mut h = Sha256::new();
+        h.update(b"ovdiff-bank ivf lists v1\0");
+        h.update(rows.as_bytes());
+        for v in [
+            params.probes,
+            params.lists,
+            params.iterations,
+            params.train_per_list,
+        ] {
+            h.update((v as u64).to_le_bytes());
+        }
+        h.update(params.seed.to_le_bytes());
+        h.finalize().into()
+    }
+
+    /// Write the lists (not the rows, which the vocabulary has) to `path`,
+    /// through a temporary file renamed into place. Layout, little-endian:
+    /// magic `OVDBIVF1`, the 32-byte [fingerprint](Self::fingerprint),
+    /// `u64` lists, dim, rows; the centroids as f32; `lists + 1` list
+    /// offsets and `rows` row ids as u32; then the xxh3-64 of all of it.
+    pub fn save(&self, fingerprint: &[u8; 32], path: &Path) -> Result<()> {
+        let mut b = Vec::with_capacity(
+            64 + 4 * (self.centroids.len() + self.offsets.len() + self.ids.len()),
+        );
+        b.extend_from_slice(IVF_MAGIC);
+        b.extend_from_slice(fingerprint);
+        for v in [self.centroids.nrows(), self.dim, self.ids.len()] {
+            b.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        b.extend(self.centroids.iter().flat_map(|v| v.to_le_bytes()));
+        b.extend(self.offsets.iter().flat_map(|&v| (v as u32).to_le_bytes()));
+        b.extend(self.ids.iter().flat_map(|v| v.to_le_bytes()));
+        let sum = xxhash_rust::xxh3::xxh3_64(&b);
+        b.extend_from_slice(&sum.to_le_bytes());
+        let tmp = path.with_extension("tmp");
+        let io = |context: &'static str, p: &Path| {
+            let p = p.to_path_buf();
+            move |source| Error::Io {
+                context,
+                path: p,
+                source,
+            }
+        };
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&b)?;
+            f.sync_all()
+        };
+        let result = write()
+            .map_err(io("writing the IVF cache", &tmp))
+            .and_then(|()| {
+                std::fs::rename(&tmp, path).map_err(io("renaming the IVF cache to", path))
+            });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Lists saved by [`save`](Self::save) for this `vocab` and `params`.
+    /// `Ok(Err(why))` means "rebuild": no file, another fingerprint or
+    /// layout, a checksum mismatch, or lists that do not cover every row
+    /// exactly once. Other I/O errors are errors.
+    pub fn load(
+        vocab: &Vocabulary,
+        params: IvfParams,
+        fingerprint: &[u8; 32],
+        path: &Path,
+    ) -> Result<std::result::Result<IvfMatcher, &'static str>> {
+        let t = std::time::Instant::now();
+        let b = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Err("no cache file")),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: "reading the IVF cache",
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Ok(Self::parse(vocab, fingerprint, &b).map(|(c, o, i)| {
+            let mut m = Self::assemble(vocab, params, c, o, i, t);
+            m.stats.loaded = true;
+            m
+        }))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn parse(
+        vocab: &Vocabulary,
+        fingerprint: &[u8; 32],
+        b: &[u8],
+    ) -> std::result::Result<(Array2<f32>, Vec<u32>, Vec<u32>), &'static str> {
+        const HEAD: usize = 8 + 32 + 24;
+        if b.len() < HEAD + 8 || &b[..8] != IVF_MAGIC {
+            return Err("not an IVF cache of this version");
+        }
+        let (body, sum) = b.split_at(b.len() - 8);
+        if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
+            return Err("checksum mismatch");
+        }
+        if &b[8..40] != fingerprint {
+            return Err("lists of other prototypes or parameters");
+        }
+        let u64at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let (lists, dim, rows) = (u64at(40), u64at(48), u64at(56));
+        let n = vocab.num_rows() as u64;
+        if dim != vocab.dim() as u64 || rows != n || lists == 0 && n > 0 || lists > n.max(1) {
+            return Err("lists of another shape");
+        }
+        let (lists, dim, rows) = (lists as usize, dim as usize, rows as usize);
+        let want = HEAD + 4 * (lists * dim + lists + 1 + rows);
+        if body.len() != want {
+            return Err("truncated or padded");
+        }
+        let mut o = HEAD;
+        let mut f32s = |k: usize| {
+            let v: Vec<f32> = b[o..o + 4 * k]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            o += 4 * k;
+            v
+        };
+        let centroids = f32s(lists * dim);
+        if centroids.iter().any(|v| !v.is_finite()) {
+            return Err("non-finite centroids");
+        }
+        let u32s = |from: usize, k: usize| -> Vec<u32> {
+            b[from..from + 4 * k]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        };
+        let at = HEAD + 4 * lists * dim;
+        let offsets = u32s(at, lists + 1);
+        let ids = u32s(at + 4 * (lists + 1), rows);
+        if offsets[0] != 0
+            || offsets[lists] as usize != rows
+            || offsets.windows(2).any(|w| w[0] > w[1])
+        {
+            return Err("list offsets out of order");
+        }
+        let mut seen = vec![false; rows];
+        for &i in &ids {
+            match seen.get_mut(i as usize) {
+                Some(s) if !*s => *s = true,
+                _ => return Err("row ids are not a permutation"),
+            }
+        }
+        let centroids = Array2::from_shape_vec((lists, dim), centroids).expect("lists × dim");
+        Ok((centroids, offsets, ids))
     }
 
     /// Use `threads` threads to score (0: one per core, the default).
@@ -588,6 +775,72 @@ mod tests {
         for (a, b) in approx.scores.iter().zip(exact.scores.iter()) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn lists_are_cached_and_never_trusted_blindly() {
+        let mut rng = Rng::new(8);
+        let cands = clustered(&mut rng, 40, 30, 32);
+        let patches = random_patches(&mut rng, &cands, 200);
+        let vocab = Vocabulary::new(cands).unwrap();
+        let params = IvfParams::default();
+        let built = IvfMatcher::from_vocabulary(&vocab, params).unwrap();
+        let fp = IvfMatcher::fingerprint(&vocab, &params);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lists");
+        assert_eq!(
+            IvfMatcher::load(&vocab, params, &fp, &path).unwrap().err(),
+            Some("no cache file")
+        );
+        built.save(&fp, &path).unwrap();
+        let back = IvfMatcher::load(&vocab, params, &fp, &path)
+            .unwrap()
+            .unwrap();
+        assert!(back.stats().loaded && !built.stats().loaded);
+        assert_eq!(back.ids, built.ids);
+        assert_eq!(back.centroids, built.centroids);
+        assert_eq!(
+            back.score(patches.view()).unwrap(),
+            built.score(patches.view()).unwrap()
+        );
+        // other parameters: another fingerprint
+        let other = IvfParams {
+            probes: 7,
+            ..params
+        };
+        let fp2 = IvfMatcher::fingerprint(&vocab, &other);
+        assert_ne!(fp, fp2);
+        assert!(IvfMatcher::load(&vocab, other, &fp2, &path)
+            .unwrap()
+            .is_err());
+        // every damaged byte, and truncation, is refused
+        let good = std::fs::read(&path).unwrap();
+        for i in (0..good.len()).step_by(97) {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(
+                IvfMatcher::load(&vocab, params, &fp, &path)
+                    .unwrap()
+                    .is_err(),
+                "byte {i}"
+            );
+        }
+        std::fs::write(&path, &good[..good.len() - 9]).unwrap();
+        assert!(IvfMatcher::load(&vocab, params, &fp, &path)
+            .unwrap()
+            .is_err());
+        // ids that are not a permutation, with a valid checksum
+        let mut bad = good[..good.len() - 8].to_vec();
+        let n = bad.len();
+        bad[n - 4..].copy_from_slice(&0u32.to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&bad);
+        bad.extend_from_slice(&sum.to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        assert_eq!(
+            IvfMatcher::load(&vocab, params, &fp, &path).unwrap().err(),
+            Some("row ids are not a permutation")
+        );
     }
 
     #[test]

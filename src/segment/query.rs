@@ -170,11 +170,16 @@ pub struct QueryMember {
     pub ivf: Option<IvfMatcher>,
 }
 
-/// `--engine auto` switches to HNSW at this many prototype rows in a query.
-/// Set from the crossover measured by the HNSW benchmark
-/// (`cargo test --release --lib index::hnsw -- --ignored --nocapture`), see
-/// docs/benchmarks.md.
-pub const AUTO_HNSW_MIN_ROWS: usize = 50_000;
+/// `--engine auto` switches from the exact matcher to IVF at this many
+/// prototype rows in a query. Measured (`hnsw_benchmark`, which also times
+/// IVF, and `bench lookup`; docs/benchmarks.md): IVF is 3.7× faster than
+/// exact at 12,400 rows and 7× at 124,000, with the same labels on the
+/// synthetic banks; below about 50,000 rows exact matching costs less than
+/// the encoder, so the exact answer is kept there.
+pub const AUTO_APPROX_MIN_ROWS: usize = 50_000;
+
+/// The former name of [`AUTO_APPROX_MIN_ROWS`] (auto used HNSW above it).
+pub const AUTO_HNSW_MIN_ROWS: usize = AUTO_APPROX_MIN_ROWS;
 
 impl QueryMember {
     /// A member over `encoder` (its bundle's fingerprint picks the
@@ -219,11 +224,29 @@ impl QueryMember {
         Ok(())
     }
 
-    /// Switch this member to IVF: cluster its rows into lists (seconds at
-    /// 1,000 classes); returns what was built.
-    pub fn use_ivf(&mut self, threads: usize) -> Result<IvfStats> {
-        let ivf = IvfMatcher::from_vocabulary(&self.vocabulary, IvfParams::default())?
-            .with_threads(threads);
+    /// Switch this member to IVF: load its lists from `cache_dir` when a
+    /// cached set matches these exact rows and parameters (never trusted
+    /// otherwise), else cluster the rows (seconds at 1,000 classes) and
+    /// cache the lists. Returns the statistics.
+    pub fn use_ivf(&mut self, cache_dir: &Path, threads: usize) -> Result<IvfStats> {
+        let params = IvfParams::default();
+        let fp = IvfMatcher::fingerprint(&self.vocabulary, &params);
+        let path = cache_dir
+            .join("ivf")
+            .join(format!("{}.lists", hex::encode(fp)));
+        let ivf = match IvfMatcher::load(&self.vocabulary, params, &fp, &path)? {
+            Ok(m) => m,
+            Err(_) => {
+                let m = IvfMatcher::from_vocabulary(&self.vocabulary, params)?;
+                if std::fs::create_dir_all(path.parent().expect("invariant: has a parent")).is_ok()
+                {
+                    // a cache that cannot be written costs time, not correctness
+                    let _ = m.save(&fp, &path);
+                }
+                m
+            }
+        };
+        let ivf = ivf.with_threads(threads);
         let stats = ivf.stats();
         self.ivf = Some(ivf);
         Ok(stats)

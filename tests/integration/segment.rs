@@ -356,7 +356,7 @@ fn the_ivf_engine_labels_like_the_exact_engine() {
     let Some(kit) = Kit::new() else { return };
     let img = kit.query_image("q.png", [230, 40, 40]);
     let mut maps = Vec::new();
-    for engine in ["exact", "ivf"] {
+    for engine in ["exact", "ivf", "ivf"] {
         let out_dir = kit.out();
         let out = kit.run(&[
             "segment",
@@ -370,12 +370,22 @@ fn the_ivf_engine_labels_like_the_exact_engine() {
         ]);
         assert!(out.status.success(), "{:?}", text(&out));
         if engine == "ivf" {
-            assert!(text(&out).1.contains("IVF lists"), "{:?}", text(&out));
+            let why = if maps.len() == 1 {
+                "built in"
+            } else {
+                "loaded from the cache"
+            };
+            assert!(text(&out).1.contains(why), "{:?}", text(&out));
         }
         let (_, _, labels) = read_label_png(&Path::new(&out_dir).join("q.png")).unwrap();
         maps.push(labels);
     }
     assert_eq!(maps[1][(70 * 168 + 84) as usize], 1, "the red disc is red");
+    assert_eq!(maps[1], maps[2], "the cached lists label alike");
+    let cached = std::fs::read_dir(kit.sb.home.path().join("cache/ivf"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 1);
     let same = maps[0].iter().zip(&maps[1]).filter(|(a, b)| a == b).count();
     assert!(
         same as f64 >= 0.99 * maps[0].len() as f64,
