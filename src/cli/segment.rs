@@ -362,13 +362,15 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
             m.use_hnsw(&ctx.home.cache_dir(), ctx.runtime.threads)?;
         }
         if ivf && clip.is_none() {
-            let st = m.use_ivf(&ctx.home.cache_dir(), ctx.runtime.threads)?;
+            let st = m.use_ivf(bank, &ctx.home.cache_dir(), ctx.runtime.threads)?;
             eprintln!(
                 "ovdiff-bank: IVF lists for {}: {} rows in {} lists, {}",
                 m.encoder.bundle().name(),
                 st.rows,
                 st.lists,
-                if st.loaded {
+                if st.from_file {
+                    format!("from the bank file in {:.2} s", st.build_s)
+                } else if st.loaded {
                     format!("loaded from the cache in {:.1} s", st.build_s)
                 } else {
                     format!("built in {:.1} s and cached", st.build_s)

@@ -35,8 +35,11 @@ use crate::index::hnsw::{Fingerprint, HnswParams};
 use crate::segment::engine::{Matcher, Scores, Vocabulary, EMPTY_SCORE, NO_PROTO};
 use crate::{Error, Result};
 
-/// First bytes of an IVF cache file (format 1).
+/// First bytes of IVF lists, cached or in a bank file (format 1).
 const IVF_MAGIC: &[u8; 8] = b"OVDBIVF1";
+
+/// The `algorithm` of IVF lists in a bank file's `ann` section.
+pub const IVF_ALGORITHM: &str = "ivf-lists-1";
 
 /// Parameters of an [`IvfMatcher`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +100,10 @@ pub struct IvfStats {
     pub largest_list: usize,
     /// Seconds to build, or to load from the cache.
     pub build_s: f64,
-    /// Loaded from the cache rather than built.
+    /// Loaded (from the cache or a bank file) rather than built.
     pub loaded: bool,
+    /// Loaded from the bank file's `ann` section.
+    pub from_file: bool,
 }
 
 /// The inverted-file matcher over one vocabulary's rows (see the module
@@ -316,6 +321,7 @@ impl IvfMatcher {
                 largest_list,
                 build_s: started.elapsed().as_secs_f64(),
                 loaded: false,
+                from_file: false,
             },
             centroids,
             rows,
@@ -349,25 +355,96 @@ impl IvfMatcher {
         h.finalize().into()
     }
 
-    /// Write the lists (not the rows, which the vocabulary has) to `path`,
-    /// through a temporary file renamed into place. Layout, little-endian:
-    /// magic `OVDBIVF1`, the 32-byte [fingerprint](Self::fingerprint),
-    /// `u64` lists, dim, rows; the centroids as f32; `lists + 1` list
-    /// offsets and `rows` row ids as u32; then the xxh3-64 of all of it.
-    pub fn save(&self, fingerprint: &[u8; 32], path: &Path) -> Result<()> {
+    /// The lists as bytes, little-endian: magic `OVDBIVF1`, a 32-byte
+    /// `key`, `u64` lists, dim, index space and row count; the centroids as
+    /// f32; `lists + 1` list offsets and the row ids (each below the index
+    /// space) as u32; then the xxh3-64 of all of it. `id_of_row` maps a
+    /// vocabulary row to the id written (the identity for the cache).
+    fn to_bytes(&self, key: &[u8; 32], id_of_row: &dyn Fn(u32) -> u32, space: usize) -> Vec<u8> {
         let mut b = Vec::with_capacity(
-            64 + 4 * (self.centroids.len() + self.offsets.len() + self.ids.len()),
+            80 + 4 * (self.centroids.len() + self.offsets.len() + self.ids.len()),
         );
         b.extend_from_slice(IVF_MAGIC);
-        b.extend_from_slice(fingerprint);
-        for v in [self.centroids.nrows(), self.dim, self.ids.len()] {
+        b.extend_from_slice(key);
+        for v in [self.centroids.nrows(), self.dim, space, self.ids.len()] {
             b.extend_from_slice(&(v as u64).to_le_bytes());
         }
         b.extend(self.centroids.iter().flat_map(|v| v.to_le_bytes()));
         b.extend(self.offsets.iter().flat_map(|&v| (v as u32).to_le_bytes()));
-        b.extend(self.ids.iter().flat_map(|v| v.to_le_bytes()));
+        b.extend(self.ids.iter().flat_map(|&r| id_of_row(r).to_le_bytes()));
         let sum = xxhash_rust::xxh3::xxh3_64(&b);
         b.extend_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    /// Parses [`to_bytes`](Self::to_bytes) output: `(centroids, offsets,
+    /// ids)`, checked against `key`, `dim` and `space`, with every id below
+    /// `space` and none twice.
+    #[allow(clippy::type_complexity)]
+    fn from_bytes(
+        b: &[u8],
+        key: &[u8; 32],
+        dim: usize,
+        space: usize,
+    ) -> std::result::Result<(Array2<f32>, Vec<u32>, Vec<u32>), &'static str> {
+        const HEAD: usize = 8 + 32 + 32;
+        if b.len() < HEAD + 8 || &b[..8] != IVF_MAGIC {
+            return Err("not IVF lists of this version");
+        }
+        let (body, sum) = b.split_at(b.len() - 8);
+        if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
+            return Err("checksum mismatch");
+        }
+        if &b[8..40] != key {
+            return Err("lists of other prototypes or parameters");
+        }
+        let u64at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let (lists, d, sp, count) = (u64at(40), u64at(48), u64at(56), u64at(64));
+        if d != dim as u64 || sp != space as u64 || count > sp || lists > count.max(1) {
+            return Err("lists of another shape");
+        }
+        let (lists, count) = (lists as usize, count as usize);
+        if body.len() != HEAD + 4 * (lists * dim + lists + 1 + count) {
+            return Err("truncated or padded");
+        }
+        let u32s = |from: usize, k: usize| -> Vec<u32> {
+            b[from..from + 4 * k]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        };
+        let centroids: Vec<f32> = b[HEAD..HEAD + 4 * lists * dim]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        if centroids.iter().any(|v| !v.is_finite()) {
+            return Err("non-finite centroids");
+        }
+        let at = HEAD + 4 * lists * dim;
+        let offsets = u32s(at, lists + 1);
+        let ids = u32s(at + 4 * (lists + 1), count);
+        if offsets[0] != 0
+            || offsets[lists] as usize != count
+            || offsets.windows(2).any(|w| w[0] > w[1])
+        {
+            return Err("list offsets out of order");
+        }
+        let mut seen = vec![false; space];
+        for &i in &ids {
+            match seen.get_mut(i as usize) {
+                Some(s) if !*s => *s = true,
+                _ => return Err("row ids out of range or repeated"),
+            }
+        }
+        let centroids = Array2::from_shape_vec((lists, dim), centroids).expect("lists × dim");
+        Ok((centroids, offsets, ids))
+    }
+
+    /// Write the lists (not the rows, which the vocabulary has) to `path`,
+    /// through a temporary file renamed into place, keyed by `fingerprint`
+    /// (see [`to_bytes`](Self::to_bytes) for the layout).
+    pub fn save(&self, fingerprint: &[u8; 32], path: &Path) -> Result<()> {
+        let b = self.to_bytes(fingerprint, &|r| r, self.ids.len());
         let tmp = path.with_extension("tmp");
         let io = |context: &'static str, p: &Path| {
             let p = p.to_path_buf();
@@ -416,78 +493,79 @@ impl IvfMatcher {
                 })
             }
         };
-        Ok(Self::parse(vocab, fingerprint, &b).map(|(c, o, i)| {
+        let n = vocab.num_rows();
+        let parsed = Self::from_bytes(&b, fingerprint, vocab.dim(), n).and_then(|p| {
+            if p.2.len() == n {
+                Ok(p)
+            } else {
+                Err("lists that miss rows")
+            }
+        });
+        Ok(parsed.map(|(c, o, i)| {
             let mut m = Self::assemble(vocab, params, c, o, i, t);
             m.stats.loaded = true;
             m
         }))
     }
 
-    #[allow(clippy::type_complexity)]
-    fn parse(
+    /// The key of lists kept in a bank file: the parameters only (the file's
+    /// checksums stand for the rows, and ids are positions in the file).
+    fn file_key(params: &IvfParams) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"ovdiff-bank ivf lists in a bank file v1\0");
+        for v in [
+            params.probes,
+            params.lists,
+            params.iterations,
+            params.train_per_list,
+        ] {
+            h.update((v as u64).to_le_bytes());
+        }
+        h.update(params.seed.to_le_bytes());
+        h.finalize().into()
+    }
+
+    /// The lists as a bank file's `ann` blob ([`IVF_ALGORITHM`]): row ids
+    /// are positions among the file's `space` prototypes of the encoder
+    /// (block order), `position_of_row` giving each vocabulary row's.
+    pub fn to_file_blob(&self, position_of_row: &[u32], space: usize) -> Vec<u8> {
+        let key = Self::file_key(&self.params);
+        self.to_bytes(&key, &|r| position_of_row[r as usize], space)
+    }
+
+    /// Lists from a bank file's `ann` blob for `vocab`: `row_at[p]` is the
+    /// vocabulary row of the file's prototype at position `p`, if the
+    /// vocabulary has it. `Err(why)` when the blob is not usable: damaged,
+    /// of other parameters or shape, or missing some of the vocabulary's
+    /// rows (then build or load the lists as usual).
+    pub fn from_file_blob(
         vocab: &Vocabulary,
-        fingerprint: &[u8; 32],
-        b: &[u8],
-    ) -> std::result::Result<(Array2<f32>, Vec<u32>, Vec<u32>), &'static str> {
-        const HEAD: usize = 8 + 32 + 24;
-        if b.len() < HEAD + 8 || &b[..8] != IVF_MAGIC {
-            return Err("not an IVF cache of this version");
+        params: IvfParams,
+        blob: &[u8],
+        row_at: &[Option<u32>],
+    ) -> std::result::Result<IvfMatcher, &'static str> {
+        let t = std::time::Instant::now();
+        let key = Self::file_key(&params);
+        let (centroids, offsets, ids) = Self::from_bytes(blob, &key, vocab.dim(), row_at.len())?;
+        let mut new_offsets = Vec::with_capacity(offsets.len());
+        let mut rows = Vec::with_capacity(vocab.num_rows());
+        new_offsets.push(0u32);
+        for w in offsets.windows(2) {
+            rows.extend(
+                ids[w[0] as usize..w[1] as usize]
+                    .iter()
+                    .filter_map(|&p| row_at[p as usize]),
+            );
+            new_offsets.push(rows.len() as u32);
         }
-        let (body, sum) = b.split_at(b.len() - 8);
-        if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
-            return Err("checksum mismatch");
+        if rows.len() != vocab.num_rows() {
+            return Err("lists that miss some of the query's rows");
         }
-        if &b[8..40] != fingerprint {
-            return Err("lists of other prototypes or parameters");
-        }
-        let u64at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-        let (lists, dim, rows) = (u64at(40), u64at(48), u64at(56));
-        let n = vocab.num_rows() as u64;
-        if dim != vocab.dim() as u64 || rows != n || lists == 0 && n > 0 || lists > n.max(1) {
-            return Err("lists of another shape");
-        }
-        let (lists, dim, rows) = (lists as usize, dim as usize, rows as usize);
-        let want = HEAD + 4 * (lists * dim + lists + 1 + rows);
-        if body.len() != want {
-            return Err("truncated or padded");
-        }
-        let mut o = HEAD;
-        let mut f32s = |k: usize| {
-            let v: Vec<f32> = b[o..o + 4 * k]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect();
-            o += 4 * k;
-            v
-        };
-        let centroids = f32s(lists * dim);
-        if centroids.iter().any(|v| !v.is_finite()) {
-            return Err("non-finite centroids");
-        }
-        let u32s = |from: usize, k: usize| -> Vec<u32> {
-            b[from..from + 4 * k]
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect()
-        };
-        let at = HEAD + 4 * lists * dim;
-        let offsets = u32s(at, lists + 1);
-        let ids = u32s(at + 4 * (lists + 1), rows);
-        if offsets[0] != 0
-            || offsets[lists] as usize != rows
-            || offsets.windows(2).any(|w| w[0] > w[1])
-        {
-            return Err("list offsets out of order");
-        }
-        let mut seen = vec![false; rows];
-        for &i in &ids {
-            match seen.get_mut(i as usize) {
-                Some(s) if !*s => *s = true,
-                _ => return Err("row ids are not a permutation"),
-            }
-        }
-        let centroids = Array2::from_shape_vec((lists, dim), centroids).expect("lists × dim");
-        Ok((centroids, offsets, ids))
+        let mut m = Self::assemble(vocab, params, centroids, new_offsets, rows, t);
+        m.stats.loaded = true;
+        m.stats.from_file = true;
+        Ok(m)
     }
 
     /// Use `threads` threads to score (0: one per core, the default).
@@ -839,8 +917,46 @@ mod tests {
         std::fs::write(&path, &bad).unwrap();
         assert_eq!(
             IvfMatcher::load(&vocab, params, &fp, &path).unwrap().err(),
-            Some("row ids are not a permutation")
+            Some("row ids out of range or repeated")
         );
+    }
+
+    #[test]
+    fn lists_in_a_bank_file_map_positions_to_rows() {
+        let mut rng = Rng::new(9);
+        let cands = clustered(&mut rng, 30, 20, 16);
+        let patches = random_patches(&mut rng, &cands, 200);
+        let vocab = Vocabulary::new(cands).unwrap();
+        let params = IvfParams::default();
+        let built = IvfMatcher::from_vocabulary(&vocab, params).unwrap();
+        // positions: the rows reversed, in a space with 5 extra positions
+        let n = vocab.num_rows();
+        let space = n + 5;
+        let position: Vec<u32> = (0..n as u32).map(|r| (n as u32 - 1 - r) + 5).collect();
+        let blob = built.to_file_blob(&position, space);
+        let mut row_at = vec![None; space];
+        for (r, &p) in position.iter().enumerate() {
+            row_at[p as usize] = Some(r as u32);
+        }
+        let back = IvfMatcher::from_file_blob(&vocab, params, &blob, &row_at).unwrap();
+        assert!(back.stats().from_file && back.stats().loaded);
+        assert_eq!(
+            back.score(patches.view()).unwrap(),
+            built.score(patches.view()).unwrap()
+        );
+        // a vocabulary row missing from the mapping: not usable
+        let mut short = row_at.clone();
+        short[7] = None;
+        assert!(IvfMatcher::from_file_blob(&vocab, params, &blob, &short).is_err());
+        // other parameters, another space, damaged bytes: not usable
+        let other = IvfParams { seed: 1, ..params };
+        assert!(IvfMatcher::from_file_blob(&vocab, other, &blob, &row_at).is_err());
+        assert!(IvfMatcher::from_file_blob(&vocab, params, &blob, &row_at[1..]).is_err());
+        for i in (0..blob.len()).step_by(41) {
+            let mut bad = blob.clone();
+            bad[i] ^= 1;
+            assert!(IvfMatcher::from_file_blob(&vocab, params, &bad, &row_at).is_err());
+        }
     }
 
     #[test]

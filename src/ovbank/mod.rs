@@ -37,7 +37,7 @@ pub use read::{
 };
 pub use write::ExportStats;
 
-use crate::bank::{Bank, ClassBuild, EncoderInfo};
+use crate::bank::{Bank, ClassBuild, ClassRecord, EncoderInfo};
 use write::{BlockIn, Writer};
 
 /// What to do when a class being imported or merged has the name of one already there.
@@ -88,6 +88,24 @@ pub struct MergeStats {
 /// and renamed over `out` (then the directory is synced): `out` is either
 /// left as it was or replaced by a complete file.
 pub fn export(bank: &Bank, classes: Option<&[String]>, out: &Path) -> Result<ExportStats> {
+    export_with(bank, classes, out, None)
+}
+
+/// Makes the prebuilt nearest-neighbour blob of one encoder for an export:
+/// given the exported classes in file order and the encoder, returns the
+/// algorithm name and the blob (which must index rows in the file's block
+/// order: class number, then prototype index), or why it could not.
+pub type AnnBuilder<'a> =
+    dyn Fn(&[ClassRecord], &EncoderInfo) -> std::result::Result<(String, Vec<u8>), String> + 'a;
+
+/// [`export`], and with `ann`, an `ann` section holding one blob per
+/// encoder made by `ann`.
+pub fn export_with(
+    bank: &Bank,
+    classes: Option<&[String]>,
+    out: &Path,
+    ann: Option<&AnnBuilder<'_>>,
+) -> Result<ExportStats> {
     let records = match classes {
         None => bank
             .classes()
@@ -126,7 +144,25 @@ pub fn export(bank: &Bank, classes: Option<&[String]>, out: &Path) -> Result<Exp
             })?;
         encoders.push(info);
     }
-    let mut w = Writer::create(out, encoders)?;
+    let mut blobs = Vec::new();
+    if let Some(build) = ann {
+        for e in &encoders {
+            let with: Vec<ClassRecord> = records
+                .iter()
+                .filter(|r| r.encoders.iter().any(|x| x.fingerprint == e.fingerprint))
+                .cloned()
+                .collect();
+            let (alg, blob) = build(&with, e).map_err(|reason| OvBankError::Unwritable {
+                what: format!("the ann blob of encoder {}", e.name),
+                reason,
+            })?;
+            blobs.push((e.fingerprint.clone(), alg, blob));
+        }
+    }
+    let mut w = Writer::create_with(out, encoders, ann.is_some())?;
+    for (fp, alg, blob) in blobs {
+        w.add_ann(&fp, &alg, blob)?;
+    }
     for rec in &records {
         let mut blocks = Vec::with_capacity(rec.encoders.len());
         for e in &rec.encoders {

@@ -156,13 +156,23 @@ pub(crate) struct Writer {
     meta_count: u64,
     last_name: Option<String>,
     stats: ExportStats,
+    /// `Some` when the file gets an `ann` section: (encoder number,
+    /// algorithm, blob) entries.
+    ann: Option<Vec<(u32, String, Vec<u8>)>>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Writer {
     /// Starts a file at `dest` holding `encoders` (any order; sorted here).
-    pub fn create(dest: &Path, mut encoders: Vec<EncoderInfo>) -> Result<Writer> {
+    pub fn create(dest: &Path, encoders: Vec<EncoderInfo>) -> Result<Writer> {
+        Self::create_with(dest, encoders, false)
+    }
+
+    /// [`create`](Writer::create); with `ann`, the file also gets an `ann`
+    /// section (kind 7, optional) holding what [`add_ann`](Writer::add_ann)
+    /// is given, possibly nothing.
+    pub fn create_with(dest: &Path, mut encoders: Vec<EncoderInfo>, ann: bool) -> Result<Writer> {
         encoders.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
         encoders.dedup_by(|a, b| a.fingerprint == b.fingerprint);
         let mut fps = Vec::with_capacity(encoders.len());
@@ -213,7 +223,8 @@ impl Writer {
             file: Some(BufWriter::with_capacity(1 << 20, file)),
         };
         // Placeholder for the header, overwritten by `finish`.
-        let prototypes_start = align_up(header_len(WRITTEN.len() as u32));
+        let sections = WRITTEN.len() as u32 + u32::from(ann);
+        let prototypes_start = align_up(header_len(sections));
         if let Some(w) = tmp.file.as_mut() {
             w.write_all(&vec![0u8; prototypes_start as usize])
                 .map_err(|e| OvBankError::io(&tmp.path, "write", e))?;
@@ -237,6 +248,7 @@ impl Writer {
             meta_count: 0,
             last_name: None,
             stats: ExportStats::default(),
+            ann: ann.then(Vec::new),
         })
     }
 
@@ -479,6 +491,64 @@ impl Writer {
         Ok(())
     }
 
+    /// Adds a prebuilt nearest-neighbour blob for the encoder with
+    /// `fingerprint` (at most one per encoder), written little-endian and
+    /// tagged with this build's crate version and pointer width. Errors: the
+    /// writer was created without `ann`, an unknown encoder, a second blob.
+    pub fn add_ann(&mut self, fingerprint: &str, algorithm: &str, blob: Vec<u8>) -> Result<()> {
+        check_str("an ann algorithm", algorithm)?;
+        let number = self
+            .encoder_number(fingerprint)
+            .ok_or_else(|| unwritable("an ann blob", format!("no encoder {fingerprint}")))?;
+        let Some(ann) = self.ann.as_mut() else {
+            return Err(unwritable("an ann blob", "the file has no ann section"));
+        };
+        if ann.iter().any(|(n, _, _)| *n == number) {
+            return Err(unwritable(
+                "an ann blob",
+                format!("encoder {fingerprint} has one already"),
+            ));
+        }
+        ann.push((number, algorithm.to_string(), blob));
+        Ok(())
+    }
+
+    /// The `ann` section's bytes: the entry table, then each blob at a
+    /// multiple of 64 from the section start.
+    fn ann_bytes(entries: &mut [(u32, String, Vec<u8>)]) -> Vec<u8> {
+        entries.sort_by_key(|e| e.0);
+        let version = env!("CARGO_PKG_VERSION");
+        let mut table = Vec::new();
+        table.put_u32(entries.len() as u32);
+        table.put_u32(0);
+        // entry sizes first, to place the blobs after the table
+        let entry_len = |alg: &str| 4 + 1 + 1 + 2 + 8 + 8 + 4 + version.len() + 4 + alg.len();
+        let table_len: usize = 8 + entries.iter().map(|e| entry_len(&e.1)).sum::<usize>();
+        let mut at = align_up(table_len as u64);
+        let mut places = Vec::with_capacity(entries.len());
+        for (_, _, blob) in entries.iter() {
+            places.push(at);
+            at = align_up(at + blob.len() as u64);
+        }
+        for ((number, alg, blob), place) in entries.iter().zip(&places) {
+            table.put_u32(*number);
+            table.put_u8(if cfg!(target_endian = "little") { 0 } else { 1 });
+            table.put_u8(usize::BITS as u8);
+            table.extend_from_slice(&[0, 0]);
+            table.put_u64(*place);
+            table.put_u64(blob.len() as u64);
+            table.put_str(version);
+            table.put_str(alg);
+        }
+        debug_assert_eq!(table.len(), table_len);
+        let mut out = table;
+        for ((_, _, blob), place) in entries.iter().zip(&places) {
+            out.resize(*place as usize, 0);
+            out.extend_from_slice(blob);
+        }
+        out
+    }
+
     /// Writes one section from `parts`; returns its table entry.
     fn section(&mut self, parts: &[&[u8]]) -> Result<[u64; 3]> {
         self.pad()?;
@@ -534,9 +604,8 @@ impl Writer {
         head.put_u32(0);
         let records = std::mem::take(&mut self.build_stats);
         let build_stats = self.section(&[&head, &records])?;
-
-        // Header, over the placeholder.
-        let table = [
+        let mut written: Vec<(SectionKind, u32)> = WRITTEN.to_vec();
+        let mut table = vec![
             encoders,
             classes,
             index,
@@ -545,13 +614,24 @@ impl Writer {
             thumbnails,
             build_stats,
         ];
+        if let Some(mut entries) = self.ann.take() {
+            let bytes = Self::ann_bytes(&mut entries);
+            drop(entries);
+            // the table lists kinds in increasing order: `ann` (7) before
+            // `stats` (8), wherever the bytes lie
+            let at = written.len() - 1;
+            table.insert(at, self.section(&[&bytes])?);
+            written.insert(at, (SectionKind::Ann, 0));
+        }
+
+        // Header, over the placeholder.
         let mut header = MAGIC.to_vec();
         header.put_u32(OVBANK_FORMAT_VERSION);
         header.put_u32(OVBANK_OLDEST_READER);
         header.put_u64(0);
-        header.put_u32(WRITTEN.len() as u32);
+        header.put_u32(written.len() as u32);
         header.put_u32(0);
-        for ((kind, flags), [offset, length, sum]) in WRITTEN.iter().zip(table) {
+        for ((kind, flags), [offset, length, sum]) in written.iter().zip(table) {
             header.put_u32(kind.code());
             header.put_u32(*flags);
             header.put_u64(offset);

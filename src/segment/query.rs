@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bank::{ClassRecord, EncoderInfo};
 use crate::features::Encoder;
+use crate::index::ivf::IVF_ALGORITHM;
 use crate::index::{Fingerprint, HnswMatcher, HnswParams, IvfMatcher, IvfParams, IvfStats};
 use crate::prototypes::Side;
 use crate::runtime::manifest::MANIFEST_FILE;
@@ -192,21 +193,18 @@ impl QueryMember {
         threads: usize,
     ) -> Result<QueryMember> {
         let fp = encoder.bundle().fingerprint().to_string();
-        let mut candidates = Vec::new();
-        let mut rows = Vec::new();
-        for rec in &classes.records {
-            let class = bank.prototype_rows(rec, &fp)?;
-            if !class.rows.is_empty() && class.rows.dim() != encoder.dim() {
-                return Err(Error::DimensionMismatch {
-                    what: format!("prototypes of `{}`", rec.name),
-                    expected: encoder.dim().to_string(),
-                    found: class.rows.dim().to_string(),
-                });
-            }
-            candidates.push(half_candidate(&rec.name, rec.stuff, &class)?);
-            rows.push(class);
+        let (vocabulary, rows) = vocabulary_of(bank, classes, &fp, threads)?;
+        let wrong = rows
+            .iter()
+            .zip(&classes.records)
+            .find(|(c, _)| !c.rows.is_empty() && c.rows.dim() != encoder.dim());
+        if let Some((class, rec)) = wrong {
+            return Err(Error::DimensionMismatch {
+                what: format!("prototypes of `{}`", rec.name),
+                expected: encoder.dim().to_string(),
+                found: class.rows.dim().to_string(),
+            });
         }
-        let vocabulary = Vocabulary::new(candidates)?.with_threads(threads);
         Ok(QueryMember {
             encoder,
             vocabulary,
@@ -224,26 +222,38 @@ impl QueryMember {
         Ok(())
     }
 
-    /// Switch this member to IVF: load its lists from `cache_dir` when a
-    /// cached set matches these exact rows and parameters (never trusted
-    /// otherwise), else cluster the rows (seconds at 1,000 classes) and
-    /// cache the lists. Returns the statistics.
-    pub fn use_ivf(&mut self, cache_dir: &Path, threads: usize) -> Result<IvfStats> {
+    /// Switch this member to IVF: use the lists in the bank file when it
+    /// has some for exactly these rows; else load them from `cache_dir`
+    /// when a cached set matches these exact rows and parameters (never
+    /// trusted otherwise); else cluster the rows (seconds at 1,000 classes)
+    /// and cache the lists. Returns the statistics.
+    pub fn use_ivf(
+        &mut self,
+        store: &dyn ClassStore,
+        cache_dir: &Path,
+        threads: usize,
+    ) -> Result<IvfStats> {
         let params = IvfParams::default();
-        let fp = IvfMatcher::fingerprint(&self.vocabulary, &params);
-        let path = cache_dir
-            .join("ivf")
-            .join(format!("{}.lists", hex::encode(fp)));
-        let ivf = match IvfMatcher::load(&self.vocabulary, params, &fp, &path)? {
-            Ok(m) => m,
-            Err(_) => {
-                let m = IvfMatcher::from_vocabulary(&self.vocabulary, params)?;
-                if std::fs::create_dir_all(path.parent().expect("invariant: has a parent")).is_ok()
-                {
-                    // a cache that cannot be written costs time, not correctness
-                    let _ = m.save(&fp, &path);
+        let ivf = match self.file_lists(store, params) {
+            Some(m) => m,
+            None => {
+                let fp = IvfMatcher::fingerprint(&self.vocabulary, &params);
+                let path = cache_dir
+                    .join("ivf")
+                    .join(format!("{}.lists", hex::encode(fp)));
+                match IvfMatcher::load(&self.vocabulary, params, &fp, &path)? {
+                    Ok(m) => m,
+                    Err(_) => {
+                        let m = IvfMatcher::from_vocabulary(&self.vocabulary, params)?;
+                        if let Some(dir) = path.parent() {
+                            if std::fs::create_dir_all(dir).is_ok() {
+                                // a cache that cannot be written costs time, not correctness
+                                let _ = m.save(&fp, &path);
+                            }
+                        }
+                        m
+                    }
                 }
-                m
             }
         };
         let ivf = ivf.with_threads(threads);
@@ -251,6 +261,117 @@ impl QueryMember {
         self.ivf = Some(ivf);
         Ok(stats)
     }
+
+    /// The IVF lists of the bank file's `ann` section, when it has lists of
+    /// this build's parameters that cover this member's rows.
+    fn file_lists(&self, store: &dyn ClassStore, params: IvfParams) -> Option<IvfMatcher> {
+        ivf_lists_from_file(
+            store,
+            &self.vocabulary,
+            self.encoder.bundle().fingerprint(),
+            params,
+        )
+    }
+}
+
+/// The vocabulary of `classes` for the encoder with fingerprint `fp`, over
+/// the f16 rows `store` holds (shared with a mapped file, not copied), and
+/// each class's rows and metas.
+pub fn vocabulary_of(
+    store: &dyn ClassStore,
+    classes: &ResolvedClasses,
+    fp: &str,
+    threads: usize,
+) -> Result<(Vocabulary, Vec<ClassRows>)> {
+    let mut candidates = Vec::new();
+    let mut rows = Vec::new();
+    for rec in &classes.records {
+        let class = store.prototype_rows(rec, fp)?;
+        candidates.push(half_candidate(&rec.name, rec.stuff, &class)?);
+        rows.push(class);
+    }
+    Ok((Vocabulary::new(candidates)?.with_threads(threads), rows))
+}
+
+/// IVF lists over `vocabulary` from the `ann` section of the bank file
+/// `store`, when it holds lists of this build's `params` for encoder `fp`
+/// that cover every row of the vocabulary (an `--all-classes` query).
+pub fn ivf_lists_from_file(
+    store: &dyn ClassStore,
+    vocabulary: &Vocabulary,
+    fp: &str,
+    params: IvfParams,
+) -> Option<IvfMatcher> {
+    let blob = store.ann_blob(fp, IVF_ALGORITHM)?;
+    let row_at = file_positions(store, vocabulary, fp).ok()?;
+    IvfMatcher::from_file_blob(vocabulary, params, blob, &row_at).ok()
+}
+
+/// For each of the store's prototypes of encoder `fp`, in block order (the
+/// store's classes in order, then each class's prototypes), the row of
+/// `vocabulary` that holds it, if any.
+fn file_positions(
+    store: &dyn ClassStore,
+    vocabulary: &Vocabulary,
+    fp: &str,
+) -> Result<Vec<Option<u32>>> {
+    let mut start = std::collections::HashMap::new();
+    let mut space = 0usize;
+    for rec in store.classes()? {
+        if rec.encoders.iter().any(|e| e.fingerprint == fp) {
+            let n = store.prototype_rows(&rec, fp)?.rows.len();
+            start.insert(rec.name, space);
+            space += n;
+        }
+    }
+    let mut row_at = vec![None; space];
+    for r in 0..vocabulary.num_rows() as u32 {
+        let p = vocabulary
+            .proto_ref(r)
+            .ok_or_else(|| Error::Invalid(format!("vocabulary row {r} has no prototype")))?;
+        let name = &vocabulary.names()[usize::from(p.class) - 1];
+        let at = start
+            .get(name)
+            .map(|s| s + p.id as usize)
+            .filter(|&at| at < space)
+            .ok_or_else(|| Error::Invalid(format!("class `{name}` is not in the store")))?;
+        row_at[at] = Some(r);
+    }
+    Ok(row_at)
+}
+
+/// The `ann` blob of IVF lists for a bank file holding `records` (in file
+/// order) with encoder `fp`, built over the vocabulary an `--all-classes`
+/// query of that file stacks; row ids are positions in the file's block
+/// order. Returns the algorithm name and the blob.
+pub fn ivf_file_blob(
+    store: &dyn ClassStore,
+    records: &[ClassRecord],
+    fp: &str,
+) -> Result<(String, Vec<u8>)> {
+    let mut candidates = Vec::with_capacity(records.len());
+    let mut start = Vec::with_capacity(records.len());
+    let mut space = 0usize;
+    for rec in records {
+        let class = store.prototype_rows(rec, fp)?;
+        start.push(space);
+        space += class.rows.len();
+        candidates.push(half_candidate(&rec.name, rec.stuff, &class)?);
+    }
+    let vocabulary = Vocabulary::new(candidates)?;
+    let ivf = IvfMatcher::from_vocabulary(&vocabulary, IvfParams::default())?;
+    let position: Vec<u32> = (0..vocabulary.num_rows() as u32)
+        .map(|r| {
+            let p = vocabulary
+                .proto_ref(r)
+                .expect("invariant: every row has a prototype");
+            (start[usize::from(p.class) - 1] + p.id as usize) as u32
+        })
+        .collect();
+    Ok((
+        IVF_ALGORITHM.to_string(),
+        ivf.to_file_blob(&position, space),
+    ))
 }
 
 /// An HNSW matcher over `vocabulary`'s rows: loaded from `cache_dir` when a

@@ -72,6 +72,11 @@ pub trait ClassStore {
     fn prototype_rows(&self, class: &ClassRecord, encoder_fingerprint: &str) -> Result<ClassRows> {
         ClassRows::from_prototypes(&self.prototypes(class, encoder_fingerprint)?)
     }
+    /// A prebuilt nearest-neighbour blob for an encoder (a bank file's `ann`
+    /// section), when there is one of `algorithm` written by this build.
+    fn ann_blob(&self, _encoder_fingerprint: &str, _algorithm: &str) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl ClassStore for Bank {
@@ -163,6 +168,13 @@ impl ClassStore for FileStore {
     }
     fn thumbnail(&self, class: &ClassRecord, image: u32) -> Result<Option<Vec<u8>>> {
         Ok(self.file.thumbnail(&class.name, image).map(<[u8]>::to_vec))
+    }
+    fn ann_blob(&self, fp: &str, algorithm: &str) -> Option<&[u8]> {
+        let entries = self.file.ann_entries().ok()?;
+        let e = entries.iter().find(|e| {
+            e.encoder_fingerprint == fp && e.algorithm == algorithm && e.matches_this_build()
+        })?;
+        self.file.ann_blob(e)
     }
     /// The vectors stay in the mapped file: rows refer to them.
     fn prototype_rows(&self, class: &ClassRecord, fp: &str) -> Result<ClassRows> {

@@ -237,3 +237,52 @@ fn shard_and_merge_equals_a_single_process_build() {
     assert_eq!(m.len(), 3);
     assert_eq!(m, s);
 }
+
+#[test]
+fn export_with_ann_lists_and_segment_uses_them() {
+    let Some(sb) = sandbox() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let bank = data.path().join("bank");
+    let bank = bank.to_str().unwrap();
+    for (class, color) in COLORS {
+        let dir = support_dir(data.path(), class, color, 2);
+        ok(sb.run(&add_args(class, dir.to_str().unwrap(), bank)));
+    }
+    let file = data.path().join("ann.ovbank");
+    let plain = data.path().join("plain.ovbank");
+    let (file_s, plain_s) = (file.to_str().unwrap(), plain.to_str().unwrap());
+    ok(sb.run(&["export", "-o", file_s, "--bank", bank, "--ann"]));
+    ok(sb.run(&["export", "-o", plain_s, "--bank", bank]));
+    assert!(ok(sb.run(&["verify", file_s])).contains("every checksum matches"));
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(sb.run(&["inspect", file_s, "--json"]))).unwrap();
+    assert_eq!(v["ann"][0]["algorithm"], "ivf-lists-1");
+    assert_eq!(v["ann"][0]["usable_here"], true);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(sb.run(&["inspect", plain_s, "--json"]))).unwrap();
+    assert!(v["ann"].as_array().unwrap().is_empty());
+
+    let img = data.path().join("q.png");
+    crate::bank::disc_image(168, 140, [230, 40, 40], 5)
+        .save(&img)
+        .unwrap();
+    let mut maps = Vec::new();
+    for (f, why) in [(file_s, "from the bank file"), (plain_s, "built in")] {
+        let out_dir = data.path().join(format!("out{}", maps.len()));
+        let out = sb.run(&[
+            "segment",
+            img.to_str().unwrap(),
+            "--all-classes",
+            "--bank",
+            f,
+            "--engine",
+            "ivf",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+        assert!(text(&out).1.contains(why), "{:?}", text(&out));
+        maps.push(std::fs::read(out_dir.join("q.png")).unwrap());
+    }
+    assert_eq!(maps[0], maps[1], "the file's lists label as fresh ones");
+}
