@@ -514,6 +514,8 @@ impl IvfMatcher {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(b"ovdiff-bank ivf lists in a bank file v1\0");
+        // the rows listed follow the stuff rule at this threshold
+        h.update(crate::segment::engine::STUFF_BG_THRESHOLD.to_le_bytes());
         for v in [
             params.probes,
             params.lists,
@@ -524,6 +526,24 @@ impl IvfMatcher {
         }
         h.update(params.seed.to_le_bytes());
         h.finalize().into()
+    }
+
+    /// Which of a bank file's `space` prototype positions the blob lists
+    /// (the rows an `--all-classes` query stacks: background prototypes the
+    /// stuff rule drops are not listed); `Err(why)` as for
+    /// [`from_file_blob`](Self::from_file_blob).
+    pub fn listed_in_file_blob(
+        params: &IvfParams,
+        blob: &[u8],
+        dim: usize,
+        space: usize,
+    ) -> std::result::Result<Vec<bool>, &'static str> {
+        let (_, _, ids) = Self::from_bytes(blob, &Self::file_key(params), dim, space)?;
+        let mut listed = vec![false; space];
+        for p in ids {
+            listed[p as usize] = true;
+        }
+        Ok(listed)
     }
 
     /// The lists as a bank file's `ann` blob ([`IVF_ALGORITHM`]): row ids

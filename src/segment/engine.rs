@@ -263,6 +263,27 @@ impl Vocabulary {
     /// name, a class without foreground prototypes, prototypes of different
     /// dimensions, id lists of the wrong length, non-finite values.
     pub fn with_stuff_threshold(candidates: Vec<Candidate>, threshold: f32) -> Result<Vocabulary> {
+        Self::build(candidates, threshold, None)
+    }
+
+    /// [`new`](Vocabulary::new) with the stuff rule's outcome already
+    /// known: `dropped(i, id)` says whether background prototype `id` of
+    /// candidate `i` (a thing class) is dropped, e.g. as recorded with the
+    /// IVF lists of a bank file written for exactly these candidates. It
+    /// skips the rule's product of every stuff foreground against every
+    /// background (seconds at 1,000 classes).
+    pub fn with_known_drops(
+        candidates: Vec<Candidate>,
+        dropped: &dyn Fn(usize, u32) -> bool,
+    ) -> Result<Vocabulary> {
+        Self::build(candidates, STUFF_BG_THRESHOLD, Some(dropped))
+    }
+
+    fn build(
+        candidates: Vec<Candidate>,
+        threshold: f32,
+        known: Option<&dyn Fn(usize, u32) -> bool>,
+    ) -> Result<Vocabulary> {
         if candidates.is_empty() {
             return Err(Error::Invalid(
                 "empty vocabulary: at least one candidate class is needed".into(),
@@ -357,7 +378,11 @@ impl Vocabulary {
         let mut stuff_fg = Array2::<f32>::zeros((stuff_rows.len(), dim));
         fill(&stuff_rows, &mut stuff_fg);
         let mut dropped_row = vec![false; bg_rows.len()];
-        if !stuff_rows.is_empty() {
+        if let Some(known) = known {
+            for (d, r) in dropped_row.iter_mut().zip(&bg_rows) {
+                *d = known(r.cand, candidates[r.cand].bg_ids[r.k]);
+            }
+        } else if !stuff_rows.is_empty() {
             let stuff_fg = Matrix::F32(stuff_fg);
             let all = std::iter::once(0..stuff_rows.len()).collect::<Vec<_>>();
             for b0 in (0..bg_rows.len()).step_by(F32_BLOCK) {
@@ -1666,6 +1691,25 @@ mod tests {
         assert!(matches!(b, BestRows::Rows(_)));
         for ((i, j), &v) in wide.indexed_iter() {
             assert_eq!(b.get(i, j), v);
+        }
+    }
+
+    #[test]
+    fn known_drops_give_the_vocabulary_the_rule_gives() {
+        let mut rng = Rng::new(31);
+        let cands = random_bank(&mut rng, 12, 24, (3, 9), (2, 9));
+        let v = Vocabulary::new(cands.clone()).unwrap();
+        assert!(!v.dropped_background().is_empty());
+        let gone: std::collections::HashSet<(usize, u32)> = v
+            .dropped_background()
+            .iter()
+            .map(|r| (usize::from(r.class) - 1, r.id))
+            .collect();
+        let w = Vocabulary::with_known_drops(cands, &|i, id| gone.contains(&(i, id))).unwrap();
+        assert_eq!(w.dropped_background(), v.dropped_background());
+        assert_eq!(w.prototypes(), v.prototypes());
+        for r in 0..v.num_rows() as u32 {
+            assert_eq!(w.proto_ref(r), v.proto_ref(r));
         }
     }
 

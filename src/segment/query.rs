@@ -290,7 +290,57 @@ pub fn vocabulary_of(
         candidates.push(half_candidate(&rec.name, rec.stuff, &class)?);
         rows.push(class);
     }
-    Ok((Vocabulary::new(candidates)?.with_threads(threads), rows))
+    let vocabulary = match known_drops(store, classes, &rows, fp) {
+        Some(listed) => {
+            let (start, listed) = listed;
+            Vocabulary::with_known_drops(candidates, &|i, id| !listed[start[i] + id as usize])?
+        }
+        None => Vocabulary::new(candidates)?,
+    };
+    Ok((vocabulary.with_threads(threads), rows))
+}
+
+/// When `store` is a bank file with IVF lists and the query has every class
+/// of the file with encoder `fp` in file order, the stuff rule's outcome
+/// recorded by the lists: each query class's first position, and which
+/// positions are listed (a background prototype not listed was dropped).
+/// `None` when the lists do not apply, or when they do not list every
+/// foreground prototype (then the rule runs as usual).
+fn known_drops(
+    store: &dyn ClassStore,
+    classes: &ResolvedClasses,
+    rows: &[ClassRows],
+    fp: &str,
+) -> Option<(Vec<usize>, Vec<bool>)> {
+    let blob = store.ann_blob(fp, IVF_ALGORITHM)?;
+    let all = store.classes().ok()?;
+    let with: Vec<&ClassRecord> = all
+        .iter()
+        .filter(|r| r.encoders.iter().any(|e| e.fingerprint == fp))
+        .collect();
+    if with.len() != classes.records.len()
+        || with
+            .iter()
+            .zip(&classes.records)
+            .any(|(a, b)| a.name != b.name)
+    {
+        return None;
+    }
+    let mut start = Vec::with_capacity(rows.len());
+    let mut space = 0;
+    for r in rows {
+        start.push(space);
+        space += r.rows.len();
+    }
+    let dim = rows.iter().map(|r| r.rows.dim()).find(|&d| d > 0)?;
+    let listed = IvfMatcher::listed_in_file_blob(&IvfParams::default(), blob, dim, space).ok()?;
+    let fg_listed = rows.iter().zip(&start).all(|(r, &s)| {
+        r.metas
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.side != Side::Foreground || listed[s + i])
+    });
+    fg_listed.then_some((start, listed))
 }
 
 /// IVF lists over `vocabulary` from the `ann` section of the bank file
