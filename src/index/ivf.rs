@@ -32,7 +32,9 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 
 use crate::index::hnsw::{Fingerprint, HnswParams};
-use crate::segment::engine::{Matcher, Scores, Vocabulary, EMPTY_SCORE, NO_PROTO};
+use crate::segment::engine::{
+    score_by_patch_chunks, Matcher, Scores, Vocabulary, EMPTY_SCORE, NO_PROTO,
+};
 use crate::{Error, Result};
 
 /// First bytes of IVF lists, cached or in a bank file (format 1).
@@ -77,6 +79,20 @@ impl IvfParams {
             ((self.probes.max(1) * rows) as f64).sqrt().round() as usize
         };
         l.clamp(1, rows.max(1))
+    }
+
+    /// Feed every parameter into a fingerprint.
+    fn hash_into(&self, h: &mut sha2::Sha256) {
+        use sha2::Digest;
+        for v in [
+            self.probes,
+            self.lists,
+            self.iterations,
+            self.train_per_list,
+        ] {
+            h.update((v as u64).to_le_bytes());
+        }
+        h.update(self.seed.to_le_bytes());
     }
 
     fn validate(&self) -> Result<()> {
@@ -343,15 +359,7 @@ impl IvfMatcher {
         let mut h = Sha256::new();
         h.update(b"ovdiff-bank ivf lists v1\0");
         h.update(rows.as_bytes());
-        for v in [
-            params.probes,
-            params.lists,
-            params.iterations,
-            params.train_per_list,
-        ] {
-            h.update((v as u64).to_le_bytes());
-        }
-        h.update(params.seed.to_le_bytes());
+        params.hash_into(&mut h);
         h.finalize().into()
     }
 
@@ -516,15 +524,7 @@ impl IvfMatcher {
         h.update(b"ovdiff-bank ivf lists in a bank file v1\0");
         // the rows listed follow the stuff rule at this threshold
         h.update(crate::segment::engine::STUFF_BG_THRESHOLD.to_le_bytes());
-        for v in [
-            params.probes,
-            params.lists,
-            params.iterations,
-            params.train_per_list,
-        ] {
-            h.update((v as u64).to_le_bytes());
-        }
-        h.update(params.seed.to_le_bytes());
+        params.hash_into(&mut h);
         h.finalize().into()
     }
 
@@ -613,29 +613,13 @@ impl IvfMatcher {
                 found: patches.ncols().to_string(),
             });
         }
-        let n = patches.nrows();
-        let cols = self.names.len() + 1;
-        let mut scores = Array2::from_elem((n, cols), f32::NEG_INFINITY);
-        let mut best = Array2::from_elem((n, cols), NO_PROTO);
-        if n > 0 {
-            let threads = crate::runtime::threads_or_cores(self.threads)
-                .min(n.div_ceil(64))
-                .max(1);
-            let chunk = n.div_ceil(threads);
-            std::thread::scope(|sc| {
-                let parts = patches
-                    .axis_chunks_iter(Axis(0), chunk)
-                    .zip(scores.axis_chunks_iter_mut(Axis(0), chunk))
-                    .zip(best.axis_chunks_iter_mut(Axis(0), chunk));
-                for ((p, s), b) in parts {
-                    sc.spawn(move || self.score_rows(p, s, b));
-                }
-            });
-        }
-        Ok(Scores {
-            scores,
-            best_proto: best,
-        })
+        let (scores, best_proto) = score_by_patch_chunks(
+            patches,
+            self.names.len() + 1,
+            crate::runtime::threads_or_cores(self.threads),
+            |p, s, b| self.score_rows(p, s, b),
+        );
+        Ok(Scores { scores, best_proto })
     }
 
     /// The single-threaded kernel of [`IvfMatcher::score`].

@@ -579,31 +579,45 @@ fn segment_maxima(
     threads: usize,
 ) -> (Array2<f32>, Array2<u32>) {
     let n = patches.nrows();
-    let mut scores = Array2::from_elem((n, segments.len()), f32::NEG_INFINITY);
-    let mut best = Array2::from_elem((n, segments.len()), NO_PROTO);
     let work = n * protos.nrows() * protos.ncols();
     let threads = if work < PARALLEL_WORK {
         1
     } else {
-        auto_threads(threads).min(n.div_ceil(64)).max(1)
+        auto_threads(threads)
     };
+    score_by_patch_chunks(patches, segments.len(), threads, |p, s, b| {
+        maxima_rows(protos, segments, p, s, b)
+    })
+}
+
+/// Scores `(n, cols)` and best rows for `patches`, starting at -∞ and
+/// [`NO_PROTO`], filled by `kernel` on chunks of patch rows: one chunk per
+/// thread, up to `threads` threads and at least 64 patches a chunk.
+pub(crate) fn score_by_patch_chunks<K>(
+    patches: ArrayView2<'_, f32>,
+    cols: usize,
+    threads: usize,
+    kernel: K,
+) -> (Array2<f32>, Array2<u32>)
+where
+    K: Fn(ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>, ArrayViewMut2<'_, u32>) + Sync,
+{
+    let n = patches.nrows();
+    let mut scores = Array2::from_elem((n, cols), f32::NEG_INFINITY);
+    let mut best = Array2::from_elem((n, cols), NO_PROTO);
+    let threads = threads.min(n.div_ceil(64)).max(1);
     if threads == 1 {
-        maxima_rows(
-            protos,
-            segments,
-            patches,
-            scores.view_mut(),
-            best.view_mut(),
-        );
+        kernel(patches, scores.view_mut(), best.view_mut());
     } else {
         let chunk = n.div_ceil(threads);
+        let kernel = &kernel;
         std::thread::scope(|sc| {
             let parts = patches
                 .axis_chunks_iter(Axis(0), chunk)
                 .zip(scores.axis_chunks_iter_mut(Axis(0), chunk))
                 .zip(best.axis_chunks_iter_mut(Axis(0), chunk));
             for ((p, s), b) in parts {
-                sc.spawn(move || maxima_rows(protos, segments, p, s, b));
+                sc.spawn(move || kernel(p, s, b));
             }
         });
     }
