@@ -979,13 +979,7 @@ impl HnswMatcher {
     /// column; see the [module docs](self) for the rule. Patches are split
     /// among the threads (see [`with_threads`](Self::with_threads)).
     pub fn score(&self, patches: ArrayView2<'_, f32>) -> Result<Scores> {
-        if patches.ncols() != self.graph.dim {
-            return Err(Error::DimensionMismatch {
-                what: "patch features".into(),
-                expected: format!("{} columns (the prototypes' dimension)", self.graph.dim),
-                found: patches.ncols().to_string(),
-            });
-        }
+        crate::segment::engine::check_patch_dim(&patches, self.graph.dim)?;
         if let Some(i) = patches
             .rows()
             .into_iter()

@@ -33,7 +33,7 @@ use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 
 use crate::index::hnsw::{Fingerprint, HnswParams};
 use crate::segment::engine::{
-    score_by_patch_chunks, Matcher, Scores, Vocabulary, EMPTY_SCORE, NO_PROTO,
+    check_patch_dim, score_by_patch_chunks, Matcher, Scores, Vocabulary, EMPTY_SCORE, NO_PROTO,
 };
 use crate::{Error, Result};
 
@@ -149,43 +149,32 @@ pub struct IvfMatcher {
 }
 
 /// Per row of `a`, the index of its best row of `b` (the first on ties),
-/// by blocked products on up to `threads` threads (0: one per core).
+/// by blocked products, the rows of `a` split among up to `threads` threads
+/// (0: one per core).
 fn nearest_rows(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, threads: usize) -> Vec<u32> {
     const BLOCK: usize = 1024;
-    let n = a.nrows();
-    let mut out = vec![0u32; n];
-    if n == 0 || b.nrows() == 0 {
-        return out;
+    if b.nrows() == 0 {
+        return vec![0; a.nrows()];
     }
-    let threads = crate::runtime::threads_or_cores(threads)
-        .min(n.div_ceil(BLOCK))
-        .max(1);
-    let chunk = n.div_ceil(threads);
-    std::thread::scope(|sc| {
-        for (a, out) in a
-            .axis_chunks_iter(Axis(0), chunk)
-            .zip(out.chunks_mut(chunk))
-        {
-            sc.spawn(move || {
-                let mut buf = Array2::<f32>::zeros((BLOCK.min(a.nrows()), b.nrows()));
-                for (i0, o) in (0..a.nrows()).step_by(BLOCK).zip(out.chunks_mut(BLOCK)) {
-                    let i1 = (i0 + BLOCK).min(a.nrows());
-                    let mut sims = buf.slice_mut(s![..i1 - i0, ..]);
-                    general_mat_mul(1.0, &a.slice(s![i0..i1, ..]), &b.t(), 0.0, &mut sims);
-                    for (dst, row) in o.iter_mut().zip(sims.rows()) {
-                        let mut best = (0usize, f32::NEG_INFINITY);
-                        for (j, &v) in row.iter().enumerate() {
-                            if v > best.1 {
-                                best = (j, v);
-                            }
-                        }
-                        *dst = best.0 as u32;
+    let threads = crate::runtime::threads_or_cores(threads);
+    let (_, best) = score_by_patch_chunks(a, 1, threads, |a, _, mut out| {
+        let mut buf = Array2::<f32>::zeros((BLOCK.min(a.nrows()), b.nrows()));
+        for i0 in (0..a.nrows()).step_by(BLOCK) {
+            let i1 = (i0 + BLOCK).min(a.nrows());
+            let mut sims = buf.slice_mut(s![..i1 - i0, ..]);
+            general_mat_mul(1.0, &a.slice(s![i0..i1, ..]), &b.t(), 0.0, &mut sims);
+            for (i, row) in sims.rows().into_iter().enumerate() {
+                let mut best = (0usize, f32::NEG_INFINITY);
+                for (j, &v) in row.iter().enumerate() {
+                    if v > best.1 {
+                        best = (j, v);
                     }
                 }
-            });
+                out[[i0 + i, 0]] = best.0 as u32;
+            }
         }
     });
-    out
+    best.into_raw_vec_and_offset().0
 }
 
 /// A small deterministic generator (splitmix64) for the initialisation.
@@ -290,22 +279,29 @@ impl IvfMatcher {
             ids[next[a as usize] as usize] = r as u32;
             next[a as usize] += 1;
         }
-        drop(protos);
-        Ok(Self::assemble(vocab, params, centroids, offsets, ids, t))
+        Ok(Self::assemble(
+            vocab,
+            &protos.view(),
+            params,
+            centroids,
+            offsets,
+            ids,
+            t,
+        ))
     }
 
-    /// The matcher over `vocab` with lists already made (`ids` in list
-    /// order, list `l` is `ids[offsets[l]..offsets[l + 1]]`; checked by the
-    /// callers).
+    /// The matcher over `vocab`, whose normalised rows are `protos`, with
+    /// lists already made (`ids` in list order, list `l` is
+    /// `ids[offsets[l]..offsets[l + 1]]`; checked by the callers).
     fn assemble(
         vocab: &Vocabulary,
+        protos: &ArrayView2<'_, f32>,
         params: IvfParams,
         centroids: Array2<f32>,
         offsets: Vec<u32>,
         ids: Vec<u32>,
         started: std::time::Instant,
     ) -> IvfMatcher {
-        let protos = vocab.prototypes();
         let dim = protos.ncols();
         let segments: Vec<Range<usize>> = (0..=vocab.num_classes())
             .map(|c| vocab.segment(c))
@@ -323,7 +319,6 @@ impl IvfMatcher {
             Axis(0),
             &ids.iter().map(|&r| r as usize).collect::<Vec<_>>(),
         );
-        drop(protos);
         let cols = ids.iter().map(|&r| col_of[r as usize]).collect();
         let offsets: Vec<usize> = offsets.into_iter().map(|o| o as usize).collect();
         let largest_list = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
@@ -510,7 +505,7 @@ impl IvfMatcher {
             }
         });
         Ok(parsed.map(|(c, o, i)| {
-            let mut m = Self::assemble(vocab, params, c, o, i, t);
+            let mut m = Self::assemble(vocab, &vocab.prototypes().view(), params, c, o, i, t);
             m.stats.loaded = true;
             m
         }))
@@ -582,7 +577,16 @@ impl IvfMatcher {
         if rows.len() != vocab.num_rows() {
             return Err("lists that miss some of the query's rows");
         }
-        let mut m = Self::assemble(vocab, params, centroids, new_offsets, rows, t);
+        let protos = vocab.prototypes();
+        let mut m = Self::assemble(
+            vocab,
+            &protos.view(),
+            params,
+            centroids,
+            new_offsets,
+            rows,
+            t,
+        );
         m.stats.loaded = true;
         m.stats.from_file = true;
         Ok(m)
@@ -606,13 +610,7 @@ impl IvfMatcher {
 
     /// Score `patches` (`(n, dim)`, unit rows): see the module docs.
     pub fn score(&self, patches: ArrayView2<'_, f32>) -> Result<Scores> {
-        if patches.ncols() != self.dim {
-            return Err(Error::DimensionMismatch {
-                what: "patch features".into(),
-                expected: format!("{} columns (the prototypes' dimension)", self.dim),
-                found: patches.ncols().to_string(),
-            });
-        }
+        check_patch_dim(&patches, self.dim)?;
         let (scores, best_proto) = score_by_patch_chunks(
             patches,
             self.names.len() + 1,

@@ -547,13 +547,7 @@ impl Vocabulary {
     /// bank; f16 rows are converted a block at a time), then the
     /// per-column maximum. Ties go to the lowest row.
     pub fn score(&self, patches: ArrayView2<'_, f32>) -> Result<Scores> {
-        if patches.ncols() != self.dim {
-            return Err(Error::DimensionMismatch {
-                what: "patch features".into(),
-                expected: format!("{} columns (the prototypes' dimension)", self.dim),
-                found: patches.ncols().to_string(),
-            });
-        }
+        check_patch_dim(&patches, self.dim)?;
         let (mut scores, best) =
             segment_maxima(&self.protos, &self.segments, patches, self.threads);
         for (c, seg) in self.segments.iter().enumerate() {
@@ -588,6 +582,18 @@ fn segment_maxima(
     score_by_patch_chunks(patches, segments.len(), threads, |p, s, b| {
         maxima_rows(protos, segments, p, s, b)
     })
+}
+
+/// Errors unless `patches` has `dim` columns (the prototypes' dimension).
+pub(crate) fn check_patch_dim(patches: &ArrayView2<'_, f32>, dim: usize) -> Result<()> {
+    if patches.ncols() != dim {
+        return Err(Error::DimensionMismatch {
+            what: "patch features".into(),
+            expected: format!("{dim} columns (the prototypes' dimension)"),
+            found: patches.ncols().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Scores `(n, cols)` and best rows for `patches`, starting at -∞ and
