@@ -1497,9 +1497,10 @@ fn perf_thousand_classes() {
             records: store.classes().unwrap(),
         };
         let t1 = Instant::now();
-        let (vocab, _) = vocabulary_of(&store, &classes, &enc.fingerprint, 0).unwrap();
+        let (vocab, rows) = vocabulary_of(&store, &classes, &enc.fingerprint, 0).unwrap();
         let t2 = Instant::now();
-        let lists = ivf_lists_from_file(&store, &vocab, &enc.fingerprint, Default::default());
+        let lists =
+            ivf_lists_from_file(&store, &vocab, &rows, &enc.fingerprint, Default::default());
         println!(
             "perf: open for queries: open + classes {:.2?}, vocabulary {:.2?}, lists {:.2?}",
             t1 - t,

@@ -268,6 +268,7 @@ impl QueryMember {
         ivf_lists_from_file(
             store,
             &self.vocabulary,
+            &self.classes,
             self.encoder.bundle().fingerprint(),
             params,
         )
@@ -300,12 +301,12 @@ pub fn vocabulary_of(
     Ok((vocabulary.with_threads(threads), rows))
 }
 
-/// When `store` is a bank file with IVF lists and the query has every class
-/// of the file with encoder `fp` in file order, the stuff rule's outcome
-/// recorded by the lists: each query class's first position, and which
-/// positions are listed (a background prototype not listed was dropped).
-/// `None` when the lists do not apply, or when they do not list every
-/// foreground prototype (then the rule runs as usual).
+/// When `store` is a bank file with IVF lists for encoder `fp` and the query
+/// holds exactly the file's classes with that encoder, the stuff rule's
+/// outcome recorded by the lists: each query class's first position in the
+/// file, and which positions are listed (a background prototype not listed
+/// was dropped). `None` when the lists do not apply, or when they do not
+/// list every foreground prototype (then the rule runs as usual).
 fn known_drops(
     store: &dyn ClassStore,
     classes: &ResolvedClasses,
@@ -313,25 +314,8 @@ fn known_drops(
     fp: &str,
 ) -> Option<(Vec<usize>, Vec<bool>)> {
     let blob = store.ann_blob(fp, IVF_ALGORITHM)?;
-    let all = store.classes().ok()?;
-    let with: Vec<&ClassRecord> = all
-        .iter()
-        .filter(|r| r.encoders.iter().any(|e| e.fingerprint == fp))
-        .collect();
-    if with.len() != classes.records.len()
-        || with
-            .iter()
-            .zip(&classes.records)
-            .any(|(a, b)| a.name != b.name)
-    {
-        return None;
-    }
-    let mut start = Vec::with_capacity(rows.len());
-    let mut space = 0;
-    for r in rows {
-        start.push(space);
-        space += r.rows.len();
-    }
+    let names: Vec<&str> = classes.records.iter().map(|r| r.name.as_str()).collect();
+    let (start, space) = file_starts(store, &names, rows, fp)?;
     let dim = rows.iter().map(|r| r.rows.dim()).find(|&d| d > 0)?;
     let listed = IvfMatcher::listed_in_file_blob(&IvfParams::default(), blob, dim, space).ok()?;
     let fg_listed = rows.iter().zip(&start).all(|(r, &s)| {
@@ -343,51 +327,69 @@ fn known_drops(
     fg_listed.then_some((start, listed))
 }
 
-/// IVF lists over `vocabulary` from the `ann` section of the bank file
-/// `store`, when it holds lists of this build's `params` for encoder `fp`
-/// that cover every row of the vocabulary (an `--all-classes` query).
+/// IVF lists over `vocabulary` (whose classes' rows are `rows`, in query
+/// order) from the `ann` section of the bank file `store`, when it holds
+/// lists of this build's `params` for encoder `fp` and the query holds
+/// exactly the file's classes with that encoder (`--all-classes`).
 pub fn ivf_lists_from_file(
     store: &dyn ClassStore,
     vocabulary: &Vocabulary,
+    rows: &[ClassRows],
     fp: &str,
     params: IvfParams,
 ) -> Option<IvfMatcher> {
     let blob = store.ann_blob(fp, IVF_ALGORITHM)?;
-    let row_at = file_positions(store, vocabulary, fp).ok()?;
+    let names: Vec<&str> = vocabulary.names().iter().map(String::as_str).collect();
+    let (start, space) = file_starts(store, &names, rows, fp)?;
+    let mut row_at = vec![None; space];
+    for (r, p) in row_positions(vocabulary, &start).into_iter().enumerate() {
+        row_at[p as usize] = Some(r as u32);
+    }
     IvfMatcher::from_file_blob(vocabulary, params, blob, &row_at).ok()
 }
 
-/// For each of the store's prototypes of encoder `fp`, in block order (the
-/// store's classes in order, then each class's prototypes), the row of
-/// `vocabulary` that holds it, if any.
-fn file_positions(
+/// Where the query's classes (`names`, with their rows `rows`) begin in the
+/// block order of the bank file `store` for encoder `fp` (the file's
+/// classes in order, then each class's prototypes), and how many positions
+/// there are. `None` unless the query holds exactly the file's classes with
+/// that encoder, in any order.
+fn file_starts(
     store: &dyn ClassStore,
-    vocabulary: &Vocabulary,
+    names: &[&str],
+    rows: &[ClassRows],
     fp: &str,
-) -> Result<Vec<Option<u32>>> {
-    let mut start = std::collections::HashMap::new();
-    let mut space = 0usize;
-    for rec in store.classes()? {
-        if rec.encoders.iter().any(|e| e.fingerprint == fp) {
-            let n = store.prototype_rows(&rec, fp)?.rows.len();
-            start.insert(rec.name, space);
-            space += n;
-        }
+) -> Option<(Vec<usize>, usize)> {
+    let file = store.classes().ok()?;
+    let file: Vec<&ClassRecord> = file
+        .iter()
+        .filter(|r| r.encoders.iter().any(|e| e.fingerprint == fp))
+        .collect();
+    if file.len() != names.len() {
+        return None;
     }
-    let mut row_at = vec![None; space];
-    for r in 0..vocabulary.num_rows() as u32 {
-        let p = vocabulary
-            .proto_ref(r)
-            .ok_or_else(|| Error::Invalid(format!("vocabulary row {r} has no prototype")))?;
-        let name = &vocabulary.names()[usize::from(p.class) - 1];
-        let at = start
-            .get(name)
-            .map(|s| s + p.id as usize)
-            .filter(|&at| at < space)
-            .ok_or_else(|| Error::Invalid(format!("class `{name}` is not in the store")))?;
-        row_at[at] = Some(r);
+    let query: std::collections::HashMap<&str, usize> =
+        names.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut start = vec![0; names.len()];
+    let mut space = 0;
+    for rec in file {
+        let i = *query.get(rec.name.as_str())?;
+        start[i] = space;
+        space += rows[i].rows.len();
     }
-    Ok(row_at)
+    Some((start, space))
+}
+
+/// Each vocabulary row's position in a file's block order: its class's
+/// first position (`start`, in query order) plus its id in the class.
+fn row_positions(vocabulary: &Vocabulary, start: &[usize]) -> Vec<u32> {
+    (0..vocabulary.num_rows() as u32)
+        .map(|r| {
+            let p = vocabulary
+                .proto_ref(r)
+                .expect("invariant: every row has a prototype");
+            (start[usize::from(p.class) - 1] + p.id as usize) as u32
+        })
+        .collect()
 }
 
 /// The `ann` blob of IVF lists for a bank file holding `records` (in file
@@ -410,14 +412,7 @@ pub fn ivf_file_blob(
     }
     let vocabulary = Vocabulary::new(candidates)?;
     let ivf = IvfMatcher::from_vocabulary(&vocabulary, IvfParams::default())?;
-    let position: Vec<u32> = (0..vocabulary.num_rows() as u32)
-        .map(|r| {
-            let p = vocabulary
-                .proto_ref(r)
-                .expect("invariant: every row has a prototype");
-            (start[usize::from(p.class) - 1] + p.id as usize) as u32
-        })
-        .collect();
+    let position = row_positions(&vocabulary, &start);
     Ok((
         IVF_ALGORITHM.to_string(),
         ivf.to_file_blob(&position, space),

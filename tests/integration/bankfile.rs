@@ -285,4 +285,20 @@ fn export_with_ann_lists_and_segment_uses_them() {
         maps.push(std::fs::read(out_dir.join("q.png")).unwrap());
     }
     assert_eq!(maps[0], maps[1], "the file's lists label as fresh ones");
+    // a query of some of the file's classes clusters its own rows
+    let out_dir = data.path().join("subset");
+    let out = sb.run(&[
+        "segment",
+        img.to_str().unwrap(),
+        "--classes",
+        "red,blue",
+        "--bank",
+        file_s,
+        "--engine",
+        "ivf",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(text(&out).1.contains("built in"), "{:?}", text(&out));
 }
