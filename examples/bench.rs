@@ -313,12 +313,13 @@ fn bench_segment(home: &Home) {
         let decode = t.elapsed().as_secs_f64();
         let seg = query::segment_with(&mut members, &img, &opts).unwrap();
         let tw = Instant::now();
-        let labels = seg.labels.labels_u8().unwrap();
-        render::write_label_png(&out.join("q.png"), 448, 448, &labels).unwrap();
+        let labels = &seg.labels.labels;
         let names: Vec<String> = seg.class_names[1..].to_vec();
+        let depth = render::LabelDepth::for_classes(names.len());
+        render::write_label_png(&out.join("q.png"), 448, 448, labels, depth).unwrap();
         render::write_rgb_png(
             &out.join("q.overlay.png"),
-            &render::overlay(&img, &labels, &names, 0.5),
+            &render::overlay(&img, labels, &names, 0.5),
         )
         .unwrap();
         let write = tw.elapsed().as_secs_f64();

@@ -82,7 +82,7 @@ pub struct SegmentArgs {
 
 #[derive(Debug, Serialize)]
 struct ClassFound {
-    label: u8,
+    label: u16,
     name: String,
     pixels: u64,
     fraction: f64,
@@ -111,6 +111,9 @@ struct ImageReport {
     width: u32,
     height: u32,
     labels: PathBuf,
+    /// How `labels` stores them: `palette8` (VOC palette, up to 254
+    /// classes) or `grey16` (16-bit greyscale, larger queries).
+    labels_format: &'static str,
     overlay: PathBuf,
     report: PathBuf,
     explain: Option<PathBuf>,
@@ -543,7 +546,8 @@ fn segment_one(
         }
     };
     let t_write = Instant::now();
-    let labels = seg.labels.labels_u8()?;
+    let labels = &seg.labels.labels;
+    let depth = render::LabelDepth::for_classes(names.len());
     let (w, h) = img.dimensions();
     let counts = seg.labels.pixel_counts(names.len() + 1);
     let total = (w as u64 * h as u64).max(1);
@@ -612,7 +616,7 @@ fn segment_one(
         support.sort_by_key(|s| std::cmp::Reverse(s.pixels));
         support.truncate(3);
         classes.push(ClassFound {
-            label: label as u8,
+            label,
             name: rec.name.clone(),
             pixels,
             fraction: pixels as f64 / total as f64,
@@ -624,15 +628,15 @@ fn segment_one(
     let labels_path = args.out.join(format!("{stem}.png"));
     let overlay_path = args.out.join(format!("{stem}.overlay.png"));
     let report_path = args.out.join(format!("{stem}.json"));
-    render::write_label_png(&labels_path, w, h, &labels)?;
-    let over = render::overlay(img, &labels, &names, 0.5);
+    render::write_label_png(&labels_path, w, h, labels, depth)?;
+    let over = render::overlay(img, labels, &names, 0.5);
     render::write_rgb_png(&overlay_path, &over)?;
     let explain = if args.explain {
         let p = args.out.join(format!("{stem}.explain.png"));
         let rows = explain_rows(bank, records, &classes)?;
         let sheet = render::explain_sheet(
             img,
-            &labels,
+            labels,
             &rows,
             &ExplainOptions {
                 title: Some(path.display().to_string()),
@@ -664,6 +668,7 @@ fn segment_one(
         width: w,
         height: h,
         labels: labels_path,
+        labels_format: depth.name(),
         overlay: overlay_path,
         report: report_path.clone(),
         explain,

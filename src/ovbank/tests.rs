@@ -1492,7 +1492,7 @@ fn perf_thousand_classes() {
     for _ in 0..3 {
         let t = Instant::now();
         let store = FileStore::open(&ann_path).unwrap();
-        // every class (resolve_classes caps a query at 254 for label PNGs)
+        // every class
         let classes = ResolvedClasses {
             records: store.classes().unwrap(),
         };

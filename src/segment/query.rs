@@ -17,7 +17,7 @@ use crate::runtime::manifest::MANIFEST_FILE;
 use crate::runtime::{Bundle, Runtime, VerifyMode};
 use crate::segment::engine::{
     segment_image_ensemble, Candidate, EnsembleMember, ProtoRef, SegmentOptions, Segmentation,
-    Vocabulary,
+    Vocabulary, MAX_CLASSES,
 };
 use crate::segment::store::{ClassRows, ClassStore};
 use crate::{Error, Home, Result};
@@ -108,9 +108,9 @@ pub fn resolve_classes(bank: &dyn ClassStore, names: Option<&[String]>) -> Resul
             Some(_) => "the vocabulary is empty; name classes with --classes a,b,c".into(),
         }));
     }
-    if records.len() > 254 {
+    if records.len() > MAX_CLASSES {
         return Err(Error::Invalid(format!(
-            "{} classes asked for; label PNGs hold at most 254 classes per query",
+            "{} classes asked for; a query holds at most {MAX_CLASSES} (16-bit labels)",
             records.len()
         )));
     }

@@ -1,11 +1,17 @@
 //! Segmentation results as images: VOC-palette label PNGs, overlays with a legend, and the `--explain` contact sheet.
 //!
-//! A *label map* is a row-major `&[u8]` of `width × height` entries: `0` is
+//! A *label map* is a row-major `&[u16]` of `width × height` entries: `0` is
 //! background ([`BACKGROUND`]), `1..=K` are the classes in the order of the
-//! `class_names` slice that goes with it, and [`VOID`] (255) marks pixels to
-//! ignore, as in PASCAL VOC ground truth. Label `i` is drawn in colour
-//! `voc_palette()[i]` everywhere (PNG palette, overlay, legend, sheet), so
-//! the pictures agree with VOC's own `SegmentationClass` PNGs.
+//! `class_names` slice that goes with it. Label `i` is drawn in colour
+//! [`label_color`]`(i)` everywhere (PNG palette, overlay, legend, sheet):
+//! VOC's colour map, so the pictures agree with VOC's own
+//! `SegmentationClass` PNGs, extended past 255 by the same bit rule.
+//!
+//! Label PNGs are 8-bit palette images when a query has at most
+//! [`MAX_PALETTE_CLASSES`] classes (VOC's format), and 16-bit greyscale
+//! images above that ([`LabelDepth`]). Ground-truth maps read by
+//! [`read_label_png`] are 8-bit, where [`VOID`] (255) marks pixels to
+//! ignore.
 
 use std::io::{BufReader, Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -19,10 +25,45 @@ use crate::features::preprocess::MAX_PIXELS;
 use crate::{Error, Result};
 
 /// The label of background pixels.
-pub const BACKGROUND: u8 = 0;
+pub const BACKGROUND: u16 = 0;
 
-/// The label of pixels to ignore (VOC's object boundaries and "difficult"
-/// regions).
+/// Most classes a query may have for its label PNG to be an 8-bit palette
+/// image: labels `0..=254`, with 255 left to VOC's "void".
+pub const MAX_PALETTE_CLASSES: usize = 254;
+
+/// How a query's label PNG stores its labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelDepth {
+    /// An 8-bit indexed PNG with the VOC palette (at most
+    /// [`MAX_PALETTE_CLASSES`] classes).
+    Palette8,
+    /// A 16-bit greyscale PNG whose values are the labels (more classes).
+    Grey16,
+}
+
+impl LabelDepth {
+    /// The depth for a query of `classes` classes (background not counted).
+    /// It depends only on the query, never on which labels an image shows,
+    /// so every image of one run has the same format.
+    pub fn for_classes(classes: usize) -> LabelDepth {
+        if classes <= MAX_PALETTE_CLASSES {
+            LabelDepth::Palette8
+        } else {
+            LabelDepth::Grey16
+        }
+    }
+
+    /// Its name in JSON reports: `palette8` or `grey16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LabelDepth::Palette8 => "palette8",
+            LabelDepth::Grey16 => "grey16",
+        }
+    }
+}
+
+/// The label of pixels to ignore in 8-bit ground truth (VOC's object
+/// boundaries and "difficult" regions).
 pub const VOID: u8 = 255;
 
 /// How much background pixels are darkened in [`overlay`] (1 = unchanged).
@@ -38,37 +79,53 @@ pub const fn voc_palette() -> [[u8; 3]; 256] {
     let mut p = [[0u8; 3]; 256];
     let mut i = 0;
     while i < 256 {
-        let mut c = i;
-        let mut rgb = [0u8; 3];
-        let mut j = 0;
-        while j < 8 {
-            rgb[0] |= ((c & 1) as u8) << (7 - j);
-            rgb[1] |= (((c >> 1) & 1) as u8) << (7 - j);
-            rgb[2] |= (((c >> 2) & 1) as u8) << (7 - j);
-            c >>= 3;
-            j += 1;
-        }
-        p[i] = rgb;
+        p[i] = voc_color(i as u16);
         i += 1;
     }
     p
 }
 
+/// VOC's colour rule for any 16-bit label: the bits of `label`, three at a
+/// time, fill the channels from their most significant bit down (bit 0 →
+/// red, bit 1 → green, bit 2 → blue). It is the palette's entry for labels
+/// below 256; above, every label still gets its own colour, because the 16
+/// label bits land on 16 distinct colour bits.
+pub const fn voc_color(label: u16) -> [u8; 3] {
+    let mut c = label as u32;
+    let mut rgb = [0u8; 3];
+    let mut j = 0;
+    while j < 8 {
+        rgb[0] |= ((c & 1) as u8) << (7 - j);
+        rgb[1] |= (((c >> 1) & 1) as u8) << (7 - j);
+        rgb[2] |= (((c >> 2) & 1) as u8) << (7 - j);
+        c >>= 3;
+        j += 1;
+    }
+    rgb
+}
+
 /// The palette, computed once at compile time.
 const PALETTE: [[u8; 3]; 256] = voc_palette();
 
-/// The colour of a label (its [`voc_palette`] entry).
-pub fn label_color(label: u8) -> Rgb<u8> {
-    Rgb(PALETTE[label as usize])
+/// The colour of a label ([`voc_color`]; its [`voc_palette`] entry below 256).
+pub fn label_color(label: u16) -> Rgb<u8> {
+    Rgb(voc_color(label))
+}
+
+/// The colours of labels `0..=max`, for drawing a whole map.
+fn colour_table(labels: &[u16]) -> Vec<[u8; 3]> {
+    let max = labels.iter().copied().max().unwrap_or(0);
+    (0..=max).map(voc_color).collect()
 }
 
 /// The name shown for a label: `background`, the class name, `void` for
-/// [`VOID`], or `label N` for a label that `class_names` does not cover.
-pub fn label_name(label: u8, class_names: &[String]) -> String {
+/// [`VOID`] when `class_names` has fewer classes, or `label N` for another
+/// label that `class_names` does not cover.
+pub fn label_name(label: u16, class_names: &[String]) -> String {
     match label {
         BACKGROUND => "background".to_string(),
         l if (l as usize) <= class_names.len() => class_names[l as usize - 1].clone(),
-        VOID => "void".to_string(),
+        l if l == u16::from(VOID) => "void".to_string(),
         l => format!("label {l}"),
     }
 }
@@ -141,29 +198,64 @@ fn png_encode_error(path: &Path, e: png::EncodingError) -> Error {
     }
 }
 
-/// Write a label map as an 8-bit indexed (palette) PNG with the VOC
-/// palette, like VOC's `SegmentationClass` files: viewers show the class
-/// colours, and readers that keep the palette indices (PIL's `P` mode,
-/// [`read_label_png`]) get the labels back. The file is written atomically.
+/// Write a label map as a PNG, atomically.
+///
+/// - [`LabelDepth::Palette8`]: an 8-bit indexed PNG with the VOC palette,
+///   like VOC's `SegmentationClass` files: viewers show the class colours,
+///   and readers that keep the palette indices (PIL's `P` mode,
+///   [`read_label_png`]) get the labels back. A label over 255 is an
+///   error (255 is VOC's "void", which `segment` never writes).
+/// - [`LabelDepth::Grey16`]: a 16-bit greyscale PNG whose values are the
+///   labels (PIL's `I;16`, numpy `uint16`); viewers show it nearly black,
+///   so look at the overlay.
 ///
 /// `labels` holds `w × h` labels, row-major.
-pub fn write_label_png(path: &Path, w: u32, h: u32, labels: &[u8]) -> Result<()> {
+pub fn write_label_png(
+    path: &Path,
+    w: u32,
+    h: u32,
+    labels: &[u16],
+    depth: LabelDepth,
+) -> Result<()> {
     check_size(
         &format!("label map for {}", path.display()),
         w,
         h,
         labels.len(),
     )?;
-    let mut bytes = Vec::with_capacity(labels.len() / 8 + 1024);
+    let data: Vec<u8> = match depth {
+        LabelDepth::Palette8 => labels
+            .iter()
+            .map(|&l| {
+                u8::try_from(l).map_err(|_| {
+                    Error::Invalid(format!(
+                        "{}: label {l} does not fit an 8-bit palette label map \
+                         (at most {MAX_PALETTE_CLASSES} classes; use 16 bits)",
+                        path.display()
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?,
+        LabelDepth::Grey16 => labels.iter().flat_map(|l| l.to_be_bytes()).collect(),
+    };
+    let mut bytes = Vec::with_capacity(data.len() / 8 + 1024);
     {
         let mut enc = png::Encoder::new(&mut bytes, w, h);
-        enc.set_color(png::ColorType::Indexed);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.set_palette(PALETTE.concat());
+        match depth {
+            LabelDepth::Palette8 => {
+                enc.set_color(png::ColorType::Indexed);
+                enc.set_depth(png::BitDepth::Eight);
+                enc.set_palette(PALETTE.concat());
+            }
+            LabelDepth::Grey16 => {
+                enc.set_color(png::ColorType::Grayscale);
+                enc.set_depth(png::BitDepth::Sixteen);
+            }
+        }
         enc.set_compression(png::Compression::Balanced);
         let mut writer = enc.write_header().map_err(|e| png_encode_error(path, e))?;
         writer
-            .write_image_data(labels)
+            .write_image_data(&data)
             .map_err(|e| png_encode_error(path, e))?;
         writer.finish().map_err(|e| png_encode_error(path, e))?;
     }
@@ -313,8 +405,8 @@ fn shade(px: Rgb<u8>, k: f32) -> Rgb<u8> {
 
 /// A colour that stands out as a thin line: the label colour, lightened
 /// when it is too dark to see over a dimmed photo (VOC's navy, maroon…).
-fn line_color(label: u8) -> Rgb<u8> {
-    let c = PALETTE[label as usize];
+fn line_color(label: u16) -> Rgb<u8> {
+    let c = voc_color(label);
     let luma = 0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32;
     if luma < 110.0 {
         blend(Rgb(c), [255, 255, 255], 0.45)
@@ -326,7 +418,7 @@ fn line_color(label: u8) -> Rgb<u8> {
 /// For each pixel of a `w`×`h` grid of keys: does a pixel within `t` steps
 /// left, right, up or down have another key? With `border`, stepping off
 /// the grid counts as another key.
-fn edges(keys: &[u8], w: u32, h: u32, t: u32, border: bool) -> Vec<bool> {
+fn edges<K: Copy + PartialEq>(keys: &[K], w: u32, h: u32, t: u32, border: bool) -> Vec<bool> {
     let (w, h, t) = (w as i64, h as i64, t.max(1) as i64);
     let mut out = vec![false; keys.len()];
     for y in 0..h {
@@ -370,28 +462,92 @@ fn stroke_rect(img: &mut RgbImage, x: i64, y: i64, w: u32, h: u32, t: u32, color
     fill_rect(img, x + (w - t) as i64, y, t, h, color, 1.0);
 }
 
-/// Labels in the order the legend lists them: background, then the others
-/// present in `labels`, ascending.
-fn legend_labels(labels: &[u8]) -> Vec<u8> {
-    let mut present = [false; 256];
-    for &l in labels {
-        present[l as usize] = true;
-    }
-    std::iter::once(BACKGROUND)
-        .chain((1..=255u8).filter(|&l| present[l as usize]))
-        .collect()
+/// The legend's sizes at text scale `s`: padding, swatch, gap between
+/// swatch and text, row height and margin to the image's edge.
+struct LegendMetrics {
+    pad: u32,
+    swatch: u32,
+    gap: u32,
+    row_h: u32,
+    margin: u32,
+    text_h: u32,
 }
 
-/// Draw a legend (swatch + name per entry) in the image corner that hides
-/// the fewest labelled pixels, on a semi-opaque dark backing.
-fn draw_legend(img: &mut RgbImage, labels: &[u8], entries: &[(u8, String)], scale: u32) {
+impl LegendMetrics {
+    fn at(scale: u32) -> LegendMetrics {
+        let s = scale.max(1);
+        LegendMetrics {
+            pad: 4 * s,
+            swatch: 7 * s,
+            gap: 4 * s,
+            row_h: font::LINE_HEIGHT * s,
+            margin: 4 * s,
+            text_h: font::text_height(s),
+        }
+    }
+
+    /// How many rows fit in an image `h` pixels high (at least 2).
+    fn rows_fitting(&self, h: u32) -> usize {
+        let room = h.saturating_sub(2 * self.margin + 2 * self.pad) + self.row_h - self.text_h;
+        ((room / self.row_h) as usize).max(2)
+    }
+}
+
+/// The legend's entries: background, then the labels present in `labels`,
+/// ascending. When more than `max_rows` would be listed, the labels with
+/// the most pixels are kept (still in label order) and a last row says how
+/// many are not shown. `None` marks that text-only row.
+fn legend_entries(
+    labels: &[u16],
+    class_names: &[String],
+    max_rows: usize,
+) -> Vec<(Option<u16>, String)> {
+    let max = labels.iter().copied().max().unwrap_or(0) as usize;
+    let mut counts = vec![0u64; max + 1];
+    for &l in labels {
+        counts[l as usize] += 1;
+    }
+    let mut present: Vec<u16> = (1..=max)
+        .filter(|&l| counts[l] > 0)
+        .map(|l| l as u16)
+        .collect();
+    let max_rows = max_rows.max(2);
+    let hidden = present.len().saturating_sub(max_rows - 1);
+    if hidden > 0 {
+        // background + the largest classes + one "more" row
+        let keep = max_rows - 2;
+        present.sort_by_key(|&l| (std::cmp::Reverse(counts[l as usize]), l));
+        present.truncate(keep);
+        present.sort_unstable();
+    }
+    let hidden = hidden + usize::from(hidden > 0);
+    let mut out: Vec<(Option<u16>, String)> = std::iter::once(BACKGROUND)
+        .chain(present)
+        .map(|l| (Some(l), label_name(l, class_names)))
+        .collect();
+    if hidden > 0 {
+        out.push((
+            None,
+            format!("+{hidden} more classes (see the JSON report)"),
+        ));
+    }
+    out
+}
+
+/// Draw a legend (swatch + name per entry; text only for `None`) in the
+/// image corner that hides the fewest labelled pixels, on a semi-opaque
+/// dark backing.
+fn draw_legend(img: &mut RgbImage, labels: &[u16], entries: &[(Option<u16>, String)], scale: u32) {
     let (w, h) = img.dimensions();
     let s = scale.max(1);
-    let pad = 4 * s;
-    let swatch = 7 * s;
-    let gap = 4 * s;
-    let row_h = font::LINE_HEIGHT * s;
-    let margin = 4 * s;
+    let LegendMetrics {
+        pad,
+        swatch,
+        gap,
+        row_h,
+        margin,
+        text_h,
+    } = LegendMetrics::at(s);
     let max_text = w.saturating_sub(2 * margin + 2 * pad + swatch + gap);
     let names: Vec<String> = entries
         .iter()
@@ -403,7 +559,7 @@ fn draw_legend(img: &mut RgbImage, labels: &[u8], entries: &[(u8, String)], scal
         .max()
         .unwrap_or(0);
     let box_w = 2 * pad + swatch + gap + text_w;
-    let box_h = 2 * pad + entries.len() as u32 * row_h - (row_h - font::text_height(s));
+    let box_h = 2 * pad + entries.len() as u32 * row_h - (row_h - text_h);
 
     // Pick the corner whose box covers the fewest labelled pixels.
     let right = w.saturating_sub(box_w + margin) as i64;
@@ -431,8 +587,10 @@ fn draw_legend(img: &mut RgbImage, labels: &[u8], entries: &[(u8, String)], scal
     for (i, ((label, _), name)) in entries.iter().zip(&names).enumerate() {
         let y = by + (pad + i as u32 * row_h) as i64;
         let x = bx + pad as i64;
-        fill_rect(img, x, y, swatch, swatch, PALETTE[*label as usize], 1.0);
-        stroke_rect(img, x, y, swatch, swatch, 1, [200, 200, 200]);
+        if let Some(label) = label {
+            fill_rect(img, x, y, swatch, swatch, voc_color(*label), 1.0);
+            stroke_rect(img, x, y, swatch, swatch, 1, [200, 200, 200]);
+        }
         font::draw_text(
             img,
             (x + (swatch + gap) as i64) as i32,
@@ -452,7 +610,7 @@ fn draw_legend(img: &mut RgbImage, labels: &[u8], entries: &[(u8, String)], scal
 ///
 /// # Panics
 /// If `labels.len()` is not `img.width() * img.height()`.
-pub fn overlay(img: &RgbImage, labels: &[u8], class_names: &[String], alpha: f32) -> RgbImage {
+pub fn overlay(img: &RgbImage, labels: &[u16], class_names: &[String], alpha: f32) -> RgbImage {
     let (w, h) = img.dimensions();
     assert_eq!(
         labels.len(),
@@ -466,11 +624,12 @@ pub fn overlay(img: &RgbImage, labels: &[u8], class_names: &[String], alpha: f32
     };
     let scale = legend_scale(w, h);
     let mut out = img.clone();
+    let colours = colour_table(labels);
     for (p, &l) in out.pixels_mut().zip(labels) {
         *p = if l == BACKGROUND {
             shade(*p, BACKGROUND_KEEP)
         } else {
-            blend(*p, PALETTE[l as usize], alpha)
+            blend(*p, colours[l as usize], alpha)
         };
     }
     let edge = edges(labels, w, h, scale, false);
@@ -479,10 +638,11 @@ pub fn overlay(img: &RgbImage, labels: &[u8], class_names: &[String], alpha: f32
             *p = line_color(l);
         }
     }
-    let entries: Vec<(u8, String)> = legend_labels(labels)
-        .into_iter()
-        .map(|l| (l, label_name(l, class_names)))
-        .collect();
+    let entries = legend_entries(
+        labels,
+        class_names,
+        LegendMetrics::at(scale).rows_fitting(h),
+    );
     draw_legend(&mut out, labels, &entries, scale);
     out
 }
@@ -518,7 +678,7 @@ pub struct ExplainRow {
     /// The class name, shown at the row's start.
     pub class: String,
     /// The class's label in the label map (also its colour index).
-    pub label: u8,
+    pub label: u16,
     /// Support examples that voted for this class, best first.
     pub matches: Vec<ExplainMatch>,
 }
@@ -570,7 +730,7 @@ fn fit_size(w: u32, h: u32, rh: u32, max_w: u32) -> (u32, u32) {
 
 /// The query image scaled to fit a row, with only `label`'s region in
 /// colour and outlined; everything else dimmed.
-fn region_cell(img: &RgbImage, labels: &[u8], label: u8, rh: u32) -> RgbImage {
+fn region_cell(img: &RgbImage, labels: &[u16], label: u16, rh: u32) -> RgbImage {
     let (w, h) = img.dimensions();
     let (cw, ch) = fit_size(w, h, rh, rh * 5 / 2);
     let mut cell = image::imageops::resize(img, cw, ch, FilterType::Triangle);
@@ -588,7 +748,7 @@ fn region_cell(img: &RgbImage, labels: &[u8], label: u8, rh: u32) -> RgbImage {
     for ((p, &k), &e) in cell.pixels_mut().zip(&keys).zip(&edge) {
         *p = match (k, e) {
             (1, true) => line,
-            (1, false) => blend(*p, PALETTE[label as usize], 0.35),
+            (1, false) => blend(*p, voc_color(label), 0.35),
             _ => blend(shade(*p, 0.45), [128, 128, 128], 0.25),
         };
     }
@@ -597,7 +757,7 @@ fn region_cell(img: &RgbImage, labels: &[u8], label: u8, rh: u32) -> RgbImage {
 
 /// A support thumbnail scaled to the row, with the matched patches
 /// outlined and the rest dimmed; a grey placeholder if it cannot be decoded.
-fn match_cell(m: &ExplainMatch, label: u8, rh: u32) -> RgbImage {
+fn match_cell(m: &ExplainMatch, label: u16, rh: u32) -> RgbImage {
     let Some(img) = decode_thumb(&m.image) else {
         let mut cell = RgbImage::from_pixel(rh, rh, Rgb([200, 200, 200]));
         let msg = "cannot decode";
@@ -649,7 +809,7 @@ fn match_cell(m: &ExplainMatch, label: u8, rh: u32) -> RgbImage {
 /// If `labels.len()` is not `img.width() * img.height()`.
 pub fn explain_sheet(
     img: &RgbImage,
-    labels: &[u8],
+    labels: &[u16],
     rows: &[ExplainRow],
     opts: &ExplainOptions,
 ) -> RgbImage {
@@ -775,7 +935,7 @@ pub fn explain_sheet(
             y as i64,
             SWATCH,
             SWATCH,
-            PALETTE[row.label as usize],
+            voc_color(row.label),
             1.0,
         );
         stroke_rect(
@@ -883,15 +1043,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.png");
         let (w, h) = (37u32, 23u32);
-        let labels: Vec<u8> = (0..w * h)
-            .map(|i| [0u8, 1, 15, 255, 7][(i % 5) as usize])
+        let labels: Vec<u16> = (0..w * h)
+            .map(|i| [0u16, 1, 15, 255, 7][(i % 5) as usize])
             .collect();
-        write_label_png(&path, w, h, &labels).unwrap();
+        write_label_png(&path, w, h, &labels, LabelDepth::Palette8).unwrap();
         // No temporary files are left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         let (rw, rh, back) = read_label_png(&path).unwrap();
         assert_eq!((rw, rh), (w, h));
-        assert_eq!(back, labels);
+        assert!(back
+            .iter()
+            .map(|&b| u16::from(b))
+            .eq(labels.iter().copied()));
         // It is a palette PNG with the VOC colours (what viewers show).
         let dec = png::Decoder::new(BufReader::new(std::fs::File::open(&path).unwrap()));
         let reader = dec.read_info().unwrap();
@@ -903,16 +1066,65 @@ mod tests {
         let rgb = image::open(&path).unwrap().to_rgb8();
         assert_eq!(rgb.get_pixel(2, 0).0, [192, 128, 128]);
         // Overwriting works and stays atomic.
-        write_label_png(&path, 1, 1, &[3]).unwrap();
+        write_label_png(&path, 1, 1, &[3], LabelDepth::Palette8).unwrap();
         assert_eq!(read_label_png(&path).unwrap(), (1, 1, vec![3]));
+        // A label that needs 16 bits is refused in an 8-bit map, and the
+        // file is left as it was.
+        let err = write_label_png(&path, 1, 1, &[256], LabelDepth::Palette8).unwrap_err();
+        assert!(err.to_string().contains("label 256"), "{err}");
+        assert_eq!(read_label_png(&path).unwrap(), (1, 1, vec![3]));
+    }
+
+    #[test]
+    fn sixteen_bit_label_png_holds_every_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m16.png");
+        let (w, h) = (29u32, 17u32);
+        let labels: Vec<u16> = (0..w * h)
+            .map(|i| [0u16, 1, 254, 255, 256, 999, 65_535][(i % 7) as usize])
+            .collect();
+        write_label_png(&path, w, h, &labels, LabelDepth::Grey16).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let dec = png::Decoder::new(BufReader::new(std::fs::File::open(&path).unwrap()));
+        let mut reader = dec.read_info().unwrap();
+        assert_eq!(reader.info().color_type, png::ColorType::Grayscale);
+        assert_eq!(reader.info().bit_depth, png::BitDepth::Sixteen);
+        let mut buf = vec![0u8; reader.output_buffer_size().unwrap()];
+        let frame = reader.next_frame(&mut buf).unwrap();
+        let mut back = Vec::new();
+        for row in buf.chunks(frame.line_size).take(h as usize) {
+            back.extend(
+                row[..2 * w as usize]
+                    .chunks(2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]])),
+            );
+        }
+        assert_eq!(back, labels);
+        // `image` reads it as 16-bit luma with the same values.
+        let luma = image::open(&path).unwrap().to_luma16();
+        assert_eq!(luma.get_pixel(5, 0).0[0], 999);
+    }
+
+    #[test]
+    fn depth_follows_the_query_size_and_colours_stay_distinct() {
+        assert_eq!(LabelDepth::for_classes(1), LabelDepth::Palette8);
+        assert_eq!(LabelDepth::for_classes(254), LabelDepth::Palette8);
+        assert_eq!(LabelDepth::for_classes(255), LabelDepth::Grey16);
+        assert_eq!(LabelDepth::for_classes(1000).name(), "grey16");
+        // VOC's colours below 256, and one colour per label above.
+        for l in 0..256u16 {
+            assert_eq!(voc_color(l), PALETTE[l as usize]);
+        }
+        let colours: std::collections::HashSet<[u8; 3]> = (0..=u16::MAX).map(voc_color).collect();
+        assert_eq!(colours.len(), 65_536);
     }
 
     #[test]
     fn write_refuses_wrong_sizes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.png");
-        assert!(write_label_png(&path, 4, 4, &[0; 15]).is_err());
-        assert!(write_label_png(&path, 0, 4, &[]).is_err());
+        assert!(write_label_png(&path, 4, 4, &[0; 15], LabelDepth::Palette8).is_err());
+        assert!(write_label_png(&path, 0, 4, &[], LabelDepth::Grey16).is_err());
         assert!(!path.exists());
     }
 
@@ -993,10 +1205,10 @@ mod tests {
         }
     }
 
-    fn test_scene() -> (RgbImage, Vec<u8>) {
+    fn test_scene() -> (RgbImage, Vec<u16>) {
         let (w, h) = (120u32, 80u32);
         let img = RgbImage::from_pixel(w, h, Rgb([100, 150, 200]));
-        let mut labels = vec![0u8; (w * h) as usize];
+        let mut labels = vec![0u16; (w * h) as usize];
         for y in 30..70 {
             for x in 60..110 {
                 labels[(y * w + x) as usize] = 2;
@@ -1054,6 +1266,53 @@ mod tests {
         // bottom-left is free.
         let backing = out.get_pixel(8, 70).0;
         assert!(backing.iter().all(|&c| c < 90), "{backing:?}");
+    }
+
+    #[test]
+    fn legend_lists_the_largest_classes_when_all_do_not_fit() {
+        // 300 classes on a 400×120 image, label l on l pixels: only a few
+        // rows fit in 120 pixels.
+        let (w, h) = (400u32, 120u32);
+        let n = 300usize;
+        let names: Vec<String> = (1..=n).map(|i| format!("class {i}")).collect();
+        let mut labels = vec![0u16; (w * h) as usize];
+        let mut at = 0;
+        for l in (1..=n as u16).rev() {
+            // higher labels get more pixels
+            for _ in 0..l {
+                labels[at] = l;
+                at += 1;
+            }
+        }
+        let rows = LegendMetrics::at(1).rows_fitting(h);
+        assert!(rows < n, "{rows}");
+        let entries = legend_entries(&labels, &names, rows);
+        assert_eq!(entries.len(), rows);
+        assert_eq!(entries[0], (Some(0), "background".to_string()));
+        let shown: Vec<u16> = entries.iter().filter_map(|e| e.0).skip(1).collect();
+        // The largest classes, in label order.
+        let want: Vec<u16> = ((n - (rows - 2) + 1) as u16..=n as u16).collect();
+        assert_eq!(shown, want);
+        let more = &entries.last().unwrap();
+        assert_eq!(more.0, None);
+        assert_eq!(
+            more.1,
+            format!("+{} more classes (see the JSON report)", n - (rows - 2))
+        );
+        // Everything fits when the image is tall enough: no "more" row.
+        let all = legend_entries(&labels, &names, n + 1);
+        assert_eq!(all.len(), n + 1);
+        assert!(all.iter().all(|e| e.0.is_some()));
+        // The overlay draws it without panicking and keeps the image size;
+        // a label above 255 is drawn in its own colour.
+        let img = RgbImage::from_pixel(w, h, Rgb([100, 150, 200]));
+        let out = overlay(&img, &labels, &names, 1.0);
+        assert_eq!(out.dimensions(), (w, h));
+        let x = (w - 1) as usize;
+        let mut wide = vec![0u16; (w * h) as usize];
+        wide[x + 60 * w as usize] = 299; // one pixel, far from the legend
+        let out = overlay(&img, &wide, &names, 1.0);
+        assert_eq!(out.get_pixel(w - 1, 60).0, line_color(299).0);
     }
 
     #[test]

@@ -393,3 +393,99 @@ fn the_ivf_engine_labels_like_the_exact_engine() {
         maps[0].len()
     );
 }
+
+/// A label PNG of 16-bit greyscale: its labels, row-major.
+fn read_grey16(path: &Path) -> (u32, u32, Vec<u16>) {
+    let img = image::open(path).unwrap();
+    assert_eq!(img.color(), image::ColorType::L16, "{}", path.display());
+    let luma = img.to_luma16();
+    (luma.width(), luma.height(), luma.into_raw())
+}
+
+#[test]
+fn a_query_of_more_than_254_classes_writes_16_bit_labels() {
+    let Some(kit) = Kit::new() else { return };
+    // 298 more classes in greens and blues, far from red; `red` goes at
+    // position 281 of the query, so its label needs 16 bits.
+    let lines: String = (0..298)
+        .map(|i| {
+            let color = [20, 60 + (i * 7 % 190) as u8, 60 + (i * 13 % 190) as u8];
+            let name = format!("c{i:03}");
+            let dir = support_dir(kit.data.path(), &name, color, 1);
+            format!("{name} {}\n", dir.display())
+        })
+        .collect();
+    let file = kit.data.path().join("classes.txt");
+    std::fs::write(&file, lines).unwrap();
+    let out = kit.run(&[
+        "add",
+        "--classes-file",
+        file.to_str().unwrap(),
+        "--encoder",
+        "tiny-encoder",
+        "--parts",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let mut names: Vec<String> = (0..298).map(|i| format!("c{i:03}")).collect();
+    names.insert(280, "red".into());
+    names.push("blue".into());
+    assert_eq!(names.len(), 300);
+    let img = kit.query_image("q.png", [230, 40, 40]);
+    let out_dir = kit.out();
+    let out = kit.run(&[
+        "segment",
+        &img,
+        "--classes",
+        &names.join(","),
+        "--out",
+        &out_dir,
+        "--explain",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out_dir = Path::new(&out_dir);
+    let (w, h, labels) = read_grey16(&out_dir.join("q.png"));
+    assert_eq!((w, h), (168, 140));
+    assert!(labels.iter().all(|&l| l <= 300));
+    assert_eq!(labels[(70 * 168 + 84) as usize], 281, "the red disc is red");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("q.json")).unwrap()).unwrap();
+    assert_eq!(v["labels_format"], "grey16");
+    let red = v["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "red")
+        .expect("red found");
+    assert_eq!(red["label"], 281);
+    // The overlay and the explain sheet draw label 281 in its own colour.
+    let overlay = image::open(out_dir.join("q.overlay.png"))
+        .unwrap()
+        .to_rgb8();
+    let want = ovdiff_bank::segment::render::label_color(281);
+    let photo = [230f32, 40.0, 40.0];
+    let blended: Vec<u8> = (0..3)
+        .map(|c| (photo[c] * 0.5 + f32::from(want.0[c]) * 0.5).round() as u8)
+        .collect();
+    assert_eq!(overlay.get_pixel(84, 70).0.to_vec(), blended, "{want:?}");
+    assert!(out_dir.join("q.explain.png").is_file());
+
+    // The same query of 254 classes stays an 8-bit palette PNG.
+    let out_dir = kit.data.path().join("out254");
+    let out = kit.run(&[
+        "segment",
+        &img,
+        "--classes",
+        &names[27..281].join(","),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (_, _, labels) = read_label_png(&out_dir.join("q.png")).unwrap();
+    assert_eq!(
+        labels[(70 * 168 + 84) as usize],
+        254,
+        "red is the last class"
+    );
+}
