@@ -17,7 +17,7 @@ use crate::features::preprocess;
 use crate::prototypes::{Level, Side};
 use crate::segment::engine::{SegmentOptions, Segmentation};
 use crate::segment::prefilter::{self, ClipBundle, Prefilter, PrefilterStats, Ranked};
-use crate::segment::query::{self, QueryMember};
+use crate::segment::query::{self, Matching, QueryMember};
 use crate::segment::render::{self, ExplainMatch, ExplainOptions, ExplainRow, PatchMask};
 use crate::segment::store::{open_store, ClassStore};
 use crate::support_set;
@@ -32,8 +32,22 @@ pub enum EngineChoice {
     /// Approximate nearest neighbours (HNSW graph, cached).
     Hnsw,
     /// Approximate: inverted lists by k-means, exact products within the
-    /// lists a patch probes (built on each run, in seconds).
+    /// lists a patch probes (from the bank file, the cache, or built in
+    /// seconds).
     Ivf,
+}
+
+impl EngineChoice {
+    /// The rule that picks each query's matcher, narrowed by `--prefilter`
+    /// or not.
+    fn policy(self) -> query::EnginePolicy {
+        match self {
+            EngineChoice::Auto => query::EnginePolicy::Auto,
+            EngineChoice::Exact => query::EnginePolicy::Fixed(Matching::Exact),
+            EngineChoice::Hnsw => query::EnginePolicy::Fixed(Matching::Hnsw),
+            EngineChoice::Ivf => query::EnginePolicy::Fixed(Matching::Ivf),
+        }
+    }
 }
 
 /// Arguments of `segment`.
@@ -139,6 +153,9 @@ struct PrefilterReport {
     prompt: String,
     score: f32,
     prompts: usize,
+    /// Per encoder, the matcher the kept classes' rows picked (`--engine`,
+    /// with auto's rule applied to the narrowed rows).
+    engine: Vec<&'static str>,
     stats: PrefilterStats,
 }
 
@@ -147,7 +164,7 @@ struct PrefilterRun {
     prefilter: Prefilter,
     fingerprint: String,
     topk: usize,
-    hnsw_min_rows: Option<usize>,
+    engine: query::EnginePolicy,
     cache_dir: PathBuf,
     threads: usize,
 }
@@ -176,13 +193,7 @@ impl PrefilterRun {
             prefilter,
             fingerprint,
             topk,
-            hnsw_min_rows: match args.engine {
-                // a narrowed query keeps a few classes: exact
-                EngineChoice::Exact | EngineChoice::Ivf => None,
-                EngineChoice::Hnsw => Some(0),
-                // narrowed to a few classes, auto is exact in practice
-                EngineChoice::Auto => Some(query::AUTO_APPROX_MIN_ROWS),
-            },
+            engine: args.engine.policy(),
             cache_dir: ctx.home.cache_dir(),
             threads: ctx.runtime.threads,
         })
@@ -203,7 +214,7 @@ impl PrefilterRun {
         let restricted = query::restrict(
             members,
             &sel.kept,
-            self.hnsw_min_rows,
+            self.engine,
             &self.cache_dir,
             self.threads,
         )?;
@@ -217,6 +228,15 @@ impl PrefilterRun {
             prompt: sel.prompt,
             score: sel.score,
             prompts: sel.prompts,
+            engine: restricted
+                .matching
+                .iter()
+                .map(|m| match m {
+                    Matching::Exact => "exact",
+                    Matching::Hnsw => "hnsw",
+                    Matching::Ivf => "ivf",
+                })
+                .collect(),
             stats,
         };
         Ok((seg, restricted, report))
@@ -353,13 +373,8 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let mut members = query::plan(&runtime, bank, &classes, &explicit, ctx.runtime.threads)?;
     for m in &mut members {
-        let rows = m.vocabulary.num_rows();
-        let (hnsw, ivf) = match args.engine {
-            EngineChoice::Exact => (false, false),
-            EngineChoice::Hnsw => (true, false),
-            EngineChoice::Ivf => (false, true),
-            EngineChoice::Auto => (false, rows >= query::AUTO_APPROX_MIN_ROWS),
-        };
+        let pick = args.engine.policy().pick(m.vocabulary.num_rows());
+        let (hnsw, ivf) = (pick == Matching::Hnsw, pick == Matching::Ivf);
         // With a pre-filter, each image is matched against the classes it keeps.
         if hnsw && clip.is_none() {
             m.use_hnsw(&ctx.home.cache_dir(), ctx.runtime.threads)?;

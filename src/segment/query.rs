@@ -182,6 +182,39 @@ pub const AUTO_APPROX_MIN_ROWS: usize = 50_000;
 /// The former name of [`AUTO_APPROX_MIN_ROWS`] (auto used HNSW above it).
 pub const AUTO_HNSW_MIN_ROWS: usize = AUTO_APPROX_MIN_ROWS;
 
+/// A matcher: how a query's patches find their prototypes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matching {
+    /// Every patch against every row ([`Vocabulary`]).
+    Exact,
+    /// The HNSW graph ([`HnswMatcher`]).
+    Hnsw,
+    /// Inverted lists ([`IvfMatcher`]).
+    Ivf,
+}
+
+/// How a query picks its [`Matching`]: one named engine, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnginePolicy {
+    /// Exact below [`AUTO_APPROX_MIN_ROWS`] rows, IVF from there.
+    #[default]
+    Auto,
+    /// Always this one.
+    Fixed(Matching),
+}
+
+impl EnginePolicy {
+    /// The matcher for a query (whole, or narrowed by the pre-filter) of
+    /// `rows` prototype rows. The same rule holds for both.
+    pub fn pick(self, rows: usize) -> Matching {
+        match self {
+            EnginePolicy::Fixed(m) => m,
+            EnginePolicy::Auto if rows >= AUTO_APPROX_MIN_ROWS => Matching::Ivf,
+            EnginePolicy::Auto => Matching::Exact,
+        }
+    }
+}
+
 impl QueryMember {
     /// A member over `encoder` (its bundle's fingerprint picks the
     /// prototypes): each class's f16 rows as the store holds them (mapped,
@@ -235,28 +268,9 @@ impl QueryMember {
     ) -> Result<IvfStats> {
         let params = IvfParams::default();
         let ivf = match self.file_lists(store, params) {
-            Some(m) => m,
-            None => {
-                let fp = IvfMatcher::fingerprint(&self.vocabulary, &params);
-                let path = cache_dir
-                    .join("ivf")
-                    .join(format!("{}.lists", hex::encode(fp)));
-                match IvfMatcher::load(&self.vocabulary, params, &fp, &path)? {
-                    Ok(m) => m,
-                    Err(_) => {
-                        let m = IvfMatcher::from_vocabulary(&self.vocabulary, params)?;
-                        if let Some(dir) = path.parent() {
-                            if std::fs::create_dir_all(dir).is_ok() {
-                                // a cache that cannot be written costs time, not correctness
-                                let _ = m.save(&fp, &path);
-                            }
-                        }
-                        m
-                    }
-                }
-            }
+            Some(m) => m.with_threads(threads),
+            None => ivf_matcher(&self.vocabulary, params, cache_dir, threads)?,
         };
-        let ivf = ivf.with_threads(threads);
         let stats = ivf.stats();
         self.ivf = Some(ivf);
         Ok(stats)
@@ -422,6 +436,35 @@ pub fn ivf_file_blob(
 /// An HNSW matcher over `vocabulary`'s rows: loaded from `cache_dir` when a
 /// cached graph matches these exact rows and parameters (never trusted
 /// otherwise), else built and cached.
+/// IVF lists over `vocabulary`'s rows: loaded from `cache_dir` when a
+/// cached set matches these exact rows and parameters (never trusted
+/// otherwise), else clustered and cached.
+fn ivf_matcher(
+    vocabulary: &Vocabulary,
+    params: IvfParams,
+    cache_dir: &Path,
+    threads: usize,
+) -> Result<IvfMatcher> {
+    let fp = IvfMatcher::fingerprint(vocabulary, &params);
+    let path = cache_dir
+        .join("ivf")
+        .join(format!("{}.lists", hex::encode(fp)));
+    let matcher = match IvfMatcher::load(vocabulary, params, &fp, &path)? {
+        Ok(m) => m,
+        Err(_) => {
+            let m = IvfMatcher::from_vocabulary(vocabulary, params)?;
+            if let Some(dir) = path.parent() {
+                if std::fs::create_dir_all(dir).is_ok() {
+                    // a cache that cannot be written costs time, not correctness
+                    let _ = m.save(&fp, &path);
+                }
+            }
+            m
+        }
+    };
+    Ok(matcher.with_threads(threads))
+}
+
 fn hnsw_matcher(vocabulary: &Vocabulary, cache_dir: &Path, threads: usize) -> Result<HnswMatcher> {
     let params = HnswParams::default();
     let fp = Fingerprint::new(vocabulary, &params);
@@ -451,7 +494,10 @@ pub struct Restricted {
     pub kept: Vec<usize>,
     /// Per member, the vocabulary of the kept candidates.
     pub vocabularies: Vec<Vocabulary>,
+    /// Per member, the matcher its rows picked.
+    pub matching: Vec<Matching>,
     hnsw: Vec<Option<HnswMatcher>>,
+    ivf: Vec<Option<IvfMatcher>>,
 }
 
 impl Restricted {
@@ -465,12 +511,12 @@ impl Restricted {
 }
 
 /// Narrow `members` to the candidates `keep` (indices into the query; at
-/// least one). `hnsw_min_rows`: match with HNSW when the kept rows reach
-/// this many (`None`: always exact); graphs are cached in `cache_dir`.
+/// least one). Each member's narrowed rows pick their matcher by `engine`,
+/// as a whole query's do; graphs and lists are cached in `cache_dir`.
 pub fn restrict(
     members: &[QueryMember],
     keep: &[usize],
-    hnsw_min_rows: Option<usize>,
+    engine: EnginePolicy,
     cache_dir: &Path,
     threads: usize,
 ) -> Result<Restricted> {
@@ -487,7 +533,9 @@ pub fn restrict(
         )));
     }
     let mut vocabularies = Vec::with_capacity(members.len());
+    let mut matching = Vec::with_capacity(members.len());
     let mut hnsw = Vec::with_capacity(members.len());
+    let mut ivf = Vec::with_capacity(members.len());
     for m in members {
         let candidates = kept
             .iter()
@@ -500,18 +548,29 @@ pub fn restrict(
             })
             .collect::<Result<Vec<_>>>()?;
         let vocabulary = Vocabulary::new(candidates)?.with_threads(threads);
-        let use_hnsw = hnsw_min_rows.is_some_and(|n| vocabulary.num_rows() >= n);
-        hnsw.push(if use_hnsw {
-            Some(hnsw_matcher(&vocabulary, cache_dir, threads)?)
-        } else {
-            None
+        let pick = engine.pick(vocabulary.num_rows());
+        hnsw.push(match pick {
+            Matching::Hnsw => Some(hnsw_matcher(&vocabulary, cache_dir, threads)?),
+            _ => None,
         });
+        ivf.push(match pick {
+            Matching::Ivf => Some(ivf_matcher(
+                &vocabulary,
+                IvfParams::default(),
+                cache_dir,
+                threads,
+            )?),
+            _ => None,
+        });
+        matching.push(pick);
         vocabularies.push(vocabulary);
     }
     Ok(Restricted {
         kept,
         vocabularies,
+        matching,
         hnsw,
+        ivf,
     })
 }
 
@@ -534,12 +593,13 @@ pub fn segment_restricted(
         .unwrap_or_default();
     let mut ensemble: Vec<EnsembleMember<'_>> = members
         .iter_mut()
-        .zip(restricted.vocabularies.iter().zip(&restricted.hnsw))
-        .map(|(m, (v, h))| EnsembleMember {
+        .enumerate()
+        .map(|(k, m)| EnsembleMember {
             encoder: &mut m.encoder,
-            matcher: match h {
-                Some(h) => h as &dyn crate::segment::engine::Matcher,
-                None => v,
+            matcher: match (&restricted.hnsw[k], &restricted.ivf[k]) {
+                (Some(h), _) => h as &dyn crate::segment::engine::Matcher,
+                (None, Some(i)) => i,
+                (None, None) => &restricted.vocabularies[k],
             },
         })
         .collect();
@@ -671,6 +731,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn auto_picks_alike_for_whole_and_narrowed_queries() {
+        let auto = EnginePolicy::default();
+        assert_eq!(auto.pick(0), Matching::Exact);
+        assert_eq!(auto.pick(AUTO_APPROX_MIN_ROWS - 1), Matching::Exact);
+        assert_eq!(auto.pick(AUTO_APPROX_MIN_ROWS), Matching::Ivf);
+        for m in [Matching::Exact, Matching::Hnsw, Matching::Ivf] {
+            assert_eq!(EnginePolicy::Fixed(m).pick(3), m);
+            assert_eq!(EnginePolicy::Fixed(m).pick(1 << 30), m);
+        }
+    }
+
+    #[test]
     fn a_narrowed_query_reports_labels_of_the_whole_query() {
         use ndarray::array;
         let cand = |name: &str, v: [f32; 2]| {
@@ -684,7 +756,9 @@ mod tests {
         let narrow = Restricted {
             kept: vec![0, 2],
             vocabularies: vec![vocabulary],
+            matching: vec![Matching::Exact],
             hnsw: vec![None],
+            ivf: vec![None],
         };
         let r = narrow.proto_ref(0, c_row).unwrap();
         assert_eq!(

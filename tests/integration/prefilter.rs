@@ -145,6 +145,15 @@ fn prefilter_keeps_the_classes_clip_sees_and_only_those_are_labelled() {
         kit.sb.home.path().join("cache/hnsw").is_dir(),
         "the kept classes' HNSW graph is cached"
     );
+    assert_eq!(report["prefilter"]["engine"], serde_json::json!(["hnsw"]));
+    // ... and with IVF lists; auto applies its row rule to the kept rows
+    // (a few here, so exact).
+    let (report, labels) = kit.segment(&red, &out, &["--prefilter", &clip, "--engine", "ivf"]);
+    assert!(has_label(&labels, 1) && labels.iter().all(|&l| l <= 1));
+    assert_eq!(report["prefilter"]["engine"], serde_json::json!(["ivf"]));
+    assert!(kit.sb.home.path().join("cache/ivf").is_dir());
+    let (report, _) = kit.segment(&red, &out, &["--prefilter", &clip]);
+    assert_eq!(report["prefilter"]["engine"], serde_json::json!(["exact"]));
 
     // A red and a green disc: only the " and " prompt of stage 2 explains
     // both; blue is never a candidate.
