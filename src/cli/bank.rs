@@ -18,6 +18,7 @@ use crate::features::Encoder;
 use crate::home::DEFAULT_ENCODER;
 use crate::prototypes::builder::BuildOptions;
 use crate::prototypes::split::SplitMethod;
+use crate::segment::query;
 use crate::support_set::{self, Event, LearnOptions};
 
 /// Arguments of `add`.
@@ -63,6 +64,62 @@ pub struct AddArgs {
     /// Seed for sampling, K-means and the feature split.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Index the bank once written: the IVF lists of its all-classes query,
+    /// cached under <home>/cache. auto: when it has the 50,000 prototype
+    /// rows from which `segment --engine auto` uses them.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub index: IndexChoice,
+}
+
+/// When a command that writes a bank indexes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IndexChoice {
+    /// When the bank reaches `segment --engine auto`'s IVF switch.
+    Auto,
+    /// Whatever its size (for `--engine ivf` users).
+    Always,
+    /// Not now (the first query that needs the lists builds them).
+    Never,
+}
+
+/// Index `bank` after a write, as `choice` says (see [`query::index_bank`]).
+/// The write has already succeeded, so a failure here is only a warning:
+/// the first query that needs the lists builds them.
+pub(super) fn index_after_write(ctx: &Context, bank: &Bank, choice: IndexChoice) {
+    let min_rows = match choice {
+        IndexChoice::Auto => query::AUTO_APPROX_MIN_ROWS,
+        IndexChoice::Always => 1,
+        IndexChoice::Never => return,
+    };
+    let started = Instant::now();
+    match query::index_bank(bank, &ctx.home.cache_dir(), min_rows, ctx.runtime.threads) {
+        Ok(done) => {
+            for ix in done {
+                let Some(st) = ix.ivf else { continue };
+                let name = bank.encoder(&ix.encoder).ok().flatten().map_or_else(
+                    || ix.encoder[..12.min(ix.encoder.len())].to_string(),
+                    |e| e.name,
+                );
+                eprintln!(
+                    "ovdiff-bank: index of {} for {name}: IVF lists over {} rows in {} lists, {} \
+                     ({:.1} s)",
+                    bank.path().display(),
+                    st.rows,
+                    st.lists,
+                    if st.loaded {
+                        "already cached and current"
+                    } else {
+                        "built and cached"
+                    },
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Err(e) => eprintln!(
+            "ovdiff-bank: warning: the bank was written but not indexed ({e}); the first \
+             query that needs its IVF lists will build them"
+        ),
+    }
 }
 
 /// How `add` samples a support set when no `--images` are given (OVDiff's defaults).
@@ -336,6 +393,8 @@ pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         one.class = Some(l.class.clone());
         one.images = l.images.clone();
         one.stuff = args.stuff || l.stuff;
+        // indexed once, after the last class
+        one.index = IndexChoice::Never;
         let result = overall.suspend(|| add_one(ctx, &one));
         if let Err(e) = result {
             overall.suspend(|| eprintln!("ovdiff-bank: class `{}`: {e:#}", l.class));
@@ -345,6 +404,10 @@ pub fn add(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     }
     overall.finish_and_clear();
     let done = lines.len() - failures.len();
+    if done > 0 && args.index != IndexChoice::Never {
+        let bank = open_bank(ctx, args.bank.as_deref())?;
+        index_after_write(ctx, &bank, args.index);
+    }
     if !failures.is_empty() {
         let report = args
             .error_report
@@ -476,6 +539,7 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         stats.sample_ms = u64::try_from(sample_time.as_millis()).unwrap_or(u64::MAX);
     }
     bank.put_class(&build, args.replace)?;
+    index_after_write(ctx, &bank, args.index);
 
     let report = AddReport {
         class: class.clone(),
@@ -754,6 +818,7 @@ pub fn remove(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<
     if !bank.remove_class(class)? {
         return Err(unknown_class(&bank, class));
     }
+    index_after_write(ctx, &bank, IndexChoice::Auto);
     if !ctx.json {
         println!("removed `{class}` from {}", bank.path().display());
     } else {
@@ -769,6 +834,7 @@ pub fn rename(ctx: &Context, bank: Option<&str>, old: &str, new: &str) -> anyhow
         return Err(unknown_class(&bank, old));
     }
     bank.rename_class(old, new)?;
+    index_after_write(ctx, &bank, IndexChoice::Auto);
     if !ctx.json {
         println!("renamed `{old}` to `{new}` in {}", bank.path().display());
     } else {

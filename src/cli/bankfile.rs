@@ -61,6 +61,9 @@ pub struct ImportArgs {
     /// When a class of that name exists: skip, replace or rename.
     #[arg(long, value_enum, default_value = "skip")]
     pub on_conflict: ConflictArg,
+    /// Index the bank once written (see `add --index`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub index: super::bank::IndexChoice,
 }
 
 /// Arguments of `merge`.
@@ -121,6 +124,9 @@ pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
     file.verify()?;
     let bank = Bank::open(&ctx.home.bank_path(args.into.as_deref()))?;
     let stats = ovbank::import(&file, &bank, args.on_conflict.into())?;
+    if !(stats.added.is_empty() && stats.replaced.is_empty() && stats.renamed.is_empty()) {
+        super::bank::index_after_write(ctx, &bank, args.index);
+    }
     if ctx.json {
         print_json(&serde_json::json!({
             "added": stats.added, "replaced": stats.replaced, "renamed": stats.renamed,

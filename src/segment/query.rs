@@ -436,6 +436,73 @@ pub fn ivf_file_blob(
 /// An HNSW matcher over `vocabulary`'s rows: loaded from `cache_dir` when a
 /// cached graph matches these exact rows and parameters (never trusted
 /// otherwise), else built and cached.
+/// What [`index_bank`] did for one encoder of a bank.
+#[derive(Debug, Clone)]
+pub struct BankIndex {
+    /// The encoder's fingerprint.
+    pub encoder: String,
+    /// Prototype rows of the bank's all-classes query for that encoder (an
+    /// upper bound, the records' count, when `ivf` is `None`).
+    pub rows: usize,
+    /// The lists' statistics (`loaded`: they were already in the cache and
+    /// matched these rows); `None` when the bank is below `min_rows`.
+    pub ivf: Option<IvfStats>,
+}
+
+/// Index a bank after it was written: for each encoder that every class
+/// has, build the IVF lists of the bank's all-classes query (the one
+/// `segment --all-classes` runs) when it has at least `min_rows` prototype
+/// rows ([`AUTO_APPROX_MIN_ROWS`] is where `--engine auto` starts using
+/// them), and cache them in `cache_dir`. Lists already cached for exactly
+/// these rows are checked and kept; stale ones are never used, because the
+/// cache key is the fingerprint of every row, name and parameter. A bank
+/// with no classes, or no shared encoder, has nothing to index.
+pub fn index_bank(
+    store: &dyn ClassStore,
+    cache_dir: &Path,
+    min_rows: usize,
+    threads: usize,
+) -> Result<Vec<BankIndex>> {
+    let records = store.classes()?;
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let classes = ResolvedClasses { records };
+    let mut out = Vec::new();
+    for fp in shared_encoders(&classes) {
+        // The records' counts bound the rows from above (the stuff rule
+        // only drops some): a bank clearly below `min_rows` is skipped
+        // without building its vocabulary.
+        let most: usize = classes
+            .records
+            .iter()
+            .flat_map(|r| r.encoders.iter().filter(|e| e.fingerprint == fp))
+            .map(|e| e.prototype_count as usize)
+            .sum();
+        if most < min_rows.max(1) {
+            out.push(BankIndex {
+                encoder: fp,
+                rows: most,
+                ivf: None,
+            });
+            continue;
+        }
+        let (vocabulary, _rows) = vocabulary_of(store, &classes, &fp, threads)?;
+        let rows = vocabulary.num_rows();
+        let ivf = if rows >= min_rows.max(1) {
+            Some(ivf_matcher(&vocabulary, IvfParams::default(), cache_dir, threads)?.stats())
+        } else {
+            None
+        };
+        out.push(BankIndex {
+            encoder: fp,
+            rows,
+            ivf,
+        });
+    }
+    Ok(out)
+}
+
 /// IVF lists over `vocabulary`'s rows: loaded from `cache_dir` when a
 /// cached set matches these exact rows and parameters (never trusted
 /// otherwise), else clustered and cached.

@@ -489,3 +489,70 @@ fn a_query_of_more_than_254_classes_writes_16_bit_labels() {
         "red is the last class"
     );
 }
+
+#[test]
+fn add_indexes_the_bank_so_the_first_ivf_query_loads_its_lists() {
+    let Some(kit) = Kit::new() else { return };
+    let cache = kit.sb.home.path().join("cache/ivf");
+    // Two small classes: below auto's 50,000 rows, so nothing was indexed.
+    assert!(!cache.exists(), "auto indexes only large banks");
+    let add = |name: &str, color: [u8; 3], index: &str| {
+        let dir = support_dir(kit.data.path(), name, color, 2);
+        let out = kit.run(&[
+            "add",
+            name,
+            "--images",
+            dir.to_str().unwrap(),
+            "--encoder",
+            "tiny-encoder",
+            "--parts",
+            "4",
+            "--index",
+            index,
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+        text(&out).1
+    };
+    let stderr = add("green", [40, 230, 40], "always");
+    assert!(stderr.contains("built and cached"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    let img = kit.query_image("q.png", [230, 40, 40]);
+    let segment = || {
+        let out = kit.run(&[
+            "segment",
+            &img,
+            "--all-classes",
+            "--out",
+            &kit.out(),
+            "--engine",
+            "ivf",
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+        text(&out).1
+    };
+    // The first query finds the lists the write built.
+    let stderr = segment();
+    assert!(stderr.contains("loaded from the cache"), "{stderr}");
+    // A write that changes the bank makes those lists stale: with
+    // --index never they are not rebuilt, and the query does not use them.
+    add("yellow", [230, 230, 40], "never");
+    let stderr = segment();
+    assert!(stderr.contains("built in"), "{stderr}");
+    // A rename (auto: a small bank, no index) and an add that indexes:
+    // the lists of the new class set are built then, not at query time.
+    let out = kit.run(&["rename", "yellow", "gold"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let stderr = add("cyan", [40, 230, 230], "always");
+    assert!(stderr.contains("built and cached"), "{stderr}");
+    assert!(segment().contains("loaded from the cache"));
+    // A damaged cache file is never trusted: the query rebuilds it.
+    for f in std::fs::read_dir(&cache).unwrap() {
+        let p = f.unwrap().path();
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    let stderr = segment();
+    assert!(stderr.contains("built in"), "{stderr}");
+}
