@@ -637,6 +637,9 @@ impl IvfMatcher {
             let mut by_list: Vec<Vec<u32>> = vec![Vec::new(); lists];
             let mut order: Vec<u32> = Vec::with_capacity(lists);
             for (i, row) in coarse.rows().into_iter().enumerate() {
+                let row = row
+                    .as_slice()
+                    .expect("invariant: a new array's rows are contiguous");
                 order.clear();
                 order.extend(0..lists as u32);
                 if probes < lists {
@@ -675,15 +678,20 @@ impl IvfMatcher {
                     0.0,
                     &mut sv,
                 );
-                for (row, &i) in sv.rows().into_iter().zip(who) {
+                let (cols, ids) = (&self.cols[r0..r1], &self.ids[r0..r1]);
+                for (row, &i) in sims.chunks_exact(r1 - r0).zip(who) {
                     let i = i as usize;
-                    for (j, &v) in row.iter().enumerate() {
-                        let c = self.cols[r0 + j] as usize;
-                        let id = self.ids[r0 + j];
-                        let cur = &mut scores[[i, c]];
-                        if v > *cur || (v == *cur && id < best[[i, c]]) {
-                            *cur = v;
-                            best[[i, c]] = id;
+                    // score_by_patch_chunks hands out row blocks of
+                    // standard-layout arrays: each row is contiguous
+                    let mut s_row = scores.row_mut(i);
+                    let mut b_row = best.row_mut(i);
+                    let sc = s_row.as_slice_mut().expect("invariant: contiguous rows");
+                    let bs = b_row.as_slice_mut().expect("invariant: contiguous rows");
+                    for ((&v, &c), &id) in row.iter().zip(cols).zip(ids) {
+                        let c = c as usize;
+                        if v > sc[c] || (v == sc[c] && id < bs[c]) {
+                            sc[c] = v;
+                            bs[c] = id;
                         }
                     }
                 }

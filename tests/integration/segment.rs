@@ -22,20 +22,29 @@ impl Kit {
             data: tempfile::tempdir().unwrap(),
         };
         for (class, color) in [("red", [230, 40, 40]), ("blue", [40, 40, 230])] {
-            let dir = support_dir(kit.data.path(), class, color, 2);
-            let out = kit.run(&[
-                "add",
-                class,
-                "--images",
-                dir.to_str().unwrap(),
-                "--encoder",
-                "tiny-encoder",
-                "--parts",
-                "4",
-            ]);
-            assert!(out.status.success(), "{:?}", text(&out));
+            kit.add(class, color, &[]);
         }
         Some(kit)
+    }
+
+    /// Add `class` from two support images of `color` (tiny encoder, 4
+    /// parts) with `extra` arguments; returns its stderr.
+    fn add(&self, class: &str, color: [u8; 3], extra: &[&str]) -> String {
+        let dir = support_dir(self.data.path(), class, color, 2);
+        let mut args = vec![
+            "add",
+            class,
+            "--images",
+            dir.to_str().unwrap(),
+            "--encoder",
+            "tiny-encoder",
+            "--parts",
+            "4",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        assert!(out.status.success(), "{:?}", text(&out));
+        text(&out).1
     }
 
     fn bank(&self) -> String {
@@ -496,23 +505,7 @@ fn add_indexes_the_bank_so_the_first_ivf_query_loads_its_lists() {
     let cache = kit.sb.home.path().join("cache/ivf");
     // Two small classes: below auto's 50,000 rows, so nothing was indexed.
     assert!(!cache.exists(), "auto indexes only large banks");
-    let add = |name: &str, color: [u8; 3], index: &str| {
-        let dir = support_dir(kit.data.path(), name, color, 2);
-        let out = kit.run(&[
-            "add",
-            name,
-            "--images",
-            dir.to_str().unwrap(),
-            "--encoder",
-            "tiny-encoder",
-            "--parts",
-            "4",
-            "--index",
-            index,
-        ]);
-        assert!(out.status.success(), "{:?}", text(&out));
-        text(&out).1
-    };
+    let add = |name: &str, color: [u8; 3], index: &str| kit.add(name, color, &["--index", index]);
     let stderr = add("green", [40, 230, 40], "always");
     assert!(stderr.contains("built and cached"), "{stderr}");
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
