@@ -24,12 +24,14 @@
 //! graphs.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use half::f16;
 use ndarray::{concatenate, s, Array3, Array4, ArrayView3, Axis, Zip};
 use ort::value::{DynValue, Tensor};
 
 use super::scheduler::Sampler;
+use super::timing::SamplingTimes;
 use crate::prototypes::parts::SplitMix64;
 use crate::runtime::manifest::{Dtype, Role};
 use crate::runtime::session::Signature;
@@ -135,6 +137,34 @@ where
     D: Denoiser + ?Sized,
     S: Sampler + ?Sized,
 {
+    let mut times = SamplingTimes::default();
+    sample_timed(
+        denoiser, sampler, noise, cond, uncond, guidance, on_step, &mut times,
+    )
+}
+
+/// [`sample`], adding the time of its own work to `times`: the sampler's
+/// arithmetic (`scheduler`), the guidance combine and finite check
+/// (`guidance`), and the embeddings and latents it arranges for the
+/// denoiser (`copies`). The denoiser's calls are not timed here: the
+/// caller knows what they contain (the ONNX UNet splits them itself, see
+/// [`OnnxUnet::take_times`]).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_timed<D, S>(
+    denoiser: &mut D,
+    sampler: &mut S,
+    noise: &Array4<f32>,
+    cond: &Array3<f32>,
+    uncond: Option<&Array3<f32>>,
+    guidance: f32,
+    on_step: &mut dyn FnMut(usize, usize),
+    times: &mut SamplingTimes,
+) -> Result<Array4<f32>>
+where
+    D: Denoiser + ?Sized,
+    S: Sampler + ?Sized,
+{
+    let clock = Instant::now();
     let batch = noise.shape()[0];
     if batch == 0 {
         return Err(Error::Invalid("no latents to denoise (batch of 0)".into()));
@@ -161,20 +191,28 @@ where
         None => cond_b,
     };
     let guided = uncond.is_some();
+    times.copies += clock.elapsed();
+    let clock = Instant::now();
     sampler.reset();
     let sigma = sampler.init_noise_sigma();
     let mut x = noise.mapv(|v| v * sigma);
     let timesteps = sampler.timesteps().to_vec();
     let total = timesteps.len();
+    times.scheduler += clock.elapsed();
     for (i, &t) in timesteps.iter().enumerate() {
+        let clock = Instant::now();
         let input = sampler.scale_model_input(&x, i);
+        times.scheduler += clock.elapsed();
+        let clock = Instant::now();
         let model_in = if guided {
             concatenate(Axis(0), &[input.view(), input.view()])
                 .expect("invariant: equal shapes concatenate")
         } else {
             input
         };
+        times.copies += clock.elapsed();
         let out = denoiser.predict(&model_in, t, &hidden)?;
+        let clock = Instant::now();
         if out.shape() != model_in.shape() {
             return Err(Error::DimensionMismatch {
                 what: format!("denoiser output at timestep {t}"),
@@ -200,7 +238,10 @@ where
         } else {
             out
         };
+        times.guidance += clock.elapsed();
+        let clock = Instant::now();
         x = sampler.step(&eps, i, &x)?;
+        times.scheduler += clock.elapsed();
         on_step(i + 1, total);
     }
     Ok(x)
@@ -252,6 +293,10 @@ pub struct OnnxUnet {
     timestep_shape: TimestepShape,
     fixed_batch: Option<usize>,
     output: String,
+    /// Time inside ONNX Runtime's `run` since the last `take_times`.
+    run_time: Duration,
+    /// Time building inputs and reading outputs since the last `take_times`.
+    copy_time: Duration,
 }
 
 impl std::fmt::Debug for OnnxUnet {
@@ -364,6 +409,8 @@ impl OnnxUnet {
             timestep_shape,
             fixed_batch,
             output,
+            run_time: Duration::ZERO,
+            copy_time: Duration::ZERO,
         })
     }
 
@@ -380,6 +427,16 @@ impl OnnxUnet {
     /// The output read as the prediction.
     pub fn output_name(&self) -> &str {
         &self.output
+    }
+
+    /// Time spent in [`predict`](Denoiser::predict) since the last call,
+    /// as `(inside ONNX Runtime's run, building inputs and reading
+    /// outputs)`; resets both.
+    pub fn take_times(&mut self) -> (Duration, Duration) {
+        let t = (self.run_time, self.copy_time);
+        self.run_time = Duration::ZERO;
+        self.copy_time = Duration::ZERO;
+        t
     }
 
     fn timestep_value(&self, t: f64, batch: usize) -> Result<DynValue> {
@@ -424,6 +481,7 @@ impl OnnxUnet {
         timestep: f64,
         cond: ArrayView3<'_, f32>,
     ) -> Result<Array4<f32>> {
+        let clock = Instant::now();
         let batch = latents.shape()[0];
         let x_shape = latents.shape().to_vec();
         let h_shape = cond.shape().to_vec();
@@ -435,6 +493,8 @@ impl OnnxUnet {
         let h = self.float_value(self.hidden_dtype, &h_shape, cond.iter().copied().collect())?;
         let t = self.timestep_value(timestep, batch)?;
         let name = self.name.clone();
+        self.copy_time += clock.elapsed();
+        let clock = Instant::now();
         let mut outputs = self
             .session
             .session_mut()
@@ -444,6 +504,8 @@ impl OnnxUnet {
                 "encoder_hidden_states" => h,
             ])
             .map_err(|e| Error::ort(format!("running UNet {name} at timestep {timestep}"), e))?;
+        self.run_time += clock.elapsed();
+        let clock = Instant::now();
         let value = outputs.remove(self.output.as_str()).ok_or_else(|| {
             Error::bundle(
                 &self.dir,
@@ -459,10 +521,10 @@ impl OnnxUnet {
                 found: format!("{shape:?}"),
             });
         }
-        Ok(
-            Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
-                .expect("invariant: the data fills the checked shape"),
-        )
+        let out = Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
+            .expect("invariant: the data fills the checked shape");
+        self.copy_time += clock.elapsed();
+        Ok(out)
     }
 }
 
@@ -504,8 +566,11 @@ impl Denoiser for OnnxUnet {
                 cond.slice(s![start..end, .., ..]),
             )?);
         }
+        let clock = Instant::now();
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        Ok(concatenate(Axis(0), &views).expect("invariant: chunks share their shape"))
+        let out = concatenate(Axis(0), &views).expect("invariant: chunks share their shape");
+        self.copy_time += clock.elapsed();
+        Ok(out)
     }
 }
 
