@@ -13,16 +13,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use image::RgbImage;
-use ndarray::{concatenate, s, Array4, Axis};
+use ndarray::{s, Array4};
 use sha2::{Digest, Sha256};
 
-use super::denoise::{gaussian_noise, sample_timed, OnnxUnet};
+use super::denoise::{gaussian_noise_into, sample_timed, OnnxUnet};
 use super::pipeline_dir::PipelineDir;
 use super::scheduler::{build_sampler, SchedulerConfig, SchedulerKind};
 use super::text::TextEncoder;
 pub use super::timing::SamplingTimes;
 use crate::runtime::manifest::Dtype;
-use crate::runtime::tensor::{f16_tensor, read_float};
+use crate::runtime::tensor::{f16_tensor, float_view, FloatSlice};
 use crate::runtime::{ModelSession, Runtime};
 use crate::segment::render::write_atomic;
 use crate::{Error, Result};
@@ -320,12 +320,13 @@ impl Generator {
         let channels = self.dir.latent_channels();
         for chunk in todo.chunks(opts.batch) {
             let t = Instant::now();
-            let noises: Vec<Array4<f32>> = chunk
-                .iter()
-                .map(|&i| gaussian_noise(image_seed(opts.seed, i), [1, channels, side, side]))
-                .collect();
-            let views: Vec<_> = noises.iter().map(|n| n.view()).collect();
-            let noise = concatenate(Axis(0), &views).expect("invariant: equal shapes");
+            let mut noise = Array4::<f32>::zeros((chunk.len(), channels, side, side));
+            for (&i, mut one) in chunk.iter().zip(noise.outer_iter_mut()) {
+                let one = one
+                    .as_slice_mut()
+                    .expect("invariant: an image of a new array is contiguous");
+                gaussian_noise_into(image_seed(opts.seed, i), one);
+            }
             self.times.noise += t.elapsed();
             let first = chunk[0];
             let latents = sample_timed(
@@ -400,8 +401,7 @@ impl Generator {
             .remove(self.vae_output.as_str())
             .ok_or_else(|| Error::bundle(self.dir.root(), "VAE output missing at run time"))?;
         let (shape, pixels) =
-            read_float(value).map_err(|e| Error::ort("reading the VAE decoder output", e))?;
-        drop(outputs);
+            float_view(&value).map_err(|e| Error::ort("reading the VAE decoder output", e))?;
         self.times.copies += clock.elapsed();
         if shape.len() != 4 || shape[0] != latents.shape()[0] || shape[1] != 3 {
             return Err(Error::DimensionMismatch {
@@ -412,23 +412,51 @@ impl Generator {
         }
         let clock = Instant::now();
         let (h, w) = (shape[2], shape[3]);
-        let plane = h * w;
-        let images = (0..shape[0])
-            .map(|b| {
-                let base = b * 3 * plane;
-                RgbImage::from_fn(w as u32, h as u32, |x, y| {
-                    let i = y as usize * w + x as usize;
-                    let px = |c: usize| {
-                        let v = pixels[base + c * plane + i];
-                        ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8
-                    };
-                    image::Rgb([px(0), px(1), px(2)])
-                })
-            })
-            .collect();
+        let images = match pixels {
+            FloatSlice::F32(p) => planes_to_rgb(p, shape[0], h, w),
+            FloatSlice::F16(bits) => {
+                let p: Vec<f32> = bits
+                    .iter()
+                    .map(|b| half::f16::from_bits(*b).to_f32())
+                    .collect();
+                planes_to_rgb(&p, shape[0], h, w)
+            }
+        };
         self.times.to_rgb += clock.elapsed();
         Ok(images)
     }
+}
+
+/// Decoded pixel `v` in [-1, 1] to 8 bits: `round((v/2 + 0.5)·255)`,
+/// clamped, rounding half away from zero, NaN to 0, exactly as
+/// `((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8`. The rounding
+/// is done as `⌊y + 0.5⌋` in f64, which is exact for every f32 `y` in
+/// [0, 255] (no libm call per value).
+#[inline]
+fn pixel_to_u8(v: f32) -> u8 {
+    let y = (v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0;
+    (y as f64 + 0.5) as u8
+}
+
+/// `[B, 3, H, W]` planes (row-major, `pixels.len() = B·3·H·W`) to `B`
+/// interleaved 8-bit RGB images.
+fn planes_to_rgb(pixels: &[f32], batch: usize, h: usize, w: usize) -> Vec<RgbImage> {
+    let plane = h * w;
+    (0..batch)
+        .map(|b| {
+            let image = &pixels[b * 3 * plane..(b + 1) * 3 * plane];
+            let (r, rest) = image.split_at(plane);
+            let (g, bl) = rest.split_at(plane);
+            let mut buf = vec![0u8; 3 * plane];
+            for (((dst, &r), &g), &bl) in buf.chunks_exact_mut(3).zip(r).zip(g).zip(bl) {
+                dst[0] = pixel_to_u8(r);
+                dst[1] = pixel_to_u8(g);
+                dst[2] = pixel_to_u8(bl);
+            }
+            RgbImage::from_raw(w as u32, h as u32, buf)
+                .expect("invariant: the buffer holds 3 bytes per pixel")
+        })
+        .collect()
 }
 
 /// A finished image as PNG bytes, encoded as
@@ -463,5 +491,76 @@ mod tests {
         assert_eq!(turbo.effective_guidance(), 0.0);
         assert!(o.params("x").iter().any(|(k, v)| k == "seed" && v == "42"));
         assert_ne!(image_seed(42, 0), image_seed(42, 1));
+    }
+
+    fn pixel_reference(v: f32) -> u8 {
+        ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8
+    }
+
+    #[test]
+    fn pixel_conversion_matches_the_reference() {
+        // every 65,521st f32 bit pattern, and the neighbours of every value
+        // that lands on a half-integer, where rounding could differ
+        let mut bits = 0u32;
+        loop {
+            let v = f32::from_bits(bits);
+            assert_eq!(pixel_to_u8(v), pixel_reference(v), "{v:e} ({bits:#x})");
+            match bits.checked_add(65_521) {
+                Some(b) => bits = b,
+                None => break,
+            }
+        }
+        for k in 0..=510 {
+            let v = (k as f32 / 2.0) / 255.0 * 2.0 - 1.0;
+            let mut b = v.to_bits().wrapping_sub(64);
+            for _ in 0..128 {
+                let v = f32::from_bits(b);
+                assert_eq!(pixel_to_u8(v), pixel_reference(v), "{v:e}");
+                b = b.wrapping_add(1);
+            }
+        }
+        for v in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            1.0,
+            -1.0,
+        ] {
+            assert_eq!(pixel_to_u8(v), pixel_reference(v), "{v}");
+        }
+    }
+
+    /// Every f32 bit pattern (about 10 s in release): `cargo test --release
+    /// --lib pixel_conversion_exhaustive -- --ignored`.
+    #[test]
+    #[ignore]
+    fn pixel_conversion_exhaustive() {
+        for bits in 0..=u32::MAX {
+            let v = f32::from_bits(bits);
+            assert_eq!(pixel_to_u8(v), pixel_reference(v), "{v:e} ({bits:#x})");
+        }
+    }
+
+    #[test]
+    fn planes_become_interleaved_rgb() {
+        // 2 images of 2×3: pixel value = image, channel and position coded
+        let (b, h, w) = (2, 2, 3);
+        let pixels: Vec<f32> = (0..b * 3 * h * w)
+            .map(|i| (i as f32 / 36.0) * 2.0 - 1.0)
+            .collect();
+        let images = planes_to_rgb(&pixels, b, h, w);
+        for (n, img) in images.iter().enumerate() {
+            assert_eq!(img.dimensions(), (w as u32, h as u32));
+            for y in 0..h {
+                for x in 0..w {
+                    for c in 0..3 {
+                        let v = pixels[n * 3 * h * w + c * h * w + y * w + x];
+                        assert_eq!(img.get_pixel(x as u32, y as u32)[c], pixel_reference(v));
+                    }
+                }
+            }
+        }
     }
 }
