@@ -1,5 +1,5 @@
 //! Benchmarks that print figures (not timed tests):
-//! `cargo run --release --example bench -- [add|segment|generate|in-place|all|lookup ENCODER_MS|prefilter CLIP_DIR]`.
+//! `cargo run --release --example bench -- [add|segment|generate|generate-memory N SIZE|in-place|all|lookup ENCODER_MS|prefilter CLIP_DIR]`.
 //! `scripts/bench` runs these and the timing tests and writes `docs/benchmarks.md`.
 //!
 //! `add`: a class from 32 real images with `dinov2-s14` on this machine,
@@ -703,45 +703,175 @@ fn proc_status_kib(field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Sampling with the tiny SD export: the share of time outside model calls.
+/// Sampling with the tiny SD export: where the time goes, part by part,
+/// and the share outside the model calls, at 64 px and at OVDiff's 512 px;
+/// then the peak memory of n = 8 against n = 32.
+///
+/// Each size is generated `runs` times after a warm-up, each time into a
+/// fresh cache folder, and the run with the median total is shown.
+/// `OVDIFF_BENCH_GENERATE_RUNS` overrides the number of runs at 64 px
+/// (default 15; 512 px runs a third as many, at least 3).
 fn bench_generate(home: &Home) {
+    use ovdiff_bank::diffusion::generate::{Generator, SampleOptions, SamplingTimes};
+    let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny");
+    let mut g = Generator::open(&runtime, &fixture).unwrap();
+    let runs: usize = std::env::var("OVDIFF_BENCH_GENERATE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15)
+        .max(1);
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    for (size, runs) in [(64u32, runs), (512, (runs / 3).max(3))] {
+        let opts = SampleOptions {
+            n: 16,
+            steps: 30,
+            size,
+            batch: 8,
+            ..SampleOptions::default()
+        };
+        let mut all: Vec<SamplingTimes> = Vec::new();
+        for run in 0..=runs {
+            let cache = tempfile::tempdir().unwrap();
+            g.reset_times();
+            g.generate("bench", &opts, cache.path(), &mut |_| {})
+                .unwrap();
+            if run > 0 {
+                // run 0 warms up
+                all.push(g.times());
+            }
+        }
+        all.sort_by_key(|t| t.total);
+        let t = all[all.len() / 2];
+        let total = t.total;
+        let pct = |d: std::time::Duration| 100.0 * d.as_secs_f64() / total.as_secs_f64();
+        println!();
+        println!(
+            "| sampling at {size} px: tiny SD export, 16 images, 30 DPM++ steps, guidance 8, batch 8; the run with the median total of {runs} (each into a fresh cache folder, after a warm-up run) | value | target | met |"
+        );
+        println!("|---|---|---|---|");
+        println!(
+            "| {size} px: total | {:.1} ms (runs: {:.1}–{:.1} ms) | | |",
+            ms(total),
+            ms(all[0].total),
+            ms(all[all.len() - 1].total)
+        );
+        for (name, d) in t.named_parts() {
+            println!(
+                "| {size} px: {name} | {:.2} ms = {:.1}% | | |",
+                ms(d),
+                pct(d)
+            );
+        }
+        println!(
+            "| {size} px: model calls together | {:.1} ms = {:.1}% | | |",
+            ms(t.models()),
+            pct(t.models())
+        );
+        let share = t.outside_models_share();
+        println!(
+            "| {size} px: time outside model calls, issue #4's list (scheduling, guidance, tensor copies, noise, decode to RGB, unaccounted) ÷ total without the PNG cache writes ({:.1} ms) | {:.1}% | ≤ 5% | {} |",
+            ms(total.saturating_sub(t.cache())),
+            share * 100.0,
+            if share <= 0.05 { "yes" } else { "**no**" }
+        );
+        println!(
+            "| {size} px: the same with the PNG cache writes (encoding, write, fsync, rename: {:.1} ms; persistence for resuming, not in the issue's list) ÷ total | {:.1}% | none | — |",
+            ms(t.cache()),
+            t.outside_models_share_with_cache() * 100.0
+        );
+    }
+    // Peak memory: n = 8 (one batch) against n = 32 (four batches) at
+    // 512 px, each in a fresh child process of this binary.
+    let exe = std::env::current_exe().unwrap();
+    let child = |n: usize| -> (u64, u64) {
+        let out = std::process::Command::new(&exe)
+            .args(["generate-memory", &n.to_string(), "512"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        (field("peak-rss-kib"), field("peak-heap-bytes"))
+    };
+    let ns = [8usize, 16, 32, 64];
+    let peaks: Vec<(u64, u64)> = ns.iter().map(|&n| child(n)).collect();
+    let mib_k = |k: u64| k as f64 / 1024.0;
+    let mib_b = |b: u64| b as f64 / 1048576.0;
+    let list = |f: &dyn Fn(u64, u64) -> String| {
+        ns.iter()
+            .zip(&peaks)
+            .map(|(n, (rss, heap))| format!("n = {n}: {}", f(*rss, *heap)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (rss8, rss16, rss32, rss64) = (peaks[0].0, peaks[1].0, peaks[2].0, peaks[3].0);
+    let grow = |a: u64, b: u64| b as f64 / a as f64 - 1.0;
+    let flat = grow(rss16, rss32.max(rss64));
+    println!();
+    println!(
+        "| sampling memory at 512 px, batch 8, each n in a fresh process | value | target | met |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| peak RSS (VmHWM) | {} | | |",
+        list(&|rss, _| format!("{:.1} MiB", mib_k(rss)))
+    );
+    println!(
+        "| peak program heap (Rust allocations, not ONNX Runtime's) | {} | | |",
+        list(&|_, heap| format!("{:.2} MiB", mib_b(heap)))
+    );
+    println!(
+        "| peak RSS, n = 8 → n = 32 | {:+.1}% ({:.1} → {:.1} MiB) | no growth with n (≤ +5%) | {} |",
+        grow(rss8, rss32) * 100.0,
+        mib_k(rss8),
+        mib_k(rss32),
+        if grow(rss8, rss32) <= 0.05 { "yes" } else { "**no**" }
+    );
+    println!(
+        "| peak RSS once a second batch has run, n = 16 → the larger of n = 32 and n = 64 | {:+.1}% | no growth with n (≤ +5%) | {} |",
+        flat * 100.0,
+        if flat <= 0.05 { "yes" } else { "**no**" }
+    );
+    println!(
+        "| for scale: one batch of latents (8 × 4 × 64 × 64 f32) / a support set of 32 as decoded f32 pixels | {:.2} MiB / {:.1} MiB | | |",
+        mib_b(8 * 4 * 64 * 64 * 4),
+        mib_b(32 * 3 * 512 * 512 * 4)
+    );
+}
+
+/// `bench generate-memory N SIZE`: sample N images with the tiny export and
+/// print this process's peak RSS and peak program heap.
+fn bench_generate_memory(home: &Home, n: usize, size: u32) {
     use ovdiff_bank::diffusion::generate::{Generator, SampleOptions};
     let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny");
     let mut g = Generator::open(&runtime, &fixture).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let opts = SampleOptions {
-        n: 16,
+        n,
         steps: 30,
-        size: 64,
+        size,
         batch: 8,
         ..SampleOptions::default()
     };
-    let t = Instant::now();
-    g.generate("bench", &opts, cache.path(), &mut |_| {})
+    heap_reset();
+    let paths = g
+        .generate("bench", &opts, cache.path(), &mut |_| {})
         .unwrap();
-    let total = t.elapsed().as_secs_f64();
-    let onnx = g.onnx_time().as_secs_f64();
-    let write = g.write_time().as_secs_f64();
-    let share = 1.0 - onnx / total;
-    let share_no_cache = (total - onnx - write) / (total - write);
-    println!();
-    println!("| sampling: tiny SD export, 16 images, 30 DPM++ steps, guidance 8 | value | target | met |");
-    println!("|---|---|---|---|");
+    assert_eq!(paths.len(), n);
+    println!("peak-rss-kib {}", proc_status_kib("VmHWM").unwrap_or(0));
     println!(
-        "| total | {:.0} ms (model calls {:.0} ms) | | |",
-        total * 1e3,
-        onnx * 1e3
-    );
-    println!(
-        "| time outside model calls (scheduling, guidance, noise, PNG cache writes) | {:.1}% | ≤ 5% | {} |",
-        share * 100.0,
-        if share <= 0.05 { "yes" } else { "no" }
-    );
-    println!(
-        "| the same without the PNG cache writes ({:.0} ms) | {:.1}% | | |",
-        write * 1e3,
-        share_no_cache * 100.0
+        "peak-heap-bytes {}",
+        HEAP_PEAK.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
 
@@ -760,6 +890,13 @@ fn main() {
     }
     if what == "generate" || what == "all" {
         bench_generate(&home);
+    }
+    if what == "generate-memory" {
+        let arg = |i: usize| std::env::args().nth(i).and_then(|v| v.parse().ok());
+        let (Some(n), Some(size)) = (arg(2), arg(3)) else {
+            panic!("usage: bench generate-memory N SIZE");
+        };
+        bench_generate_memory(&home, n, size as u32);
     }
     if what == "in-place" || what == "all" {
         bench_in_place(&home);

@@ -24,16 +24,19 @@
 //! graphs.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use half::f16;
-use ndarray::{concatenate, s, Array3, Array4, ArrayView3, Axis, Zip};
-use ort::value::{DynValue, Tensor};
+use ndarray::{concatenate, s, Array3, Array4, ArrayView3, ArrayView4, ArrayViewMut4, Axis, Zip};
+use ort::session::SessionInputValue;
+use ort::value::{DynTensor, DynValue, Tensor, TensorRef};
 
 use super::scheduler::Sampler;
+use super::timing::SamplingTimes;
 use crate::prototypes::parts::SplitMix64;
 use crate::runtime::manifest::{Dtype, Role};
 use crate::runtime::session::Signature;
-use crate::runtime::tensor::{f16_tensor, read_float};
+use crate::runtime::tensor::{f16_tensor, fill_f16, float_view, new_f16_tensor};
 use crate::runtime::{Bundle, ModelSession, Runtime};
 use crate::{Error, Result};
 
@@ -59,6 +62,39 @@ pub trait Denoiser {
         timestep: f64,
         cond: &Array3<f32>,
     ) -> Result<Array4<f32>>;
+
+    /// Get ready for [`predict_into`](Denoiser::predict_into) calls that
+    /// all pass `cond`; [`sample`] calls it once before its steps. The ONNX
+    /// UNet converts the embeddings into its input tensor here, once,
+    /// instead of at every step. The default does nothing.
+    fn prepare(&mut self, cond: &Array3<f32>) -> Result<()> {
+        let _ = cond;
+        Ok(())
+    }
+
+    /// One forward pass written into `out` (the shape of `latents`).
+    /// `cond` must be the embeddings last given to
+    /// [`prepare`](Denoiser::prepare), unchanged since: an implementation
+    /// may use what it prepared from them. The default calls
+    /// [`predict`](Denoiser::predict) and copies.
+    fn predict_into(
+        &mut self,
+        latents: ArrayView4<'_, f32>,
+        timestep: f64,
+        cond: &Array3<f32>,
+        mut out: ArrayViewMut4<'_, f32>,
+    ) -> Result<()> {
+        let got = self.predict(&latents.to_owned(), timestep, cond)?;
+        if got.shape() != out.shape() {
+            return Err(Error::DimensionMismatch {
+                what: format!("denoiser output at timestep {timestep}"),
+                expected: format!("{:?}", out.shape()),
+                found: format!("{:?}", got.shape()),
+            });
+        }
+        out.assign(&got);
+        Ok(())
+    }
 }
 
 impl<F> Denoiser for F
@@ -79,20 +115,31 @@ where
 /// Box–Muller (both outputs of each pair are used, in order), computed in
 /// f64 and rounded to f32. Deterministic everywhere; not torch's sequence.
 pub fn gaussian_noise(seed: u64, shape: [usize; 4]) -> Array4<f32> {
+    let mut out = Array4::<f32>::zeros(shape);
+    gaussian_noise_into(
+        seed,
+        out.as_slice_mut()
+            .expect("invariant: a new array is contiguous"),
+    );
+    out
+}
+
+/// [`gaussian_noise`] written into `out`: the same values as
+/// `gaussian_noise(seed, shape)` for any shape of `out.len()` elements.
+pub fn gaussian_noise_into(seed: u64, out: &mut [f32]) {
     let mut rng = SplitMix64::new(seed);
-    let n: usize = shape.iter().product();
-    let mut v = Vec::with_capacity(n + 1);
-    while v.len() < n {
+    let mut pairs = out.chunks_mut(2);
+    for pair in &mut pairs {
         // u1 in (0, 1] so that ln(u1) is finite
         let u1 = 1.0 - rng.next_f64();
         let u2 = rng.next_f64();
         let r = (-2.0 * u1.ln()).sqrt();
         let theta = std::f64::consts::TAU * u2;
-        v.push((r * theta.cos()) as f32);
-        v.push((r * theta.sin()) as f32);
+        pair[0] = (r * theta.cos()) as f32;
+        if let Some(second) = pair.get_mut(1) {
+            *second = (r * theta.sin()) as f32;
+        }
     }
-    v.truncate(n);
-    Array4::from_shape_vec(shape, v).expect("invariant: the length is the product of the shape")
 }
 
 /// Repeat a `[1, T, D]` embedding to `[batch, T, D]`, or check that a
@@ -135,6 +182,34 @@ where
     D: Denoiser + ?Sized,
     S: Sampler + ?Sized,
 {
+    let mut times = SamplingTimes::default();
+    sample_timed(
+        denoiser, sampler, noise, cond, uncond, guidance, on_step, &mut times,
+    )
+}
+
+/// [`sample`], adding the time of its own work to `times`: the sampler's
+/// arithmetic (`scheduler`), the guidance combine and finite check
+/// (`guidance`), and the embeddings and latents it arranges for the
+/// denoiser (`copies`). The denoiser's calls are not timed here: the
+/// caller knows what they contain (the ONNX UNet splits them itself, see
+/// [`OnnxUnet::take_times`]).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_timed<D, S>(
+    denoiser: &mut D,
+    sampler: &mut S,
+    noise: &Array4<f32>,
+    cond: &Array3<f32>,
+    uncond: Option<&Array3<f32>>,
+    guidance: f32,
+    on_step: &mut dyn FnMut(usize, usize),
+    times: &mut SamplingTimes,
+) -> Result<Array4<f32>>
+where
+    D: Denoiser + ?Sized,
+    S: Sampler + ?Sized,
+{
+    let clock = Instant::now();
     let batch = noise.shape()[0];
     if batch == 0 {
         return Err(Error::Invalid("no latents to denoise (batch of 0)".into()));
@@ -161,46 +236,59 @@ where
         None => cond_b,
     };
     let guided = uncond.is_some();
+    // Buffers for the whole loop: the model's input and output (the batch
+    // doubled, unconditional half first, under guidance) and the guided ε.
+    let (_, channels, height, width) = noise.dim();
+    let model_batch = if guided { 2 * batch } else { batch };
+    let mut model_in = Array4::<f32>::zeros((model_batch, channels, height, width));
+    let mut model_out = Array4::<f32>::zeros((model_batch, channels, height, width));
+    let mut eps = Array4::<f32>::zeros(if guided {
+        (batch, channels, height, width)
+    } else {
+        (0, 0, 0, 0)
+    });
+    denoiser.prepare(&hidden)?;
+    times.copies += clock.elapsed();
+    let clock = Instant::now();
     sampler.reset();
     let sigma = sampler.init_noise_sigma();
     let mut x = noise.mapv(|v| v * sigma);
     let timesteps = sampler.timesteps().to_vec();
     let total = timesteps.len();
+    times.scheduler += clock.elapsed();
     for (i, &t) in timesteps.iter().enumerate() {
-        let input = sampler.scale_model_input(&x, i);
-        let model_in = if guided {
-            concatenate(Axis(0), &[input.view(), input.view()])
-                .expect("invariant: equal shapes concatenate")
-        } else {
-            input
-        };
-        let out = denoiser.predict(&model_in, t, &hidden)?;
-        if out.shape() != model_in.shape() {
-            return Err(Error::DimensionMismatch {
-                what: format!("denoiser output at timestep {t}"),
-                expected: format!("{:?}", model_in.shape()),
-                found: format!("{:?}", out.shape()),
-            });
+        let clock = Instant::now();
+        let (mut first, mut second) = model_in.view_mut().split_at(Axis(0), batch);
+        sampler.scale_model_input_into(&x, i, first.view_mut());
+        times.scheduler += clock.elapsed();
+        if guided {
+            let clock = Instant::now();
+            second.assign(&first);
+            times.copies += clock.elapsed();
         }
-        if out.iter().any(|v| !v.is_finite()) {
+        denoiser.predict_into(model_in.view(), t, &hidden, model_out.view_mut())?;
+        let clock = Instant::now();
+        let finite = if guided {
+            let (u, c) = model_out.view().split_at(Axis(0), batch);
+            let mut finite = true;
+            Zip::from(&mut eps).and(&u).and(&c).for_each(|e, &u, &c| {
+                finite &= u.is_finite() & c.is_finite();
+                *e = u + guidance * (c - u);
+            });
+            finite
+        } else {
+            model_out.iter().all(|v| v.is_finite())
+        };
+        if !finite {
             return Err(Error::Invalid(format!(
                 "the denoiser produced non-finite values at timestep {t} (step {} of {total})",
                 i + 1
             )));
         }
-        let eps = if guided {
-            let u = out.slice(s![..batch, .., .., ..]);
-            let c = out.slice(s![batch.., .., .., ..]);
-            let mut e = Array4::<f32>::zeros(u.raw_dim());
-            Zip::from(&mut e)
-                .and(&u)
-                .and(&c)
-                .for_each(|e, &u, &c| *e = u + guidance * (c - u));
-            e
-        } else {
-            out
-        };
-        x = sampler.step(&eps, i, &x)?;
+        times.guidance += clock.elapsed();
+        let clock = Instant::now();
+        sampler.step_in_place(if guided { &eps } else { &model_out }, i, &mut x)?;
+        times.scheduler += clock.elapsed();
         on_step(i + 1, total);
     }
     Ok(x)
@@ -252,6 +340,16 @@ pub struct OnnxUnet {
     timestep_shape: TimestepShape,
     fixed_batch: Option<usize>,
     output: String,
+    /// Time inside ONNX Runtime's `run` since the last `take_times`.
+    run_time: Duration,
+    /// Time building inputs and reading outputs since the last `take_times`.
+    copy_time: Duration,
+    /// `encoder_hidden_states` as input tensors, one per chunk of the
+    /// batch, made by `prepare` from embeddings of `hidden_shape`.
+    hidden: Vec<DynValue>,
+    hidden_shape: Vec<usize>,
+    /// The `sample` input of fp16 exports, reused while its shape holds.
+    sample_f16: Option<(Vec<usize>, DynTensor)>,
 }
 
 impl std::fmt::Debug for OnnxUnet {
@@ -364,6 +462,11 @@ impl OnnxUnet {
             timestep_shape,
             fixed_batch,
             output,
+            run_time: Duration::ZERO,
+            copy_time: Duration::ZERO,
+            hidden: Vec::new(),
+            hidden_shape: Vec::new(),
+            sample_f16: None,
         })
     }
 
@@ -380,6 +483,16 @@ impl OnnxUnet {
     /// The output read as the prediction.
     pub fn output_name(&self) -> &str {
         &self.output
+    }
+
+    /// Time spent in [`predict`](Denoiser::predict) since the last call,
+    /// as `(inside ONNX Runtime's run, building inputs and reading
+    /// outputs)`; resets both.
+    pub fn take_times(&mut self) -> (Duration, Duration) {
+        let t = (self.run_time, self.copy_time);
+        self.run_time = Duration::ZERO;
+        self.copy_time = Duration::ZERO;
+        t
     }
 
     fn timestep_value(&self, t: f64, batch: usize) -> Result<DynValue> {
@@ -418,39 +531,145 @@ impl OnnxUnet {
         })
     }
 
+    /// The chunk the graph runs a batch of `batch` latents in.
+    fn chunk_size(&self, batch: usize) -> Result<usize> {
+        match self.fixed_batch {
+            None => Ok(batch.max(1)),
+            Some(n) if batch.is_multiple_of(n) => Ok(n),
+            Some(n) => Err(Error::DimensionMismatch {
+                what: format!("latent batch for UNet {}", self.name),
+                expected: format!("a multiple of the graph's fixed batch {n}"),
+                found: format!("{batch}"),
+            }),
+        }
+    }
+
+    /// Refuse embeddings whose batch is not the latents' (before running).
+    fn check_batch(&self, latents: &[usize], cond: &Array3<f32>) -> Result<()> {
+        let batch = latents[0];
+        if cond.shape()[0] != batch {
+            return Err(Error::DimensionMismatch {
+                what: format!("text embeddings for UNet {}", self.name),
+                expected: format!("a batch of {batch} (the latents')"),
+                found: format!("{}", cond.shape()[0]),
+            });
+        }
+        self.chunk_size(batch).map(|_| ())
+    }
+
+    /// Convert `cond` into `encoder_hidden_states` tensors, one per chunk.
+    fn prepare_hidden(&mut self, cond: &Array3<f32>) -> Result<()> {
+        let clock = Instant::now();
+        self.hidden.clear();
+        self.hidden_shape.clear();
+        let batch = cond.shape()[0];
+        let chunk = self.chunk_size(batch)?;
+        for start in (0..batch).step_by(chunk) {
+            let part = cond.slice(s![start..start + chunk, .., ..]);
+            let value = self.float_value(
+                self.hidden_dtype,
+                part.shape(),
+                part.iter().copied().collect(),
+            )?;
+            self.hidden.push(value);
+        }
+        self.hidden_shape = cond.shape().to_vec();
+        self.copy_time += clock.elapsed();
+        Ok(())
+    }
+
+    /// Run the prepared embeddings' batch, chunk by chunk, into `out`.
+    fn run_into(
+        &mut self,
+        latents: ArrayView4<'_, f32>,
+        timestep: f64,
+        mut out: ArrayViewMut4<'_, f32>,
+    ) -> Result<()> {
+        let batch = latents.shape()[0];
+        let chunk = self.chunk_size(batch)?;
+        for (k, start) in (0..batch).step_by(chunk).enumerate() {
+            let end = start + chunk;
+            self.run_chunk(
+                latents.slice(s![start..end, .., .., ..]),
+                timestep,
+                k,
+                out.slice_mut(s![start..end, .., .., ..]),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One run of the graph on a chunk, with the `k`th prepared embeddings:
+    /// f32 latents are passed to ONNX Runtime without a copy (f16 ones are
+    /// converted into a reused tensor), and the output is copied into `out`.
     fn run_chunk(
         &mut self,
-        latents: ndarray::ArrayView4<'_, f32>,
+        latents: ArrayView4<'_, f32>,
         timestep: f64,
-        cond: ArrayView3<'_, f32>,
-    ) -> Result<Array4<f32>> {
+        k: usize,
+        mut out: ArrayViewMut4<'_, f32>,
+    ) -> Result<()> {
+        let clock = Instant::now();
         let batch = latents.shape()[0];
         let x_shape = latents.shape().to_vec();
-        let h_shape = cond.shape().to_vec();
-        let x = self.float_value(
-            self.sample_dtype,
-            &x_shape,
-            latents.iter().copied().collect(),
-        )?;
-        let h = self.float_value(self.hidden_dtype, &h_shape, cond.iter().copied().collect())?;
         let t = self.timestep_value(timestep, batch)?;
-        let name = self.name.clone();
+        let ctx = |e| Error::ort(format!("building an input tensor for {}", self.name), e);
+        let standard;
+        let x: SessionInputValue<'_> = match self.sample_dtype {
+            Dtype::F16 => {
+                if self.sample_f16.as_ref().is_none_or(|(s, _)| *s != x_shape) {
+                    let shape: Vec<i64> = x_shape.iter().map(|d| *d as i64).collect();
+                    self.sample_f16 = Some((x_shape.clone(), new_f16_tensor(&shape).map_err(ctx)?));
+                }
+                let (_, tensor) = self
+                    .sample_f16
+                    .as_mut()
+                    .expect("invariant: made just above");
+                fill_f16(tensor, latents.iter().copied());
+                SessionInputValue::from(&*tensor)
+            }
+            _ => {
+                let data = match latents.as_slice() {
+                    Some(d) => d,
+                    None => {
+                        standard = latents.as_standard_layout();
+                        standard
+                            .as_slice()
+                            .expect("invariant: a standard-layout array is contiguous")
+                    }
+                };
+                TensorRef::from_array_view((x_shape.as_slice(), data))
+                    .map_err(ctx)?
+                    .into()
+            }
+        };
+        let hidden = self.hidden.get(k).ok_or_else(|| {
+            Error::Invalid(format!(
+                "UNet {}: no prepared embeddings for chunk {k}",
+                self.name
+            ))
+        })?;
+        self.copy_time += clock.elapsed();
+        let clock = Instant::now();
+        let name = &self.name;
         let mut outputs = self
             .session
             .session_mut()
             .run(ort::inputs![
                 "sample" => x,
                 "timestep" => t,
-                "encoder_hidden_states" => h,
+                "encoder_hidden_states" => hidden,
             ])
             .map_err(|e| Error::ort(format!("running UNet {name} at timestep {timestep}"), e))?;
+        self.run_time += clock.elapsed();
+        let clock = Instant::now();
         let value = outputs.remove(self.output.as_str()).ok_or_else(|| {
             Error::bundle(
                 &self.dir,
                 format!("output `{}` missing at run time", self.output),
             )
         })?;
-        let (shape, data) = read_float(value)
+        let (shape, data) = float_view(&value)
             .map_err(|e| Error::ort(format!("reading the output of UNet {name}"), e))?;
         if shape != x_shape {
             return Err(Error::DimensionMismatch {
@@ -459,10 +678,15 @@ impl OnnxUnet {
                 found: format!("{shape:?}"),
             });
         }
-        Ok(
-            Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data)
-                .expect("invariant: the data fills the checked shape"),
-        )
+        match out.as_slice_mut() {
+            Some(o) => data.copy_to(o),
+            None => out
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, o)| *o = data.get(i)),
+        }
+        self.copy_time += clock.elapsed();
+        Ok(())
     }
 }
 
@@ -473,39 +697,38 @@ impl Denoiser for OnnxUnet {
         timestep: f64,
         cond: &Array3<f32>,
     ) -> Result<Array4<f32>> {
-        let batch = latents.shape()[0];
-        if cond.shape()[0] != batch {
+        self.check_batch(latents.shape(), cond)?;
+        self.prepare_hidden(cond)?;
+        let mut out = Array4::<f32>::zeros(latents.raw_dim());
+        let done = self.run_into(latents.view(), timestep, out.view_mut());
+        self.hidden.clear();
+        self.hidden_shape.clear();
+        done.map(|()| out)
+    }
+
+    fn prepare(&mut self, cond: &Array3<f32>) -> Result<()> {
+        self.prepare_hidden(cond)
+    }
+
+    fn predict_into(
+        &mut self,
+        latents: ArrayView4<'_, f32>,
+        timestep: f64,
+        cond: &Array3<f32>,
+        out: ArrayViewMut4<'_, f32>,
+    ) -> Result<()> {
+        self.check_batch(latents.shape(), cond)?;
+        if out.shape() != latents.shape() {
             return Err(Error::DimensionMismatch {
-                what: format!("text embeddings for UNet {}", self.name),
-                expected: format!("a batch of {batch} (the latents')"),
-                found: format!("{}", cond.shape()[0]),
+                what: format!("output buffer for UNet {}", self.name),
+                expected: format!("{:?}", latents.shape()),
+                found: format!("{:?}", out.shape()),
             });
         }
-        let chunk = match self.fixed_batch {
-            None => batch.max(1),
-            Some(n) if batch.is_multiple_of(n) => n,
-            Some(n) => {
-                return Err(Error::DimensionMismatch {
-                    what: format!("latent batch for UNet {}", self.name),
-                    expected: format!("a multiple of the graph's fixed batch {n}"),
-                    found: format!("{batch}"),
-                })
-            }
-        };
-        if chunk == batch {
-            return self.run_chunk(latents.view(), timestep, cond.view());
+        if self.hidden_shape != cond.shape() {
+            self.prepare_hidden(cond)?;
         }
-        let mut parts = Vec::with_capacity(batch / chunk);
-        for start in (0..batch).step_by(chunk) {
-            let end = start + chunk;
-            parts.push(self.run_chunk(
-                latents.slice(s![start..end, .., .., ..]),
-                timestep,
-                cond.slice(s![start..end, .., ..]),
-            )?);
-        }
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        Ok(concatenate(Axis(0), &views).expect("invariant: chunks share their shape"))
+        self.run_into(latents, timestep, out)
     }
 }
 

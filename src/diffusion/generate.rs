@@ -10,20 +10,21 @@
 //! `seed` and `i` alone, so batching does not change the images.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use image::RgbImage;
-use ndarray::{concatenate, s, Array4, Axis};
+use ndarray::{s, Array4};
 use sha2::{Digest, Sha256};
 
-use super::denoise::{gaussian_noise, sample, Denoiser, OnnxUnet};
+use super::denoise::{gaussian_noise_into, sample_timed, OnnxUnet};
 use super::pipeline_dir::PipelineDir;
 use super::scheduler::{build_sampler, SchedulerConfig, SchedulerKind};
 use super::text::TextEncoder;
+pub use super::timing::SamplingTimes;
 use crate::runtime::manifest::Dtype;
-use crate::runtime::tensor::{f16_tensor, read_float};
+use crate::runtime::tensor::{f16_tensor, float_view, FloatSlice};
 use crate::runtime::{ModelSession, Runtime};
-use crate::segment::render::write_rgb_png;
+use crate::segment::render::write_atomic;
 use crate::{Error, Result};
 
 /// Environment variable for crash tests: `generate-after-batch` aborts the
@@ -128,28 +129,7 @@ pub struct Generator {
     vae_output: String,
     scheduler: SchedulerConfig,
     fingerprint: String,
-    onnx_time: Duration,
-    write_time: Duration,
-}
-
-/// A denoiser that adds the time spent in it to a counter.
-struct Timed<'a, D: Denoiser> {
-    inner: &'a mut D,
-    spent: &'a mut Duration,
-}
-
-impl<D: Denoiser> Denoiser for Timed<'_, D> {
-    fn predict(
-        &mut self,
-        latents: &Array4<f32>,
-        timestep: f64,
-        cond: &ndarray::Array3<f32>,
-    ) -> Result<Array4<f32>> {
-        let t = Instant::now();
-        let out = self.inner.predict(latents, timestep, cond);
-        *self.spent += t.elapsed();
-        out
-    }
+    times: SamplingTimes,
 }
 
 /// What `generate` reports as it goes.
@@ -232,8 +212,7 @@ impl Generator {
             vae_output,
             scheduler,
             fingerprint,
-            onnx_time: Duration::ZERO,
-            write_time: Duration::ZERO,
+            times: SamplingTimes::default(),
         })
     }
 
@@ -242,16 +221,15 @@ impl Generator {
         &self.fingerprint
     }
 
-    /// Time spent in model calls so far (text encoder, UNet, VAE decoder,
-    /// including the conversion of their inputs and outputs).
-    pub fn onnx_time(&self) -> Duration {
-        self.onnx_time
+    /// Where the time of every `generate` call so far went (see
+    /// [`SamplingTimes`]).
+    pub fn times(&self) -> SamplingTimes {
+        self.times
     }
 
-    /// Time spent writing finished images to the cache (PNG encoding and
-    /// the atomic rename).
-    pub fn write_time(&self) -> Duration {
-        self.write_time
+    /// Start counting [`times`](Generator::times) from zero.
+    pub fn reset_times(&mut self) {
+        self.times = SamplingTimes::default();
     }
 
     /// The export folder.
@@ -280,6 +258,19 @@ impl Generator {
     /// Sample (or find in the cache) the `opts.n` support images of `class`;
     /// returns their paths in index order.
     pub fn generate(
+        &mut self,
+        class: &str,
+        opts: &SampleOptions,
+        cache_root: &Path,
+        on_progress: &mut dyn FnMut(Progress),
+    ) -> Result<Vec<PathBuf>> {
+        let clock = Instant::now();
+        let out = self.generate_inner(class, opts, cache_root, on_progress);
+        self.times.total += clock.elapsed();
+        out
+    }
+
+    fn generate_inner(
         &mut self,
         class: &str,
         opts: &SampleOptions,
@@ -321,25 +312,25 @@ impl Generator {
         let guidance = opts.effective_guidance();
         let t = Instant::now();
         let embeddings = self.text.encode(&[uncond_ids, cond_ids])?;
-        self.onnx_time += t.elapsed();
+        self.times.text_encoder += t.elapsed();
         let uncond = embeddings.slice(s![0..1, .., ..]).to_owned();
         let cond = embeddings.slice(s![1..2, .., ..]).to_owned();
         let mut sampler = build_sampler(&self.scheduler, opts.scheduler, opts.steps)?;
         let side = (opts.size / scale) as usize;
         let channels = self.dir.latent_channels();
         for chunk in todo.chunks(opts.batch) {
-            let noises: Vec<Array4<f32>> = chunk
-                .iter()
-                .map(|&i| gaussian_noise(image_seed(opts.seed, i), [1, channels, side, side]))
-                .collect();
-            let views: Vec<_> = noises.iter().map(|n| n.view()).collect();
-            let noise = concatenate(Axis(0), &views).expect("invariant: equal shapes");
+            let t = Instant::now();
+            let mut noise = Array4::<f32>::zeros((chunk.len(), channels, side, side));
+            for (&i, mut one) in chunk.iter().zip(noise.outer_iter_mut()) {
+                let one = one
+                    .as_slice_mut()
+                    .expect("invariant: an image of a new array is contiguous");
+                gaussian_noise_into(image_seed(opts.seed, i), one);
+            }
+            self.times.noise += t.elapsed();
             let first = chunk[0];
-            let latents = sample(
-                &mut Timed {
-                    inner: &mut self.unet,
-                    spent: &mut self.onnx_time,
-                },
+            let latents = sample_timed(
+                &mut self.unet,
                 sampler.as_mut(),
                 &noise,
                 &cond,
@@ -353,15 +344,20 @@ impl Generator {
                         steps,
                     })
                 },
-            )?;
-            let t = Instant::now();
-            let images = self.decode(&latents)?;
-            self.onnx_time += t.elapsed();
-            let t = Instant::now();
+                &mut self.times,
+            );
+            let (run, copies) = self.unet.take_times();
+            self.times.unet += run;
+            self.times.copies += copies;
+            let images = self.decode(&latents?)?;
             for (&i, img) in chunk.iter().zip(images) {
-                write_rgb_png(&paths[i], &img)?;
+                let t = Instant::now();
+                let bytes = encode_png(&paths[i], &img)?;
+                self.times.png_encode += t.elapsed();
+                let t = Instant::now();
+                write_atomic(&paths[i], &bytes)?;
+                self.times.cache_write += t.elapsed();
             }
-            self.write_time += t.elapsed();
             on_progress(Progress::Written {
                 first,
                 count: chunk.len(),
@@ -377,6 +373,7 @@ impl Generator {
     /// Latents → 8-bit RGB: divide by the VAE scaling factor, decode, map
     /// [-1, 1] to [0, 255] with clamping.
     pub fn decode(&mut self, latents: &Array4<f32>) -> Result<Vec<RgbImage>> {
+        let clock = Instant::now();
         let k = 1.0 / self.dir.scaling_factor() as f32;
         let shape: Vec<i64> = latents.shape().iter().map(|d| *d as i64).collect();
         let data: Vec<f32> = latents.iter().map(|v| v * k).collect();
@@ -391,16 +388,21 @@ impl Generator {
                 .into_dyn(),
         };
         let name = self.vae_input.0.clone();
+        self.times.copies += clock.elapsed();
+        let clock = Instant::now();
         let mut outputs = self
             .vae
             .session_mut()
             .run(ort::inputs![name.as_str() => input])
             .map_err(|e| Error::ort("running the VAE decoder", e))?;
+        self.times.vae += clock.elapsed();
+        let clock = Instant::now();
         let value = outputs
             .remove(self.vae_output.as_str())
             .ok_or_else(|| Error::bundle(self.dir.root(), "VAE output missing at run time"))?;
         let (shape, pixels) =
-            read_float(value).map_err(|e| Error::ort("reading the VAE decoder output", e))?;
+            float_view(&value).map_err(|e| Error::ort("reading the VAE decoder output", e))?;
+        self.times.copies += clock.elapsed();
         if shape.len() != 4 || shape[0] != latents.shape()[0] || shape[1] != 3 {
             return Err(Error::DimensionMismatch {
                 what: "VAE decoder output".into(),
@@ -408,22 +410,69 @@ impl Generator {
                 found: format!("{shape:?}"),
             });
         }
+        let clock = Instant::now();
         let (h, w) = (shape[2], shape[3]);
-        let plane = h * w;
-        Ok((0..shape[0])
-            .map(|b| {
-                let base = b * 3 * plane;
-                RgbImage::from_fn(w as u32, h as u32, |x, y| {
-                    let i = y as usize * w + x as usize;
-                    let px = |c: usize| {
-                        let v = pixels[base + c * plane + i];
-                        ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8
-                    };
-                    image::Rgb([px(0), px(1), px(2)])
-                })
-            })
-            .collect())
+        let images = match pixels {
+            FloatSlice::F32(p) => planes_to_rgb(p, shape[0], h, w),
+            FloatSlice::F16(bits) => {
+                let p: Vec<f32> = bits
+                    .iter()
+                    .map(|b| half::f16::from_bits(*b).to_f32())
+                    .collect();
+                planes_to_rgb(&p, shape[0], h, w)
+            }
+        };
+        self.times.to_rgb += clock.elapsed();
+        Ok(images)
     }
+}
+
+/// Decoded pixel `v` in [-1, 1] to 8 bits: `round((v/2 + 0.5)·255)`,
+/// clamped, rounding half away from zero, NaN to 0, exactly as
+/// `((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8`. The rounding
+/// is done as `⌊y + 0.5⌋` in f64, which is exact for every f32 `y` in
+/// [0, 255] (no libm call per value).
+#[inline]
+fn pixel_to_u8(v: f32) -> u8 {
+    let y = (v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0;
+    (y as f64 + 0.5) as u8
+}
+
+/// `[B, 3, H, W]` planes (row-major, `pixels.len() = B·3·H·W`) to `B`
+/// interleaved 8-bit RGB images.
+fn planes_to_rgb(pixels: &[f32], batch: usize, h: usize, w: usize) -> Vec<RgbImage> {
+    let plane = h * w;
+    (0..batch)
+        .map(|b| {
+            let image = &pixels[b * 3 * plane..(b + 1) * 3 * plane];
+            let (r, rest) = image.split_at(plane);
+            let (g, bl) = rest.split_at(plane);
+            let mut buf = vec![0u8; 3 * plane];
+            for (((dst, &r), &g), &bl) in buf.chunks_exact_mut(3).zip(r).zip(g).zip(bl) {
+                dst[0] = pixel_to_u8(r);
+                dst[1] = pixel_to_u8(g);
+                dst[2] = pixel_to_u8(bl);
+            }
+            RgbImage::from_raw(w as u32, h as u32, buf)
+                .expect("invariant: the buffer holds 3 bytes per pixel")
+        })
+        .collect()
+}
+
+/// A finished image as PNG bytes, encoded as
+/// [`write_rgb_png`](crate::segment::render::write_rgb_png) does.
+fn encode_png(path: &Path, img: &RgbImage) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| Error::Image {
+        path: path.to_path_buf(),
+        problem: "cannot encode the PNG".into(),
+        source: Some(e),
+    })?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -442,5 +491,76 @@ mod tests {
         assert_eq!(turbo.effective_guidance(), 0.0);
         assert!(o.params("x").iter().any(|(k, v)| k == "seed" && v == "42"));
         assert_ne!(image_seed(42, 0), image_seed(42, 1));
+    }
+
+    fn pixel_reference(v: f32) -> u8 {
+        ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8
+    }
+
+    #[test]
+    fn pixel_conversion_matches_the_reference() {
+        // every 65,521st f32 bit pattern, and the neighbours of every value
+        // that lands on a half-integer, where rounding could differ
+        let mut bits = 0u32;
+        loop {
+            let v = f32::from_bits(bits);
+            assert_eq!(pixel_to_u8(v), pixel_reference(v), "{v:e} ({bits:#x})");
+            match bits.checked_add(65_521) {
+                Some(b) => bits = b,
+                None => break,
+            }
+        }
+        for k in 0..=510 {
+            let v = (k as f32 / 2.0) / 255.0 * 2.0 - 1.0;
+            let mut b = v.to_bits().wrapping_sub(64);
+            for _ in 0..128 {
+                let v = f32::from_bits(b);
+                assert_eq!(pixel_to_u8(v), pixel_reference(v), "{v:e}");
+                b = b.wrapping_add(1);
+            }
+        }
+        for v in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            1.0,
+            -1.0,
+        ] {
+            assert_eq!(pixel_to_u8(v), pixel_reference(v), "{v}");
+        }
+    }
+
+    /// Every f32 bit pattern (about 10 s in release): `cargo test --release
+    /// --lib pixel_conversion_exhaustive -- --ignored`.
+    #[test]
+    #[ignore]
+    fn pixel_conversion_exhaustive() {
+        for bits in 0..=u32::MAX {
+            let v = f32::from_bits(bits);
+            assert_eq!(pixel_to_u8(v), pixel_reference(v), "{v:e} ({bits:#x})");
+        }
+    }
+
+    #[test]
+    fn planes_become_interleaved_rgb() {
+        // 2 images of 2×3: pixel value = image, channel and position coded
+        let (b, h, w) = (2, 2, 3);
+        let pixels: Vec<f32> = (0..b * 3 * h * w)
+            .map(|i| (i as f32 / 36.0) * 2.0 - 1.0)
+            .collect();
+        let images = planes_to_rgb(&pixels, b, h, w);
+        for (n, img) in images.iter().enumerate() {
+            assert_eq!(img.dimensions(), (w as u32, h as u32));
+            for y in 0..h {
+                for x in 0..w {
+                    for c in 0..3 {
+                        let v = pixels[n * 3 * h * w + c * h * w + y * w + x];
+                        assert_eq!(img.get_pixel(x as u32, y as u32)[c], pixel_reference(v));
+                    }
+                }
+            }
+        }
     }
 }

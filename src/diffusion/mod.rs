@@ -14,11 +14,13 @@
 //!   fingerprinted before sampling;
 //! * [`tokenizer`]: CLIP's BPE tokenizer (77 ids per prompt, class-word
 //!   positions);
-//! * [`text`]: the ONNX text encoder (`input_ids` -> `last_hidden_state`).
+//! * [`text`]: the ONNX text encoder (`input_ids` -> `last_hidden_state`);
+//! * [`timing`]: where sampling time goes, in named parts.
 
 pub mod denoise;
 pub mod generate;
 pub mod pipeline_dir;
 pub mod scheduler;
 pub mod text;
+pub mod timing;
 pub mod tokenizer;

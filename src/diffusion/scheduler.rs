@@ -47,7 +47,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use ndarray::{Array4, Zip};
+use ndarray::{Array4, ArrayViewMut4, Zip};
 use serde::{Deserialize, Deserializer};
 
 use crate::{Error, Result};
@@ -729,6 +729,17 @@ pub trait Sampler: Send {
     fn init_noise_sigma(&self) -> f32;
     /// What the model is fed at step `step` (identity except for Euler).
     fn scale_model_input(&self, x: &Array4<f32>, step: usize) -> Array4<f32>;
+    /// [`scale_model_input`](Sampler::scale_model_input) written into `out`
+    /// (the shape of `x`). The samplers here do not allocate; the default
+    /// calls `scale_model_input` and copies.
+    fn scale_model_input_into(
+        &self,
+        x: &Array4<f32>,
+        step: usize,
+        mut out: ArrayViewMut4<'_, f32>,
+    ) {
+        out.assign(&self.scale_model_input(x, step));
+    }
     /// One update: from `x` at step `step` and the model's output there, the
     /// latents at the next step (after the last step: the result).
     fn step(
@@ -737,6 +748,19 @@ pub trait Sampler: Send {
         step: usize,
         x: &Array4<f32>,
     ) -> Result<Array4<f32>>;
+    /// [`step`](Sampler::step) in place: `x` becomes the latents at the next
+    /// step, bit for bit what `step` returns. The samplers here do not
+    /// allocate (after DPM-Solver++'s first two steps); the default calls
+    /// `step`.
+    fn step_in_place(
+        &mut self,
+        model_output: &Array4<f32>,
+        step: usize,
+        x: &mut Array4<f32>,
+    ) -> Result<()> {
+        *x = self.step(model_output, step, x)?;
+        Ok(())
+    }
     /// Forget any multistep history.
     fn reset(&mut self);
     /// The number of steps.
@@ -767,7 +791,24 @@ fn check_step(
     Ok(())
 }
 
-/// `a·x + b·y`, element-wise in f64.
+/// The coefficients `(a, b)` of the x₀ prediction `x̂₀ = a·x + b·m` from a
+/// VP-scale model output `m` at a noise level with `alpha = √ᾱ`,
+/// `sigma = √(1 − ᾱ)`:
+///
+/// * epsilon: `x̂₀ = (x − σ·m)/α`, `ε̂ = m`;
+/// * v: `x̂₀ = α·x − σ·m`, `ε̂ = α·m + σ·x`.
+///
+/// Every update below evaluates `(a·x + b·m)` element by element in f64
+/// and rounds to f32.
+fn x0_coefficients(prediction: PredictionType, alpha: f64, sigma: f64) -> (f64, f64) {
+    match prediction {
+        PredictionType::Epsilon => (1.0 / alpha, -sigma / alpha),
+        PredictionType::VPrediction => (alpha, -sigma),
+    }
+}
+
+/// `a·x + b·y`, element-wise in f64 (as every update here computes it).
+#[cfg(test)]
 fn lincomb(a: f64, x: &Array4<f32>, b: f64, y: &Array4<f32>) -> Array4<f32> {
     let mut out = Array4::<f32>::zeros(x.raw_dim());
     Zip::from(&mut out)
@@ -777,22 +818,16 @@ fn lincomb(a: f64, x: &Array4<f32>, b: f64, y: &Array4<f32>) -> Array4<f32> {
     out
 }
 
-/// The x₀ prediction and the ε prediction from a VP-scale model output at
-/// a noise level with `alpha = √ᾱ`, `sigma = √(1 − ᾱ)`:
-///
-/// * epsilon: `x̂₀ = (x − σ·m)/α`, `ε̂ = m`;
-/// * v: `x̂₀ = α·x − σ·m`, `ε̂ = α·m + σ·x`.
-fn x0_and_eps(
-    prediction: PredictionType,
-    alpha: f64,
-    sigma: f64,
+/// `step` from `step_in_place`: a copy of `x` updated in place.
+fn step_by_copy<S: Sampler + ?Sized>(
+    sampler: &mut S,
+    model_output: &Array4<f32>,
+    step: usize,
     x: &Array4<f32>,
-    m: &Array4<f32>,
-) -> (Array4<f32>, Array4<f32>) {
-    match prediction {
-        PredictionType::Epsilon => (lincomb(1.0 / alpha, x, -sigma / alpha, m), m.clone()),
-        PredictionType::VPrediction => (lincomb(alpha, x, -sigma, m), lincomb(sigma, x, alpha, m)),
-    }
+) -> Result<Array4<f32>> {
+    let mut out = x.clone();
+    sampler.step_in_place(model_output, step, &mut out)?;
+    Ok(out)
 }
 
 /// DDIM (Song et al. 2021, eq. 12) with η = 0, as `DDIMScheduler`.
@@ -862,12 +897,28 @@ impl Sampler for Ddim {
     fn scale_model_input(&self, x: &Array4<f32>, _step: usize) -> Array4<f32> {
         x.clone()
     }
+    fn scale_model_input_into(
+        &self,
+        x: &Array4<f32>,
+        _step: usize,
+        mut out: ArrayViewMut4<'_, f32>,
+    ) {
+        out.assign(x);
+    }
     fn step(
         &mut self,
         model_output: &Array4<f32>,
         step: usize,
         x: &Array4<f32>,
     ) -> Result<Array4<f32>> {
+        step_by_copy(self, model_output, step, x)
+    }
+    fn step_in_place(
+        &mut self,
+        model_output: &Array4<f32>,
+        step: usize,
+        x: &mut Array4<f32>,
+    ) -> Result<()> {
         check_step("ddim", model_output, step, x, self.timesteps.len())?;
         let t = self.int_timesteps[step];
         let prev = t - self.step_ratio;
@@ -877,18 +928,24 @@ impl Sampler for Ddim {
         } else {
             self.final_alpha_cumprod
         };
-        let (mut x0, eps) = x0_and_eps(
-            self.prediction,
-            a_t.sqrt(),
-            (1.0 - a_t).sqrt(),
-            x,
-            model_output,
-        );
-        if let Some(r) = self.clip {
-            let r = r as f32;
-            x0.mapv_inplace(|v| v.clamp(-r, r));
-        }
-        Ok(lincomb(a_prev.sqrt(), &x0, (1.0 - a_prev).sqrt(), &eps))
+        let (alpha, sigma) = (a_t.sqrt(), (1.0 - a_t).sqrt());
+        let (a, b) = x0_coefficients(self.prediction, alpha, sigma);
+        let (keep, noise) = (a_prev.sqrt(), (1.0 - a_prev).sqrt());
+        let clip = self.clip.map(|r| r as f32);
+        let v_prediction = self.prediction == PredictionType::VPrediction;
+        Zip::from(x).and(model_output).for_each(|x, &m| {
+            let mut x0 = (a * *x as f64 + b * m as f64) as f32;
+            if let Some(r) = clip {
+                x0 = x0.clamp(-r, r);
+            }
+            let eps = if v_prediction {
+                (sigma * *x as f64 + alpha * m as f64) as f32
+            } else {
+                m
+            };
+            *x = (keep * x0 as f64 + noise * eps as f64) as f32;
+        });
+        Ok(())
     }
     fn reset(&mut self) {}
 }
@@ -920,6 +977,8 @@ pub struct DpmSolverPlusPlus2M {
     euler_at_final: bool,
     final_zero: bool,
     previous_x0: Option<Array4<f32>>,
+    /// The buffer of the x₀ prediction before last, reused for the next.
+    spare_x0: Option<Array4<f32>>,
     next_step: usize,
 }
 
@@ -974,6 +1033,7 @@ impl DpmSolverPlusPlus2M {
             euler_at_final: config.euler_at_final,
             final_zero: config.final_sigmas_type == FinalSigmas::Zero,
             previous_x0: None,
+            spare_x0: None,
             next_step: 0,
         })
     }
@@ -1004,12 +1064,28 @@ impl Sampler for DpmSolverPlusPlus2M {
     fn scale_model_input(&self, x: &Array4<f32>, _step: usize) -> Array4<f32> {
         x.clone()
     }
+    fn scale_model_input_into(
+        &self,
+        x: &Array4<f32>,
+        _step: usize,
+        mut out: ArrayViewMut4<'_, f32>,
+    ) {
+        out.assign(x);
+    }
     fn step(
         &mut self,
         model_output: &Array4<f32>,
         step: usize,
         x: &Array4<f32>,
     ) -> Result<Array4<f32>> {
+        step_by_copy(self, model_output, step, x)
+    }
+    fn step_in_place(
+        &mut self,
+        model_output: &Array4<f32>,
+        step: usize,
+        x: &mut Array4<f32>,
+    ) -> Result<()> {
         let n = self.timesteps.len();
         check_step("dpm++2m", model_output, step, x, n)?;
         if step == 0 {
@@ -1023,38 +1099,48 @@ impl Sampler for DpmSolverPlusPlus2M {
         }
         let (alpha_s, sigma_s, lambda_s) = vp_of(self.sigmas[step]);
         let (alpha_t, sigma_t, lambda_t) = vp_of(self.sigmas[step + 1]);
-        let (d0, _) = x0_and_eps(self.prediction, alpha_s, sigma_s, x, model_output);
+        // D₀, the x₀ prediction, into the spare buffer
+        let mut d0 = match self.spare_x0.take() {
+            Some(buf) if buf.raw_dim() == x.raw_dim() => buf,
+            _ => Array4::<f32>::zeros(x.raw_dim()),
+        };
+        let (a, b) = x0_coefficients(self.prediction, alpha_s, sigma_s);
+        Zip::from(&mut d0)
+            .and(&*x)
+            .and(model_output)
+            .for_each(|d, &x, &m| *d = (a * x as f64 + b * m as f64) as f32);
         let h = lambda_t - lambda_s; // +∞ when landing on σ = 0
         let lower_order_final = step == n - 1
             && (self.euler_at_final || (self.lower_order_final && n < 15) || self.final_zero);
         let carry = sigma_t / sigma_s; // 0 when landing on σ = 0
         let coeff = -alpha_t * (-h).exp_m1(); // −α_t·(e^{−h} − 1)
-        let out = match (&self.previous_x0, lower_order_final) {
+        match (&self.previous_x0, lower_order_final) {
             (Some(d_prev), false) => {
                 // D₀ + ½·D₁ = D₀ + (D₀ − D₋₁)/(2r)
                 let (_, _, lambda_prev) = vp_of(self.sigmas[step - 1]);
                 let r = (lambda_s - lambda_prev) / h;
                 let half_over_r = 0.5 / r;
-                let mut out = Array4::<f32>::zeros(x.raw_dim());
-                Zip::from(&mut out)
-                    .and(x)
+                Zip::from(&mut *x)
                     .and(&d0)
                     .and(d_prev)
-                    .for_each(|o, &x, &d0, &dp| {
+                    .for_each(|x, &d0, &dp| {
                         let (d0, dp) = (d0 as f64, dp as f64);
                         let d = d0 + half_over_r * (d0 - dp);
-                        *o = (carry * x as f64 + coeff * d) as f32;
+                        *x = (carry * *x as f64 + coeff * d) as f32;
                     });
-                out
             }
-            _ => lincomb(carry, x, coeff, &d0),
-        };
-        self.previous_x0 = Some(d0);
+            _ => Zip::from(&mut *x)
+                .and(&d0)
+                .for_each(|x, &d0| *x = (carry * *x as f64 + coeff * d0 as f64) as f32),
+        }
+        self.spare_x0 = self.previous_x0.replace(d0);
         self.next_step = step + 1;
-        Ok(out)
+        Ok(())
     }
     fn reset(&mut self) {
-        self.previous_x0 = None;
+        if let Some(buf) = self.previous_x0.take() {
+            self.spare_x0 = Some(buf);
+        }
         self.next_step = 0;
     }
 }
@@ -1148,9 +1234,21 @@ impl Sampler for EulerDiscrete {
         self.init_sigma as f32
     }
     fn scale_model_input(&self, x: &Array4<f32>, step: usize) -> Array4<f32> {
+        let mut out = Array4::<f32>::zeros(x.raw_dim());
+        self.scale_model_input_into(x, step, out.view_mut());
+        out
+    }
+    fn scale_model_input_into(
+        &self,
+        x: &Array4<f32>,
+        step: usize,
+        mut out: ArrayViewMut4<'_, f32>,
+    ) {
         let s = self.sigmas[step.min(self.timesteps.len() - 1)];
         let k = 1.0 / (s * s + 1.0).sqrt();
-        x.mapv(|v| (v as f64 * k) as f32)
+        Zip::from(&mut out)
+            .and(x)
+            .for_each(|o, &v| *o = (v as f64 * k) as f32);
     }
     fn step(
         &mut self,
@@ -1158,21 +1256,29 @@ impl Sampler for EulerDiscrete {
         step: usize,
         x: &Array4<f32>,
     ) -> Result<Array4<f32>> {
+        step_by_copy(self, model_output, step, x)
+    }
+    fn step_in_place(
+        &mut self,
+        model_output: &Array4<f32>,
+        step: usize,
+        x: &mut Array4<f32>,
+    ) -> Result<()> {
         check_step("euler", model_output, step, x, self.timesteps.len())?;
         let s = self.sigmas[step];
         let s_next = self.sigmas[step + 1];
-        let x0 = match self.prediction {
-            PredictionType::Epsilon => lincomb(1.0, x, -s, model_output),
-            PredictionType::VPrediction => lincomb(
-                1.0 / (s * s + 1.0),
-                x,
-                -s / (s * s + 1.0).sqrt(),
-                model_output,
-            ),
+        let (a, b) = match self.prediction {
+            PredictionType::Epsilon => (1.0, -s),
+            PredictionType::VPrediction => (1.0 / (s * s + 1.0), -s / (s * s + 1.0).sqrt()),
         };
         // x + (x − x̂₀)/σ·(σ' − σ) = (σ'/σ)·x + (1 − σ'/σ)·x̂₀
         let ratio = s_next / s;
-        Ok(lincomb(ratio, x, 1.0 - ratio, &x0))
+        let rest = 1.0 - ratio;
+        Zip::from(x).and(model_output).for_each(|x, &m| {
+            let x0 = (a * *x as f64 + b * m as f64) as f32;
+            *x = (ratio * *x as f64 + rest * x0 as f64) as f32;
+        });
+        Ok(())
     }
     fn reset(&mut self) {}
 }
@@ -1223,16 +1329,35 @@ impl Sampler for Turbo {
     fn scale_model_input(&self, x: &Array4<f32>, _step: usize) -> Array4<f32> {
         x.clone()
     }
+    fn scale_model_input_into(
+        &self,
+        x: &Array4<f32>,
+        _step: usize,
+        mut out: ArrayViewMut4<'_, f32>,
+    ) {
+        out.assign(x);
+    }
     fn step(
         &mut self,
         model_output: &Array4<f32>,
         step: usize,
         x: &Array4<f32>,
     ) -> Result<Array4<f32>> {
+        step_by_copy(self, model_output, step, x)
+    }
+    fn step_in_place(
+        &mut self,
+        model_output: &Array4<f32>,
+        step: usize,
+        x: &mut Array4<f32>,
+    ) -> Result<()> {
         check_step("turbo", model_output, step, x, 1)?;
-        let a = self.alpha_cumprod;
-        let (x0, _) = x0_and_eps(self.prediction, a.sqrt(), (1.0 - a).sqrt(), x, model_output);
-        Ok(x0)
+        let ac = self.alpha_cumprod;
+        let (a, b) = x0_coefficients(self.prediction, ac.sqrt(), (1.0 - ac).sqrt());
+        Zip::from(x)
+            .and(model_output)
+            .for_each(|x, &m| *x = (a * *x as f64 + b * m as f64) as f32);
+        Ok(())
     }
     fn reset(&mut self) {}
 }
