@@ -495,6 +495,12 @@ fn lookup_at_scale(patches: usize, bare_encoder_s: f64) {
     {
         params.probes = p;
     }
+    if let Some(l) = std::env::var("OVDIFF_BENCH_IVF_LISTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        params.lists = l;
+    }
     let ivf = IvfMatcher::from_vocabulary(&vocab, params).expect("ivf");
     let build = t.elapsed().as_secs_f64();
     let (approx, agree) = measure(&ivf);
