@@ -166,9 +166,9 @@ impl Generator {
         let pipeline = PipelineDir::open(dir)?;
         let scheduler = SchedulerConfig::load(&pipeline.scheduler_config_path())?;
         let text = TextEncoder::open(runtime, &pipeline)?;
-        let unet_session = ModelSession::from_graph(runtime, &pipeline.unet_path(), dir)?;
+        let unet_session = ModelSession::from_graph_in_turns(runtime, &pipeline.unet_path(), dir)?;
         let unet = OnnxUnet::from_session(unet_session, "unet", dir)?;
-        let vae = ModelSession::from_graph(runtime, &pipeline.vae_decoder_path(), dir)?;
+        let vae = ModelSession::from_graph_in_turns(runtime, &pipeline.vae_decoder_path(), dir)?;
         let inputs = vae.inputs();
         let vae_input = match inputs.as_slice() {
             [one] if one.shape.len() == 4 => match one.dtype {

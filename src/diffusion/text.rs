@@ -50,8 +50,11 @@ impl TextEncoder {
     /// it, and check that its embedding width is the one `pipeline`'s
     /// configs promise the UNet.
     pub fn open(runtime: &Runtime, pipeline: &PipelineDir) -> Result<TextEncoder> {
-        let session =
-            ModelSession::from_graph(runtime, &pipeline.text_encoder_path(), pipeline.root())?;
+        let session = ModelSession::from_graph_in_turns(
+            runtime,
+            &pipeline.text_encoder_path(),
+            pipeline.root(),
+        )?;
         let mut enc = TextEncoder::new(session, pipeline.root())?;
         let want = pipeline.hidden_size();
         match enc.hidden_size {
