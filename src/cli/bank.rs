@@ -813,12 +813,17 @@ pub fn show(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<Ex
 }
 
 /// `remove CLASS`
-pub fn remove(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<ExitCode> {
+pub fn remove(
+    ctx: &Context,
+    bank: Option<&str>,
+    class: &str,
+    index: IndexChoice,
+) -> anyhow::Result<ExitCode> {
     let bank = open_existing_bank(ctx, bank)?;
     if !bank.remove_class(class)? {
         return Err(unknown_class(&bank, class));
     }
-    index_after_write(ctx, &bank, IndexChoice::Auto);
+    index_after_write(ctx, &bank, index);
     if !ctx.json {
         println!("removed `{class}` from {}", bank.path().display());
     } else {
@@ -828,13 +833,19 @@ pub fn remove(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<
 }
 
 /// `rename OLD NEW`
-pub fn rename(ctx: &Context, bank: Option<&str>, old: &str, new: &str) -> anyhow::Result<ExitCode> {
+pub fn rename(
+    ctx: &Context,
+    bank: Option<&str>,
+    old: &str,
+    new: &str,
+    index: IndexChoice,
+) -> anyhow::Result<ExitCode> {
     let bank = open_existing_bank(ctx, bank)?;
     if bank.class(old)?.is_none() {
         return Err(unknown_class(&bank, old));
     }
     bank.rename_class(old, new)?;
-    index_after_write(ctx, &bank, IndexChoice::Auto);
+    index_after_write(ctx, &bank, index);
     if !ctx.json {
         println!("renamed `{old}` to `{new}` in {}", bank.path().display());
     } else {

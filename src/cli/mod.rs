@@ -70,6 +70,9 @@ pub enum Command {
         /// The bank.
         #[command(flatten)]
         bank: BankArg,
+        /// Index the bank once written (see `add --index`).
+        #[arg(long, value_enum, default_value = "auto")]
+        index: bank::IndexChoice,
     },
     /// Rename a class.
     Rename {
@@ -80,6 +83,9 @@ pub enum Command {
         /// The bank.
         #[command(flatten)]
         bank: BankArg,
+        /// Index the bank once written (see `add --index`).
+        #[arg(long, value_enum, default_value = "auto")]
+        index: bank::IndexChoice,
     },
     /// Write classes of a bank to a shareable `.ovbank` file.
     Export(bankfile::ExportArgs),
@@ -186,8 +192,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify { file: None, bank } => bankfile::verify_bank(&ctx, bank.as_deref()),
         Command::List(b) => bank::list(&ctx, b.bank.as_deref()),
         Command::Show { class, bank: b } => bank::show(&ctx, b.bank.as_deref(), &class),
-        Command::Remove { class, bank: b } => bank::remove(&ctx, b.bank.as_deref(), &class),
-        Command::Rename { old, new, bank: b } => bank::rename(&ctx, b.bank.as_deref(), &old, &new),
+        Command::Remove {
+            class,
+            bank: b,
+            index,
+        } => bank::remove(&ctx, b.bank.as_deref(), &class, index),
+        Command::Rename {
+            old,
+            new,
+            bank: b,
+            index,
+        } => bank::rename(&ctx, b.bank.as_deref(), &old, &new, index),
     }
 }
 

@@ -548,4 +548,15 @@ fn add_indexes_the_bank_so_the_first_ivf_query_loads_its_lists() {
     }
     let stderr = segment();
     assert!(stderr.contains("built in"), "{stderr}");
+    // remove and rename take --index too.
+    let out = kit.run(&["remove", "gold", "--index", "always"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("built and cached"),
+        "{:?}",
+        text(&out)
+    );
+    let out = kit.run(&["rename", "cyan", "teal", "--index", "never"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(!text(&out).1.contains("IVF lists"), "{:?}", text(&out));
 }
