@@ -1046,12 +1046,9 @@ mod tests {
         fn init_noise_sigma(&self) -> f32 {
             1.0
         }
-        fn scale_model_input(&self, x: &Array4<f32>, _: usize) -> Array4<f32> {
-            x.clone()
-        }
-        fn step(&mut self, m: &Array4<f32>, _: usize, x: &Array4<f32>) -> Result<Array4<f32>> {
+        fn step_in_place(&mut self, m: &Array4<f32>, _: usize, _: &mut Array4<f32>) -> Result<()> {
             self.seen.push(m.clone());
-            Ok(x.clone())
+            Ok(())
         }
         fn reset(&mut self) {
             self.seen.clear();

@@ -727,39 +727,44 @@ pub trait Sampler: Send {
     fn timesteps(&self) -> &[f64];
     /// The standard deviation of the starting latents.
     fn init_noise_sigma(&self) -> f32;
-    /// What the model is fed at step `step` (identity except for Euler).
-    fn scale_model_input(&self, x: &Array4<f32>, step: usize) -> Array4<f32>;
-    /// [`scale_model_input`](Sampler::scale_model_input) written into `out`
-    /// (the shape of `x`). The samplers here do not allocate; the default
-    /// calls `scale_model_input` and copies.
+    /// What the model is fed at step `step`, written into `out` (the shape
+    /// of `x`) without allocating. The default is the identity, which every
+    /// sampler here but Euler uses.
     fn scale_model_input_into(
         &self,
         x: &Array4<f32>,
-        step: usize,
+        _step: usize,
         mut out: ArrayViewMut4<'_, f32>,
     ) {
-        out.assign(&self.scale_model_input(x, step));
+        out.assign(x);
     }
-    /// One update: from `x` at step `step` and the model's output there, the
-    /// latents at the next step (after the last step: the result).
-    fn step(
-        &mut self,
-        model_output: &Array4<f32>,
-        step: usize,
-        x: &Array4<f32>,
-    ) -> Result<Array4<f32>>;
-    /// [`step`](Sampler::step) in place: `x` becomes the latents at the next
-    /// step, bit for bit what `step` returns. The samplers here do not
-    /// allocate (after DPM-Solver++'s first two steps); the default calls
-    /// `step`.
+    /// [`scale_model_input_into`](Sampler::scale_model_input_into) into a
+    /// new array.
+    fn scale_model_input(&self, x: &Array4<f32>, step: usize) -> Array4<f32> {
+        let mut out = Array4::<f32>::zeros(x.raw_dim());
+        self.scale_model_input_into(x, step, out.view_mut());
+        out
+    }
+    /// One update in place: from `x` at step `step` and the model's output
+    /// there, `x` becomes the latents at the next step (after the last
+    /// step: the result). The samplers here do not allocate (after
+    /// DPM-Solver++'s first two steps).
     fn step_in_place(
         &mut self,
         model_output: &Array4<f32>,
         step: usize,
         x: &mut Array4<f32>,
-    ) -> Result<()> {
-        *x = self.step(model_output, step, x)?;
-        Ok(())
+    ) -> Result<()>;
+    /// [`step_in_place`](Sampler::step_in_place) on a copy of `x`.
+    fn step(
+        &mut self,
+        model_output: &Array4<f32>,
+        step: usize,
+        x: &Array4<f32>,
+    ) -> Result<Array4<f32>> {
+        let mut out = x.clone();
+        self.step_in_place(model_output, step, &mut out)?;
+        Ok(out)
     }
     /// Forget any multistep history.
     fn reset(&mut self);
@@ -819,17 +824,6 @@ fn lincomb(a: f64, x: &Array4<f32>, b: f64, y: &Array4<f32>) -> Array4<f32> {
 }
 
 /// `step` from `step_in_place`: a copy of `x` updated in place.
-fn step_by_copy<S: Sampler + ?Sized>(
-    sampler: &mut S,
-    model_output: &Array4<f32>,
-    step: usize,
-    x: &Array4<f32>,
-) -> Result<Array4<f32>> {
-    let mut out = x.clone();
-    sampler.step_in_place(model_output, step, &mut out)?;
-    Ok(out)
-}
-
 /// DDIM (Song et al. 2021, eq. 12) with η = 0, as `DDIMScheduler`.
 ///
 /// At timestep t with previous timestep `t' = t − ⌊N/n⌋` (diffusers' rule,
@@ -893,25 +887,6 @@ impl Sampler for Ddim {
     }
     fn init_noise_sigma(&self) -> f32 {
         1.0
-    }
-    fn scale_model_input(&self, x: &Array4<f32>, _step: usize) -> Array4<f32> {
-        x.clone()
-    }
-    fn scale_model_input_into(
-        &self,
-        x: &Array4<f32>,
-        _step: usize,
-        mut out: ArrayViewMut4<'_, f32>,
-    ) {
-        out.assign(x);
-    }
-    fn step(
-        &mut self,
-        model_output: &Array4<f32>,
-        step: usize,
-        x: &Array4<f32>,
-    ) -> Result<Array4<f32>> {
-        step_by_copy(self, model_output, step, x)
     }
     fn step_in_place(
         &mut self,
@@ -1060,25 +1035,6 @@ impl Sampler for DpmSolverPlusPlus2M {
     }
     fn init_noise_sigma(&self) -> f32 {
         1.0
-    }
-    fn scale_model_input(&self, x: &Array4<f32>, _step: usize) -> Array4<f32> {
-        x.clone()
-    }
-    fn scale_model_input_into(
-        &self,
-        x: &Array4<f32>,
-        _step: usize,
-        mut out: ArrayViewMut4<'_, f32>,
-    ) {
-        out.assign(x);
-    }
-    fn step(
-        &mut self,
-        model_output: &Array4<f32>,
-        step: usize,
-        x: &Array4<f32>,
-    ) -> Result<Array4<f32>> {
-        step_by_copy(self, model_output, step, x)
     }
     fn step_in_place(
         &mut self,
@@ -1233,11 +1189,6 @@ impl Sampler for EulerDiscrete {
     fn init_noise_sigma(&self) -> f32 {
         self.init_sigma as f32
     }
-    fn scale_model_input(&self, x: &Array4<f32>, step: usize) -> Array4<f32> {
-        let mut out = Array4::<f32>::zeros(x.raw_dim());
-        self.scale_model_input_into(x, step, out.view_mut());
-        out
-    }
     fn scale_model_input_into(
         &self,
         x: &Array4<f32>,
@@ -1249,14 +1200,6 @@ impl Sampler for EulerDiscrete {
         Zip::from(&mut out)
             .and(x)
             .for_each(|o, &v| *o = (v as f64 * k) as f32);
-    }
-    fn step(
-        &mut self,
-        model_output: &Array4<f32>,
-        step: usize,
-        x: &Array4<f32>,
-    ) -> Result<Array4<f32>> {
-        step_by_copy(self, model_output, step, x)
     }
     fn step_in_place(
         &mut self,
@@ -1325,25 +1268,6 @@ impl Sampler for Turbo {
     }
     fn init_noise_sigma(&self) -> f32 {
         (1.0 - self.alpha_cumprod).sqrt() as f32
-    }
-    fn scale_model_input(&self, x: &Array4<f32>, _step: usize) -> Array4<f32> {
-        x.clone()
-    }
-    fn scale_model_input_into(
-        &self,
-        x: &Array4<f32>,
-        _step: usize,
-        mut out: ArrayViewMut4<'_, f32>,
-    ) {
-        out.assign(x);
-    }
-    fn step(
-        &mut self,
-        model_output: &Array4<f32>,
-        step: usize,
-        x: &Array4<f32>,
-    ) -> Result<Array4<f32>> {
-        step_by_copy(self, model_output, step, x)
     }
     fn step_in_place(
         &mut self,
