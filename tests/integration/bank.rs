@@ -35,6 +35,31 @@ pub fn support_dir(root: &Path, name: &str, color: [u8; 3], n: u32) -> PathBuf {
     dir
 }
 
+/// `add CLASS --images DIR --bank BANK --encoder tiny-encoder --parts 4
+/// EXTRA…` in `sb` (which has the tiny encoder linked).
+pub fn add_tiny(
+    sb: &Sandbox,
+    bank: &Path,
+    class: &str,
+    images: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "add",
+        class,
+        "--images",
+        images.to_str().unwrap(),
+        "--bank",
+        bank.to_str().unwrap(),
+        "--encoder",
+        "tiny-encoder",
+        "--parts",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    sb.run(&args)
+}
+
 /// A sandbox with the tiny fixture encoder and a data folder whose bank is
 /// `<data>/bank` (also used by the reliability tests).
 pub struct Kit {
@@ -58,21 +83,7 @@ impl Kit {
 
     /// `add CLASS --images DIR --bank <data>/bank --encoder tiny-encoder --parts 4 EXTRA…`
     pub fn add(&self, class: &str, images: &Path, extra: &[&str]) -> std::process::Output {
-        let bank = self.bank();
-        let mut args = vec![
-            "add",
-            class,
-            "--images",
-            images.to_str().unwrap(),
-            "--bank",
-            bank.to_str().unwrap(),
-            "--encoder",
-            "tiny-encoder",
-            "--parts",
-            "4",
-        ];
-        args.extend_from_slice(extra);
-        self.sb.run(&args)
+        add_tiny(&self.sb, &self.bank(), class, images, extra)
     }
 
     fn show_json(&self, class: &str) -> serde_json::Value {

@@ -6,7 +6,7 @@ use image::{Rgb, RgbImage};
 use ovdiff_bank::segment::prefilter::DEFAULT_TOPK;
 use ovdiff_bank::segment::render::read_label_png;
 
-use crate::bank::support_dir;
+use crate::bank::{add_tiny, support_dir};
 use crate::harness::{fixture, text, Sandbox};
 
 const RED: [u8; 3] = [230, 40, 40];
@@ -29,18 +29,10 @@ impl Kit {
             sb,
             data: tempfile::tempdir().unwrap(),
         };
+        let bank = kit.data.path().join("bank");
         for (class, color) in [("red", RED), ("green", GREEN), ("blue", BLUE)] {
             let dir = support_dir(kit.data.path(), class, color, 2);
-            let out = kit.run(&[
-                "add",
-                class,
-                "--images",
-                dir.to_str().unwrap(),
-                "--encoder",
-                "tiny-encoder",
-                "--parts",
-                "4",
-            ]);
+            let out = add_tiny(&kit.sb, &bank, class, &dir, &[]);
             assert!(out.status.success(), "{:?}", text(&out));
         }
         Some(kit)

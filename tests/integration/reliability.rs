@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use image::{GrayImage, ImageBuffer, Luma, Rgb, Rgba, RgbaImage};
 
-use crate::bank::{crc32, disc_image, support_dir};
+use crate::bank::{add_tiny, crc32, disc_image, support_dir};
 use crate::harness::{fixture, text};
 
 /// A sandbox with the tiny encoder and a bank at `<data>/bank` holding `red`.
@@ -624,18 +624,7 @@ fn verify_bank_reads_back_classes_and_gives_build_independent_digests() {
     let blue = support_dir(kit.data.path(), "blue", [40, 40, 230], 2);
     let other = kit.data.path().join("other");
     let add_to = |bank: &Path, class: &str, dir: &Path| {
-        let out = kit.sb.run(&[
-            "add",
-            class,
-            "--images",
-            dir.to_str().unwrap(),
-            "--bank",
-            bank.to_str().unwrap(),
-            "--encoder",
-            "tiny-encoder",
-            "--parts",
-            "4",
-        ]);
+        let out = add_tiny(&kit.sb, bank, class, dir, &[]);
         assert!(out.status.success(), "{:?}", text(&out));
     };
     // In `other`, `red` gets another build id and a later time.

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use ovdiff_bank::segment::render::read_label_png;
 
-use crate::bank::{disc_image, support_dir};
+use crate::bank::{add_tiny, disc_image, support_dir};
 use crate::harness::{fixture, installed_home, require, text, Sandbox};
 
 struct Kit {
@@ -31,18 +31,8 @@ impl Kit {
     /// parts) with `extra` arguments; returns its stderr.
     fn add(&self, class: &str, color: [u8; 3], extra: &[&str]) -> String {
         let dir = support_dir(self.data.path(), class, color, 2);
-        let mut args = vec![
-            "add",
-            class,
-            "--images",
-            dir.to_str().unwrap(),
-            "--encoder",
-            "tiny-encoder",
-            "--parts",
-            "4",
-        ];
-        args.extend_from_slice(extra);
-        let out = self.run(&args);
+        let bank = self.data.path().join("bank");
+        let out = add_tiny(&self.sb, &bank, class, &dir, extra);
         assert!(out.status.success(), "{:?}", text(&out));
         text(&out).1
     }
