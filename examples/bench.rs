@@ -24,7 +24,7 @@ use ovdiff_bank::runtime::{Runtime, RuntimeOptions};
 use ovdiff_bank::segment::query;
 use ovdiff_bank::segment::store::FileStore;
 use ovdiff_bank::segment::SegmentOptions;
-use ovdiff_bank::support_set::{self, LearnOptions};
+use ovdiff_bank::support_set::{self, LearnOptions, SupportImage};
 use ovdiff_bank::Home;
 
 /// Counts the bytes the program (not ONNX Runtime, which allocates in C++)
@@ -148,7 +148,8 @@ fn bench_add(home: &Home) {
         },
     };
     let mut encs = vec![enc];
-    let learned = support_set::learn(&files, &mut encs, &opts, &mut |_| {}).unwrap();
+    let learned =
+        support_set::learn(&support_images(&files), &mut encs, &opts, &mut |_| {}).unwrap();
     let build = learned.class_build(
         "bench",
         false,
@@ -226,7 +227,8 @@ fn sample_bank(home: &Home, enc: &mut Encoder, dir: &std::path::Path) -> Bank {
                 ..BuildOptions::default()
             },
         };
-        let learned = support_set::learn(&files, encs, &opts, &mut |_| {}).unwrap();
+        let learned =
+            support_set::learn(&support_images(&files), encs, &opts, &mut |_| {}).unwrap();
         let build = learned.class_build(
             &name,
             stuff,
@@ -1002,4 +1004,9 @@ fn bench_prefilter(home: &Home, dir: &std::path::Path) {
     for batch in [64, 128, 256, 512] {
         row(&mut pf, 10, batch);
     }
+}
+
+/// Support images without attribution maps (user folders).
+fn support_images(files: &[std::path::PathBuf]) -> Vec<SupportImage> {
+    files.iter().cloned().map(SupportImage::from).collect()
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 
 use crate::bank::{BuildStats, ClassBuild, ClassRecordDraft, ClassSource, SupportImageInfo};
+use crate::diffusion::attribution;
 use crate::features::{preprocess, Encoder, PatchGrid};
 use crate::prototypes::builder::{build_prototypes, BuildOptions, SupportFeatures};
 use crate::prototypes::split::{split_by_features, split_by_saliency, Split, SplitMethod};
@@ -27,6 +28,26 @@ pub const THUMBNAIL_QUALITY: u8 = 85;
 
 /// File extensions read from a support folder.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
+
+/// One support image, and the diffusion model's attribution map for it
+/// when it was sampled by a generator that gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupportImage {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its attribution map, a 16-bit greyscale PNG
+    /// ([`attribution::write_png`]).
+    pub attribution: Option<PathBuf>,
+}
+
+impl From<PathBuf> for SupportImage {
+    fn from(path: PathBuf) -> SupportImage {
+        SupportImage {
+            path,
+            attribution: None,
+        }
+    }
+}
 
 /// How a support set is turned into prototypes.
 #[derive(Debug, Clone)]
@@ -213,19 +234,41 @@ fn split_one(
     method: SplitMethod,
     grid: &PatchGrid,
     saliency: Option<&ndarray::Array2<f32>>,
+    attribution: Option<&ndarray::Array2<f32>>,
     seed: u64,
 ) -> Split {
-    match (method, saliency) {
-        (SplitMethod::Saliency, Some(s)) => split_by_saliency(s.view(), grid.h, grid.w),
+    match (method, saliency, attribution) {
+        (SplitMethod::Saliency, Some(s), _) | (SplitMethod::Attribution, _, Some(s)) => {
+            split_by_saliency(s.view(), grid.h, grid.w)
+        }
         _ => split_by_features(grid, seed),
     }
+}
+
+/// The attribution map of `image` when `method` needs one: a missing or
+/// unreadable map makes the image unusable (it is skipped, like an
+/// unreadable image).
+fn attribution_for(
+    method: SplitMethod,
+    image: &SupportImage,
+) -> Result<Option<ndarray::Array2<f32>>> {
+    if method != SplitMethod::Attribution {
+        return Ok(None);
+    }
+    let path = image.attribution.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{} has no attribution map, which `--split attribution` needs",
+            image.path.display()
+        ))
+    })?;
+    attribution::read_png(path).map(Some)
 }
 
 /// Learn a class from support images with every encoder.
 ///
 /// `on_event` is called once per image (used or skipped), in order.
 pub fn learn(
-    images: &[PathBuf],
+    images: &[SupportImage],
     encoders: &mut [Encoder],
     opts: &LearnOptions,
     on_event: &mut dyn FnMut(Event<'_>),
@@ -237,14 +280,16 @@ pub fn learn(
     let mut per_encoder: Vec<Vec<(PatchGrid, Split)>> = vec![Vec::new(); encoders.len()];
     let mut fallback_splits = 0u32;
     let (mut encode_time, mut decode_time) = (Duration::ZERO, Duration::ZERO);
-    for path in images {
+    for image in images {
+        let path = &image.path;
         let t = Instant::now();
         let decoded = preprocess::load_rgb(path).and_then(|img| {
             let thumb = thumbnail(&img)?;
-            Ok((img, thumb))
+            let map = attribution_for(opts.split, image)?;
+            Ok((img, thumb, map))
         });
         decode_time += t.elapsed();
-        let (img, thumb) = match decoded {
+        let (img, thumb, map) = match decoded {
             Ok(v) => v,
             Err(error) => {
                 on_event(Event::Skipped {
@@ -263,7 +308,13 @@ pub fn learn(
         }
         encode_time += t.elapsed();
         for (slot, out) in per_encoder.iter_mut().zip(outs) {
-            let split = split_one(opts.split, &out.grid, out.saliency.as_ref(), seed);
+            let split = split_one(
+                opts.split,
+                &out.grid,
+                out.saliency.as_ref(),
+                map.as_ref(),
+                seed,
+            );
             fallback_splits += u32::from(split.fallback);
             slot.push((out.grid, split));
         }

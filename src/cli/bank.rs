@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{print_json, Context};
 use crate::bank::{Bank, ClassRecord, ClassSource, EncoderInfo, PrototypeCounts};
+use crate::diffusion::attribution;
 use crate::diffusion::generate::{
     Generator, Progress as GenProgress, SampleOptions, DEFAULT_NEGATIVE, DEFAULT_PROMPT,
 };
@@ -19,7 +20,7 @@ use crate::home::DEFAULT_ENCODER;
 use crate::prototypes::builder::BuildOptions;
 use crate::prototypes::split::SplitMethod;
 use crate::segment::query;
-use crate::support_set::{self, Event, LearnOptions};
+use crate::support_set::{self, Event, LearnOptions, SupportImage};
 
 /// Arguments of `add`.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,9 +56,13 @@ pub struct AddArgs {
     /// Rebuild the class if it exists (the old one stays until the new one is complete).
     #[arg(long)]
     pub replace: bool,
-    /// Foreground/background split: saliency or feature-split.
-    #[arg(long, default_value = "saliency", value_name = "METHOD")]
-    pub split: SplitMethod,
+    /// Foreground/background split: saliency (the encoder's saliency
+    /// output), feature-split (2-means over patch tokens) or attribution
+    /// (the generator's cross-attention maps) [default: attribution when
+    /// the generator's UNet declares cross-attention outputs, else
+    /// saliency].
+    #[arg(long, value_name = "METHOD")]
+    pub split: Option<SplitMethod>,
     /// Number of K-means part prototypes per side.
     #[arg(long, default_value_t = 32, value_name = "K")]
     pub parts: usize,
@@ -187,17 +192,50 @@ fn generator_dir(ctx: &Context, arg: Option<&PathBuf>) -> anyhow::Result<PathBuf
     })
 }
 
-/// Sample the support set; returns the cached image paths and the class source.
-fn sample_support(
+/// The split for a support set: the one asked for, else attribution maps
+/// when the generator gives them, else the encoder's saliency. Attribution
+/// asked of a source without maps is refused before any work.
+fn choose_split(
+    asked: Option<SplitMethod>,
+    generator: Option<&Generator>,
+) -> anyhow::Result<SplitMethod> {
+    let has_maps = generator.is_some_and(Generator::has_attribution);
+    match asked {
+        Some(SplitMethod::Attribution) if !has_maps => bail!(
+            "--split attribution needs attribution maps, which only a generator whose UNet \
+             declares cross-attention outputs gives ({}); use --split saliency or feature-split, \
+             or run `python3 scripts/expose_attention.py EXPORT_DIR` on the export (see \
+             docs/generators.md)",
+            match generator {
+                Some(g) => format!("{} declares none", g.dir().root().display()),
+                None => "support images from --images have none".to_string(),
+            }
+        ),
+        Some(m) => Ok(m),
+        None if has_maps => Ok(SplitMethod::Attribution),
+        None => Ok(SplitMethod::Saliency),
+    }
+}
+
+/// Open the generator `add` samples with (from --generator or config.toml).
+fn open_generator(
     ctx: &Context,
     runtime: &crate::runtime::Runtime,
+    s: &SamplingArgs,
+) -> anyhow::Result<Generator> {
+    let dir = generator_dir(ctx, s.generator.as_ref())?;
+    Generator::open(runtime, &dir).with_context(|| format!("opening generator {}", dir.display()))
+}
+
+/// Sample the support set; returns the cached images (with their
+/// attribution maps when the generator gives them) and the class source.
+fn sample_support(
+    ctx: &Context,
+    generator: &mut Generator,
     class: &str,
     s: &SamplingArgs,
     seed: u64,
-) -> anyhow::Result<(Vec<PathBuf>, ClassSource)> {
-    let dir = generator_dir(ctx, s.generator.as_ref())?;
-    let mut generator = Generator::open(runtime, &dir)
-        .with_context(|| format!("opening generator {}", dir.display()))?;
+) -> anyhow::Result<(Vec<SupportImage>, ClassSource)> {
     let opts = SampleOptions {
         n: s.n,
         steps: s.steps,
@@ -237,19 +275,32 @@ fn sample_support(
         GenProgress::Written { count, .. } => pb.inc(count as u64),
     });
     pb.finish_and_clear();
-    let paths = paths?;
+    let with_maps = generator.has_attribution();
+    let images: Vec<SupportImage> = paths?
+        .into_iter()
+        .map(|path| SupportImage {
+            attribution: with_maps.then(|| attribution::map_path(&path)),
+            path,
+        })
+        .collect();
     if let Some(keep) = &s.keep_support {
         std::fs::create_dir_all(keep).with_context(|| format!("creating {}", keep.display()))?;
-        for (i, p) in paths.iter().enumerate() {
-            let to = keep.join(format!("{class}-{i:03}.png"));
-            std::fs::copy(p, &to).with_context(|| format!("writing {}", to.display()))?;
+        for (i, image) in images.iter().enumerate() {
+            let mut copies = vec![(&image.path, format!("{class}-{i:03}.png"))];
+            if let Some(map) = &image.attribution {
+                copies.push((map, format!("{class}-{i:03}.attribution.png")));
+            }
+            for (from, name) in copies {
+                let to = keep.join(name);
+                std::fs::copy(from, &to).with_context(|| format!("writing {}", to.display()))?;
+            }
         }
     }
     let source = ClassSource::Generator {
         fingerprint: generator.fingerprint().to_string(),
         params: opts.params(class),
     };
-    Ok((paths, source))
+    Ok((images, source))
 }
 
 #[derive(Debug, Serialize)]
@@ -258,6 +309,8 @@ struct AddReport {
     bank: PathBuf,
     images_used: usize,
     images_skipped: Vec<SkippedImage>,
+    /// The foreground/background split used.
+    split: &'static str,
     fallback_splits: u32,
     encoders: Vec<EncoderReport>,
     seconds: f64,
@@ -484,21 +537,27 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         bank.register_encoder(&info)?;
         encoders.push(enc);
     }
-    support_set::check_encoders(&encoders, args.split)?;
+    let mut generator = match given {
+        Some(_) => None,
+        None => Some(open_generator(ctx, &runtime, &args.sampling)?),
+    };
+    let split = choose_split(args.split, generator.as_ref())?;
+    support_set::check_encoders(&encoders, split)?;
     let mut sample_time = std::time::Duration::ZERO;
-    let (images, source) = match (given, &args.images) {
-        (Some(images), Some(dir)) => (
-            images,
+    let (images, source) = match (given, &args.images, generator.as_mut()) {
+        (Some(images), Some(dir), _) => (
+            images.into_iter().map(SupportImage::from).collect(),
             ClassSource::Images {
                 dir: dir.display().to_string(),
             },
         ),
-        _ => {
+        (_, _, Some(generator)) => {
             let t = Instant::now();
-            let sampled = sample_support(ctx, &runtime, &class, &args.sampling, args.seed)?;
+            let sampled = sample_support(ctx, generator, &class, &args.sampling, args.seed)?;
             sample_time = t.elapsed();
             sampled
         }
+        _ => unreachable!("invariant: a generator is opened when no images are given"),
     };
 
     let pb = if ctx.json {
@@ -515,7 +574,7 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     );
     pb.set_prefix(format!("add {}", class));
     let opts = LearnOptions {
-        split: args.split,
+        split,
         build: BuildOptions {
             parts: args.parts,
             seed: args.seed,
@@ -533,7 +592,7 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     let learned = learned?;
 
-    let mut build = learned.class_build(&class, args.stuff, source, args.split);
+    let mut build = learned.class_build(&class, args.stuff, source, split);
     if let Some(stats) = build.record.stats.as_mut() {
         stats.total_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         stats.sample_ms = u64::try_from(sample_time.as_millis()).unwrap_or(u64::MAX);
@@ -553,6 +612,7 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
                 reason: reason.clone(),
             })
             .collect(),
+        split: split.as_str(),
         fallback_splits: learned.fallback_splits,
         encoders: learned
             .encoders
@@ -572,12 +632,13 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         print_json(&report)?;
     } else {
         println!(
-            "added `{}` to {}: {} images used, {} skipped, {} fallback splits, {:.1} s \
-             (encoder {:.1} s, pooling {:.1} s)",
+            "added `{}` to {}: {} images used, {} skipped, {} split with {} fallback splits, \
+             {:.1} s (encoder {:.1} s, pooling {:.1} s)",
             report.class,
             report.bank.display(),
             report.images_used,
             report.images_skipped.len(),
+            report.split,
             report.fallback_splits,
             report.seconds,
             report.encode_seconds,

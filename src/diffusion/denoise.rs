@@ -31,6 +31,7 @@ use ndarray::{concatenate, s, Array3, Array4, ArrayView3, ArrayView4, ArrayViewM
 use ort::session::SessionInputValue;
 use ort::value::{DynTensor, DynValue, Tensor, TensorRef};
 
+use super::attribution::AttributionMaps;
 use super::scheduler::Sampler;
 use super::timing::SamplingTimes;
 use crate::prototypes::parts::SplitMix64;
@@ -350,6 +351,14 @@ pub struct OnnxUnet {
     hidden_shape: Vec<usize>,
     /// The `sample` input of fp16 exports, reused while its shape holds.
     sample_f16: Option<(Vec<usize>, DynTensor)>,
+    /// Cross-attention outputs declared by the UNet's manifest.
+    attention_outputs: Vec<String>,
+    /// Attribution maps being accumulated, between `begin_attribution`
+    /// and `take_attribution`.
+    attribution: Option<AttributionMaps>,
+    /// Time reading cross-attention outputs since the last
+    /// `take_attribution_time`.
+    attribution_time: Duration,
 }
 
 impl std::fmt::Debug for OnnxUnet {
@@ -467,7 +476,64 @@ impl OnnxUnet {
             hidden: Vec::new(),
             hidden_shape: Vec::new(),
             sample_f16: None,
+            attention_outputs: Vec::new(),
+            attribution: None,
+            attribution_time: Duration::ZERO,
         })
+    }
+
+    /// Read `names` (cross-attention probabilities, see
+    /// [`attribution`](super::attribution)) after every run while
+    /// attribution maps are being accumulated. Each must be a float output
+    /// of rank 3 or 4 of the graph.
+    pub fn declare_attention(&mut self, names: &[String]) -> Result<()> {
+        let outputs = self.session.outputs();
+        for name in names {
+            let sig = outputs.iter().find(|o| &o.name == name).ok_or_else(|| {
+                Error::bundle(
+                    &self.dir,
+                    format!(
+                        "the UNet's manifest declares cross-attention output `{name}`, which \
+                         the graph does not have; re-run scripts/expose_attention.py on the export"
+                    ),
+                )
+            })?;
+            if !matches!(sig.dtype, Some(Dtype::F32 | Dtype::F16))
+                || !(3..=4).contains(&sig.shape.len())
+            {
+                return Err(Error::bundle(
+                    &self.dir,
+                    format!(
+                        "cross-attention output `{name}` must be float32 or float16 of rank 3 \
+                         or 4 ([B·heads, L, T] or [B, heads, L, T]); the graph's has rank {}",
+                        sig.shape.len()
+                    ),
+                ));
+            }
+        }
+        self.attention_outputs = names.to_vec();
+        Ok(())
+    }
+
+    /// The declared cross-attention outputs (empty: no attribution maps).
+    pub fn attention_outputs(&self) -> &[String] {
+        &self.attention_outputs
+    }
+
+    /// Accumulate the declared cross-attention outputs of every run into
+    /// `maps` until [`take_attribution`](Self::take_attribution).
+    pub fn begin_attribution(&mut self, maps: AttributionMaps) {
+        self.attribution = Some(maps);
+    }
+
+    /// The maps accumulated since [`begin_attribution`](Self::begin_attribution).
+    pub fn take_attribution(&mut self) -> Option<AttributionMaps> {
+        self.attribution.take()
+    }
+
+    /// Time spent reading cross-attention outputs since the last call; resets it.
+    pub fn take_attribution_time(&mut self) -> Duration {
+        std::mem::take(&mut self.attribution_time)
     }
 
     /// The element type of `sample` (f16 for fp16 exports).
@@ -593,20 +659,24 @@ impl OnnxUnet {
                 latents.slice(s![start..end, .., .., ..]),
                 timestep,
                 k,
+                start,
                 out.slice_mut(s![start..end, .., .., ..]),
             )?;
         }
         Ok(())
     }
 
-    /// One run of the graph on a chunk, with the `k`th prepared embeddings:
-    /// f32 latents are passed to ONNX Runtime without a copy (f16 ones are
-    /// converted into a reused tensor), and the output is copied into `out`.
+    /// One run of the graph on a chunk (model-batch rows from `first_row`),
+    /// with the `k`th prepared embeddings: f32 latents are passed to ONNX
+    /// Runtime without a copy (f16 ones are converted into a reused
+    /// tensor), the output is copied into `out`, and declared
+    /// cross-attention outputs go into the attribution maps, if any.
     fn run_chunk(
         &mut self,
         latents: ArrayView4<'_, f32>,
         timestep: f64,
         k: usize,
+        first_row: usize,
         mut out: ArrayViewMut4<'_, f32>,
     ) -> Result<()> {
         let clock = Instant::now();
@@ -686,6 +756,19 @@ impl OnnxUnet {
                 .for_each(|(i, o)| *o = data.get(i)),
         }
         self.copy_time += clock.elapsed();
+        if let Some(maps) = self.attribution.as_mut() {
+            let clock = Instant::now();
+            for attn in &self.attention_outputs {
+                let value = outputs.remove(attn.as_str()).ok_or_else(|| {
+                    Error::bundle(&self.dir, format!("output `{attn}` missing at run time"))
+                })?;
+                let (shape, data) = float_view(&value).map_err(|e| {
+                    Error::ort(format!("reading output `{attn}` of UNet {name}"), e)
+                })?;
+                maps.add(attn, &shape, &data, first_row, batch)?;
+            }
+            self.attribution_time += clock.elapsed();
+        }
         Ok(())
     }
 }

@@ -16,12 +16,13 @@ use image::RgbImage;
 use ndarray::{s, Array4};
 use sha2::{Digest, Sha256};
 
+use super::attribution::{self, map_path, AttributionMaps};
 use super::denoise::{gaussian_noise_into, sample_timed, OnnxUnet};
 use super::pipeline_dir::PipelineDir;
 use super::scheduler::{build_sampler, SchedulerConfig, SchedulerKind};
 use super::text::TextEncoder;
 pub use super::timing::SamplingTimes;
-use crate::runtime::manifest::Dtype;
+use crate::runtime::manifest::{Dtype, Role, MANIFEST_FILE};
 use crate::runtime::tensor::{f16_tensor, float_view, FloatSlice};
 use crate::runtime::{ModelSession, Runtime};
 use crate::segment::render::write_atomic;
@@ -166,8 +167,9 @@ impl Generator {
         let pipeline = PipelineDir::open(dir)?;
         let scheduler = SchedulerConfig::load(&pipeline.scheduler_config_path())?;
         let text = TextEncoder::open(runtime, &pipeline)?;
-        let unet_session = ModelSession::from_graph_in_turns(runtime, &pipeline.unet_path(), dir)?;
-        let unet = OnnxUnet::from_session(unet_session, "unet", dir)?;
+        let (unet_session, attention) = open_unet(runtime, &pipeline)?;
+        let mut unet = OnnxUnet::from_session(unet_session, "unet", dir)?;
+        unet.declare_attention(&attention)?;
         let vae = ModelSession::from_graph_in_turns(runtime, &pipeline.vae_decoder_path(), dir)?;
         let inputs = vae.inputs();
         let vae_input = match inputs.as_slice() {
@@ -232,6 +234,13 @@ impl Generator {
         self.times = SamplingTimes::default();
     }
 
+    /// True when the UNet's manifest declares cross-attention outputs: every
+    /// sampled image then gets an attribution map
+    /// ([`attribution::map_path`]).
+    pub fn has_attribution(&self) -> bool {
+        !self.unet.attention_outputs().is_empty()
+    }
+
     /// The export folder.
     pub fn dir(&self) -> &PipelineDir {
         &self.dir
@@ -294,9 +303,10 @@ impl Generator {
         let paths: Vec<PathBuf> = (0..opts.n)
             .map(|i| dir.join(format!("{i:03}.png")))
             .collect();
+        let attribution = self.has_attribution();
         let todo: Vec<usize> = (0..opts.n)
             .filter(|&i| {
-                let cached = paths[i].is_file();
+                let cached = paths[i].is_file() && (!attribution || map_path(&paths[i]).is_file());
                 if cached {
                     on_progress(Progress::Cached { index: i });
                 }
@@ -307,7 +317,23 @@ impl Generator {
             return Ok(paths);
         }
         let tok = self.dir.tokenizer();
-        let cond_ids = tok.encode(&opts.prompt_for(class));
+        let prompt = opts.prompt_for(class);
+        let class_tokens = if attribution {
+            let t = tok.class_token_positions(&prompt, class);
+            if t.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "the prompt {prompt:?} does not contain the class name {class:?} within its \
+                     first {} tokens, so there are no class tokens for the attribution map to \
+                     follow; use a --prompt with {{}}, or a UNet folder without \
+                     [attribution]",
+                    super::tokenizer::CONTEXT_LENGTH - 2
+                )));
+            }
+            t
+        } else {
+            Vec::new()
+        };
+        let cond_ids = tok.encode(&prompt);
         let uncond_ids = tok.encode(&opts.negative);
         let guidance = opts.effective_guidance();
         let t = Instant::now();
@@ -329,6 +355,16 @@ impl Generator {
             }
             self.times.noise += t.elapsed();
             let first = chunk[0];
+            if attribution {
+                let cond_start = if guidance > 1.0 { chunk.len() } else { 0 };
+                self.unet.begin_attribution(AttributionMaps::new(
+                    chunk.len(),
+                    cond_start,
+                    side,
+                    side,
+                    class_tokens.clone(),
+                )?);
+            }
             let latents = sample_timed(
                 &mut self.unet,
                 sampler.as_mut(),
@@ -349,8 +385,24 @@ impl Generator {
             let (run, copies) = self.unet.take_times();
             self.times.unet += run;
             self.times.copies += copies;
-            let images = self.decode(&latents?)?;
-            for (&i, img) in chunk.iter().zip(images) {
+            self.times.attribution += self.unet.take_attribution_time();
+            let maps = self.unet.take_attribution();
+            let latents = latents?;
+            let maps = match maps {
+                Some(m) => m.finish()?,
+                None => Vec::new(),
+            };
+            let images = self.decode(&latents)?;
+            for (k, (&i, img)) in chunk.iter().zip(images).enumerate() {
+                if let Some(map) = maps.get(k) {
+                    // before the image: a cached image without its map is redone
+                    let t = Instant::now();
+                    let bytes = attribution::encode_png(map.view())?;
+                    self.times.png_encode += t.elapsed();
+                    let t = Instant::now();
+                    write_atomic(&map_path(&paths[i]), &bytes)?;
+                    self.times.cache_write += t.elapsed();
+                }
                 let t = Instant::now();
                 let bytes = encode_png(&paths[i], &img)?;
                 self.times.png_encode += t.elapsed();
@@ -425,6 +477,56 @@ impl Generator {
         self.times.to_rgb += clock.elapsed();
         Ok(images)
     }
+}
+
+/// The UNet's session and the cross-attention outputs its manifest
+/// declares. A plain export has no `unet/manifest.toml`: the graph is
+/// loaded as it is and declares none. With one (see
+/// `scripts/expose_attention.py`), the manifest is read and its files
+/// checked like any bundle's, its graph must be `unet/model.onnx`, and the
+/// session's inputs and outputs are checked against it.
+fn open_unet(runtime: &Runtime, pipeline: &PipelineDir) -> Result<(ModelSession, Vec<String>)> {
+    let unet_dir = pipeline
+        .unet_path()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if !unet_dir.join(MANIFEST_FILE).is_file() {
+        let session =
+            ModelSession::from_graph_in_turns(runtime, &pipeline.unet_path(), pipeline.root())?;
+        return Ok((session, Vec::new()));
+    }
+    let bundle = runtime.open_bundle(&unet_dir).map_err(|e| {
+        Error::bundle(
+            &unet_dir,
+            format!(
+                "{e} (unet/manifest.toml was written by scripts/expose_attention.py: if the UNet \
+                 was exported again, re-run that script on the export)"
+            ),
+        )
+    })?;
+    let m = bundle.manifest();
+    if m.role != Role::Unet {
+        return Err(Error::bundle(
+            &unet_dir,
+            format!(
+                "manifest.toml: role is {}, but the UNet's must be unet",
+                m.role
+            ),
+        ));
+    }
+    if m.graph_path(&unet_dir) != Some(pipeline.unet_path()) {
+        return Err(Error::bundle(
+            &unet_dir,
+            "manifest.toml: [graph] file must be model.onnx, the graph of the export",
+        ));
+    }
+    let attention = m
+        .attribution
+        .as_ref()
+        .map(|a| a.cross_attention_outputs.clone())
+        .unwrap_or_default();
+    Ok((ModelSession::new_in_turns(runtime, &bundle)?, attention))
 }
 
 /// Decoded pixel `v` in [-1, 1] to 8 bits: `round((v/2 + 0.5)·255)`,

@@ -17,6 +17,7 @@
 //! * [`text`]: the ONNX text encoder (`input_ids` -> `last_hidden_state`);
 //! * [`timing`]: where sampling time goes, in named parts.
 
+pub mod attribution;
 pub mod denoise;
 pub mod generate;
 pub mod pipeline_dir;

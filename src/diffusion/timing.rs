@@ -36,6 +36,9 @@ pub struct SamplingTimes {
     pub copies: Duration,
     /// Drawing the starting noise.
     pub noise: Duration,
+    /// Reading the cross-attention outputs into attribution maps (only
+    /// for UNets that declare them).
+    pub attribution: Duration,
     /// Decoded pixels (`[B, 3, H, W]` floats) to 8-bit RGB images.
     pub to_rgb: Duration,
     /// PNG encoding of the finished images for the cache.
@@ -62,6 +65,7 @@ impl SamplingTimes {
             + self.guidance
             + self.copies
             + self.noise
+            + self.attribution
             + self.to_rgb
             + self.cache()
     }
@@ -103,13 +107,14 @@ impl SamplingTimes {
         self.guidance += other.guidance;
         self.copies += other.copies;
         self.noise += other.noise;
+        self.attribution += other.attribution;
         self.to_rgb += other.to_rgb;
         self.png_encode += other.png_encode;
         self.cache_write += other.cache_write;
     }
 
     /// Every part with a short name, in display order (not `total`).
-    pub fn named_parts(&self) -> [(&'static str, Duration); 11] {
+    pub fn named_parts(&self) -> [(&'static str, Duration); 12] {
         [
             ("text encoder (model)", self.text_encoder),
             ("UNet (model)", self.unet),
@@ -118,6 +123,7 @@ impl SamplingTimes {
             ("guidance combine + finite check", self.guidance),
             ("tensor copies / conversion in and out of ort", self.copies),
             ("noise generation", self.noise),
+            ("attribution maps (cross-attention reads)", self.attribution),
             ("latents → RGB conversion", self.to_rgb),
             ("cache: PNG encoding", self.png_encode),
             ("cache: write + fsync + rename", self.cache_write),

@@ -49,6 +49,10 @@ pub enum SplitMethod {
     Saliency,
     /// 2-means over the patch tokens with a border prior: [`split_by_features`].
     FeatureSplit,
+    /// Threshold the diffusion model's own attribution map for the class
+    /// tokens (OVDiff's split; generators whose UNet declares
+    /// cross-attention outputs): [`split_by_saliency`] on that map.
+    Attribution,
 }
 
 impl SplitMethod {
@@ -57,6 +61,7 @@ impl SplitMethod {
         match self {
             SplitMethod::Saliency => "saliency",
             SplitMethod::FeatureSplit => "feature-split",
+            SplitMethod::Attribution => "attribution",
         }
     }
 }
@@ -69,7 +74,7 @@ impl fmt::Display for SplitMethod {
 
 /// An unknown split-method name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown split method {0:?} (expected \"saliency\" or \"feature-split\")")]
+#[error("unknown split method {0:?} (expected \"saliency\", \"feature-split\" or \"attribution\")")]
 pub struct ParseSplitMethodError(pub String);
 
 impl FromStr for SplitMethod {
@@ -79,6 +84,7 @@ impl FromStr for SplitMethod {
         match s {
             "saliency" => Ok(SplitMethod::Saliency),
             "feature-split" => Ok(SplitMethod::FeatureSplit),
+            "attribution" => Ok(SplitMethod::Attribution),
             other => Err(ParseSplitMethodError(other.to_string())),
         }
     }
@@ -320,7 +326,7 @@ fn quantile_split(scores: &[f32], h: usize, w: usize) -> Split {
 
 /// Min-max normalise in place. A flat map (range at most `1e-6`, or at most
 /// `1e-5` of its magnitude: resampling noise) becomes all zeros.
-fn min_max_normalize(map: &mut Array2<f32>) {
+pub(crate) fn min_max_normalize(map: &mut Array2<f32>) {
     let lo = map.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let range = hi - lo;
@@ -332,7 +338,7 @@ fn min_max_normalize(map: &mut Array2<f32>) {
 }
 
 /// Resize `src` to `h × w`: `R_y · src · R_xᵀ` with per-axis weight matrices.
-fn resize(src: ArrayView2<f32>, h: usize, w: usize) -> Array2<f32> {
+pub(crate) fn resize(src: ArrayView2<f32>, h: usize, w: usize) -> Array2<f32> {
     let ry = axis_weights(src.nrows(), h);
     let rx = axis_weights(src.ncols(), w);
     ry.dot(&src).dot(&rx.t())
@@ -393,7 +399,11 @@ mod tests {
 
     #[test]
     fn method_names_round_trip() {
-        for m in [SplitMethod::Saliency, SplitMethod::FeatureSplit] {
+        for m in [
+            SplitMethod::Saliency,
+            SplitMethod::FeatureSplit,
+            SplitMethod::Attribution,
+        ] {
             assert_eq!(m.as_str().parse::<SplitMethod>().unwrap(), m);
             assert_eq!(m.to_string(), m.as_str());
         }

@@ -56,6 +56,10 @@ pub struct Manifest {
     /// Saliency-model settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saliency: Option<SaliencySpec>,
+    /// UNets only: the cross-attention outputs OVDiff's attribution maps
+    /// are built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<AttributionSpec>,
 }
 
 /// What a bundle is for.
@@ -283,6 +287,17 @@ pub struct SaliencySpec {
     pub output: String,
 }
 
+/// The cross-attention probabilities a UNet graph exposes (role `unet`),
+/// written by `scripts/expose_attention.py`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionSpec {
+    /// Outputs holding softmax-normalised cross-attention, `[B, heads, L, T]`
+    /// or `[B·heads, L, T]` (`L` query positions of a downsampled latent
+    /// grid, `T` text tokens).
+    pub cross_attention_outputs: Vec<String>,
+}
+
 impl Manifest {
     /// Read and validate `<dir>/manifest.toml`.
     pub fn load(dir: &Path) -> Result<Manifest> {
@@ -398,6 +413,32 @@ impl Manifest {
                 }
             }
             _ => {}
+        }
+        if let Some(a) = &self.attribution {
+            if self.role != Role::Unet {
+                return Err(format!("[attribution] is for role unet, not {}", self.role));
+            }
+            if a.cross_attention_outputs.is_empty() {
+                return Err("[attribution] cross_attention_outputs is empty".into());
+            }
+            let mut names = BTreeSet::new();
+            for name in &a.cross_attention_outputs {
+                let spec = self.output(name).ok_or_else(|| {
+                    format!("[attribution] output `{name}` is not among [[outputs]]")
+                })?;
+                if !names.insert(name.as_str()) {
+                    return Err(format!("[attribution] lists `{name}` twice"));
+                }
+                if !matches!(spec.dtype, Dtype::F32 | Dtype::F16)
+                    || !(3..=4).contains(&spec.shape.len())
+                {
+                    return Err(format!(
+                        "[attribution] output `{name}` must be f32 or f16 cross-attention \
+                         probabilities [B, heads, L, T] or [B*heads, L, T]; the manifest says {}",
+                        spec.describe()
+                    ));
+                }
+            }
         }
         if let Some(p) = &self.preprocess {
             if p.size == 0 || p.size_multiple == 0 || p.scale <= 0.0 {
@@ -527,5 +568,72 @@ skip_tokens = 1
             let err = m.validate().unwrap_err();
             assert!(err.contains(expect), "{from} -> {to}: {err}");
         }
+    }
+
+    const UNET: &str = r#"
+manifest_version = 1
+name = "unet"
+version = "1"
+role = "unet"
+[provenance]
+source = "test"
+licence = "MIT"
+[[files]]
+path = "model.onnx"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[graph]
+file = "model.onnx"
+[[inputs]]
+name = "sample"
+dtype = "f32"
+shape = ["B", 4, "H", "W"]
+[[outputs]]
+name = "out_sample"
+dtype = "f32"
+shape = ["B", 4, "H", "W"]
+[[outputs]]
+name = "attn_a"
+dtype = "f16"
+shape = ["B", "heads", "L", "T"]
+[[outputs]]
+name = "attn_b"
+dtype = "f32"
+shape = ["BH", "L", "T"]
+[attribution]
+cross_attention_outputs = ["attn_a", "attn_b"]
+"#;
+
+    #[test]
+    fn attribution_outputs_are_checked() {
+        let m = Manifest::parse(UNET).unwrap();
+        m.validate().unwrap();
+        let a = m.attribution.as_ref().unwrap();
+        assert_eq!(a.cross_attention_outputs, ["attn_a", "attn_b"]);
+        let cases = [
+            (
+                "[\"attn_a\", \"attn_b\"]",
+                "[\"attn_a\", \"attn_c\"]",
+                "not among",
+            ),
+            (
+                "[\"attn_a\", \"attn_b\"]",
+                "[\"attn_a\", \"attn_a\"]",
+                "twice",
+            ),
+            ("[\"attn_a\", \"attn_b\"]", "[]", "empty"),
+            (
+                "shape = [\"BH\", \"L\", \"T\"]",
+                "shape = [\"BH\", \"L\"]",
+                "[B, heads, L, T]",
+            ),
+            ("role = \"unet\"", "role = \"vae-decoder\"", "role unet"),
+        ];
+        for (from, to, expect) in cases {
+            let text = UNET.replacen(from, to, 1);
+            let err = Manifest::parse(&text).unwrap().validate().unwrap_err();
+            assert!(err.contains(expect), "{from} -> {to}: {err}");
+        }
+        let typo = UNET.replace("cross_attention_outputs", "cross_attention_output");
+        assert!(Manifest::parse(&typo).is_err());
     }
 }

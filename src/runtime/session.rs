@@ -27,11 +27,21 @@ impl std::fmt::Debug for ModelSession {
 impl ModelSession {
     /// Build the session for `bundle`'s graph and check its signature.
     pub fn new(runtime: &Runtime, bundle: &Bundle) -> Result<ModelSession> {
+        ModelSession::for_bundle(runtime, bundle, Spinning::On)
+    }
+
+    /// [`new`](Self::new) for a bundle whose graph runs in turns with
+    /// others (see [`from_graph_in_turns`](Self::from_graph_in_turns)).
+    pub fn new_in_turns(runtime: &Runtime, bundle: &Bundle) -> Result<ModelSession> {
+        ModelSession::for_bundle(runtime, bundle, Spinning::Off)
+    }
+
+    fn for_bundle(runtime: &Runtime, bundle: &Bundle, spinning: Spinning) -> Result<ModelSession> {
         let manifest = bundle.manifest();
         let path = manifest
             .graph_path(bundle.dir())
             .ok_or_else(|| Error::bundle(bundle.dir(), "bundle has no [graph] to load"))?;
-        let session = build(runtime, &path, bundle.dir(), Spinning::On)?;
+        let session = build(runtime, &path, bundle.dir(), spinning)?;
         check_signature(&session, &path, &manifest.inputs, &manifest.outputs)?;
         Ok(ModelSession { session, path })
     }
