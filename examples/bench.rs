@@ -723,8 +723,9 @@ fn bench_generate(home: &Home) {
     use ovdiff_bank::diffusion::generate::{Generator, SampleOptions, SamplingTimes};
     let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
     // OVDIFF_BENCH_GENERATOR=DIR: another export with the fixture's
-    // layout (examples/sd_heavier_unet.py), for scale; the target
-    // is measured on the tiny fixture.
+    // layout (examples/sd_heavier_unet.py, or the tiny export with the
+    // cross-attention UNet, whose attribution maps are then read), for
+    // scale; the target is measured on the tiny fixture.
     let stand_in = std::env::var_os("OVDIFF_BENCH_GENERATOR").map(std::path::PathBuf::from);
     let fixture = stand_in.clone().unwrap_or_else(|| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny")
@@ -803,6 +804,14 @@ fn bench_generate(home: &Home) {
             ms(t.cache()),
             t.outside_models_share_with_cache() * 100.0
         );
+        let px: usize = size.trim_start_matches(prefix).parse().unwrap_or(64);
+        let floor = loop_floor(8, px / 8, 30, 2);
+        println!(
+            "| {size} px: floor for any sampling loop: one fused pass per step at the least memory traffic (guided model output read, latents and one sampler history buffer read and written, the next doubled model input written: {:.1} MiB a step) and one pass from decoded floats to 8-bit RGB, no scheduler maths, no noise — median of 9 | {:.1} ms → floor ÷ (floor + these model calls) = {:.1}% | | |",
+            (8 * 4 * (px / 8) * (px / 8) * 4 * 10) as f64 / 1048576.0,
+            ms(floor),
+            100.0 * floor.as_secs_f64() / (floor + t.models()).as_secs_f64()
+        );
     }
     if stand_in.is_some() {
         return;
@@ -871,6 +880,67 @@ fn bench_generate(home: &Home) {
         mib_b(8 * 4 * 64 * 64 * 4),
         mib_b(32 * 3 * 512 * 512 * 4)
     );
+}
+
+/// The least work any sampling loop must do around the model calls, timed:
+/// `batches` batches of `batch` latents of `side × side` (4 channels), each
+/// `steps` steps of one fused pass that reads the guided model output
+/// (both halves), reads and writes the latents and one history buffer
+/// (DPM-Solver++ 2M keeps the previous prediction), and writes the next
+/// model input (both halves); then one pass from the decoded pixels
+/// (`[batch, 3, 8·side, 8·side]` f32) to interleaved 8-bit RGB. No
+/// scheduler coefficients are computed and no noise is drawn, so real
+/// loops cannot be faster. The median of 9 repetitions.
+fn loop_floor(batch: usize, side: usize, steps: usize, batches: usize) -> std::time::Duration {
+    let n = batch * 4 * side * side;
+    let model_out = vec![0.5f32; 2 * n];
+    let mut model_in = vec![0.0f32; 2 * n];
+    let mut x = vec![1.0f32; n];
+    let mut history = vec![0.0f32; n];
+    let pixels = vec![0.25f32; batch * 3 * 64 * side * side];
+    let mut rgb = vec![0u8; pixels.len()];
+    let mut times = Vec::new();
+    for _ in 0..9 {
+        let clock = std::time::Instant::now();
+        for _ in 0..batches {
+            for step in 0..steps {
+                let (g, a, b, c) = (8.0f32, 0.9f32, 0.1 + step as f32 * 1e-3, 0.05f32);
+                let (u, cond) = model_out.split_at(n);
+                let (first, second) = model_in.split_at_mut(n);
+                let lanes = u
+                    .iter()
+                    .zip(cond)
+                    .zip(x.iter_mut().zip(history.iter_mut()))
+                    .zip(first.iter_mut().zip(second.iter_mut()));
+                for (((u, cond), (x, h)), (f, s)) in lanes {
+                    let eps = u + g * (cond - u);
+                    let next = a * *x + b * eps + c * *h;
+                    *h = eps;
+                    *x = next;
+                    *f = next;
+                    *s = next;
+                }
+            }
+            let plane = 64 * side * side;
+            for (img, out) in pixels
+                .chunks_exact(3 * plane)
+                .zip(rgb.chunks_exact_mut(3 * plane))
+            {
+                let (r, rest) = img.split_at(plane);
+                let (gr, bl) = rest.split_at(plane);
+                for (((o, r), gr), bl) in out.chunks_exact_mut(3).zip(r).zip(gr).zip(bl) {
+                    let q = |v: f32| (v * 127.5 + 128.0).clamp(0.0, 255.0) as u8;
+                    o[0] = q(*r);
+                    o[1] = q(*gr);
+                    o[2] = q(*bl);
+                }
+            }
+        }
+        std::hint::black_box((&x, &model_in, &rgb));
+        times.push(clock.elapsed());
+    }
+    times.sort();
+    times[times.len() / 2]
 }
 
 /// `bench generate-memory N SIZE`: sample N images with the tiny export and
