@@ -8,6 +8,11 @@
 //! rename), so an interrupted `add` resumes where it stopped and never
 //! reads a half-written image. Image `i` starts from noise seeded by
 //! `seed` and `i` alone, so batching does not change the images.
+//!
+//! When the UNet's manifest declares cross-attention outputs, image `i`
+//! also gets its attribution map, `NNN.attribution.png`, written just
+//! before the image; an image whose map is missing counts as not cached
+//! (see [`attribution`](super::attribution)).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

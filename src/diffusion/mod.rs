@@ -15,6 +15,9 @@
 //! * [`tokenizer`]: CLIP's BPE tokenizer (77 ids per prompt, class-word
 //!   positions);
 //! * [`text`]: the ONNX text encoder (`input_ids` -> `last_hidden_state`);
+//! * [`attribution`]: OVDiff's attribution maps from the UNet's
+//!   cross-attention, for the foreground/background split;
+//! * [`generate`]: prompt to cached support images (and maps);
 //! * [`timing`]: where sampling time goes, in named parts.
 
 pub mod attribution;
