@@ -302,6 +302,34 @@ def find_cross_attention(model, pattern: str, path: Path) -> tuple:
     return tuple(found)
 
 
+def previously_exposed(manifest_path: Path) -> list[str]:
+    """The outputs an earlier run exposed (its manifest's [attribution])."""
+    if not manifest_path.is_file():
+        return []
+    try:
+        import tomllib
+        m = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ImportError, ValueError, OSError):
+        return []
+    names = m.get("attribution", {}).get("cross_attention_outputs", [])
+    return [n for n in names if isinstance(n, str)]
+
+
+def drop_stale_outputs(model, exposed: tuple, earlier: list[str]) -> list[str]:
+    """Remove from graph.output what an earlier run exposed that the current
+    pattern no longer matches (a re-run with a narrower --pattern), so that
+    ONNX Runtime stops copying it out every step. Returns the names dropped."""
+    keep = {e.name for e in exposed}
+    stale = [n for n in earlier if n not in keep and n != MAIN_OUTPUT]
+    dropped = []
+    for i in reversed(range(len(model.graph.output))):
+        name = model.graph.output[i].name
+        if name in stale:
+            del model.graph.output[i]
+            dropped.append(name)
+    return sorted(dropped)
+
+
 def add_outputs(model, exposed: tuple) -> bool:
     """Append the new ones to graph.output; True if the graph changed."""
     changed = False
@@ -355,7 +383,10 @@ def bundle_files(unet_dir: Path) -> list[str]:
     as sorted POSIX paths relative to unet/."""
     rels = []
     for p in unet_dir.rglob("*"):
-        if p.is_file() and not is_our_tmp(p):
+        # hidden files are not part of the bundle (ovdiff-bank's fingerprint
+        # skips them too); this also skips our own temporary files
+        hidden = any(part.startswith(".") for part in p.relative_to(unet_dir).parts)
+        if p.is_file() and not hidden and not is_our_tmp(p):
             rel = p.relative_to(unet_dir).as_posix()
             if rel != MANIFEST_FILE:
                 rels.append(rel)
@@ -448,12 +479,18 @@ def check_manifest(text: str, exposed: tuple) -> None:
         import tomllib
     except ImportError:
         return
-    m = tomllib.loads(text)
-    assert m["role"] == "unet" and m["graph"]["file"] == GRAPH_FILE
-    assert m["attribution"]["cross_attention_outputs"] == [e.name for e in exposed]
-    out_names = [o["name"] for o in m["outputs"]]
-    assert all(e.name in out_names for e in exposed)
-    assert GRAPH_FILE in [f["path"] for f in m["files"]]
+    try:
+        m = tomllib.loads(text)
+        ok = (m["role"] == "unet" and m["graph"]["file"] == GRAPH_FILE
+              and m["attribution"]["cross_attention_outputs"] == [e.name for e in exposed]
+              and all(e.name in [o["name"] for o in m["outputs"]] for e in exposed)
+              and GRAPH_FILE in [f["path"] for f in m["files"]])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ExposeError(f"internal error: the manifest about to be written does not parse "
+                          f"back ({err}); the manifest was not written") from None
+    if not ok:
+        raise ExposeError("internal error: the manifest about to be written does not describe "
+                          "the exposed outputs; the manifest was not written")
 
 
 # --------------------------------------------------------------------------
@@ -482,9 +519,12 @@ def expose(export_dir: Path, pattern: str = DEFAULT_PATTERN, dry_run: bool = Fal
         ins, outs = graph_specs(model, exposed)
     except ExposeError as e:
         raise ExposeError(f"{graph_path}: {e}") from None
-    changed = add_outputs(model, exposed)
-    new = sum(not e.already for e in exposed)
     manifest_path = unet_dir / MANIFEST_FILE
+    dropped = drop_stale_outputs(model, exposed, previously_exposed(manifest_path))
+    for name in dropped:
+        log(f"{'would drop' if dry_run else 'dropped'} (no longer matched): {name}")
+    changed = add_outputs(model, exposed) or bool(dropped)
+    new = sum(not e.already for e in exposed)
     if dry_run:
         log(f"dry run: would write {graph_path} ({new} new output{'s' if new != 1 else ''})"
             if changed else f"dry run: {graph_path} already exposes them all, left as is")

@@ -173,7 +173,9 @@ impl Learned {
 }
 
 /// The image files in `dir`, sorted by name (hidden files and folders are
-/// ignored; other extensions are ignored too).
+/// ignored; other extensions are ignored too, and so are attribution maps,
+/// `*.attribution.png`, which [`with_attribution_maps`] pairs with their
+/// images).
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("reading support folder", dir, e))?;
     let mut out: Vec<PathBuf> = rd
@@ -187,11 +189,33 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
                 .and_then(|e| e.to_str())
                 .map(|e| e.to_ascii_lowercase())
                 .unwrap_or_default();
-            !name.starts_with('.') && IMAGE_EXTENSIONS.contains(&ext.as_str())
+            !name.starts_with('.')
+                && IMAGE_EXTENSIONS.contains(&ext.as_str())
+                && !name.ends_with(ATTRIBUTION_SUFFIX)
         })
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// Name ending of an attribution map beside its image (`NNN.png` →
+/// `NNN.attribution.png`, see [`attribution::map_path`]).
+const ATTRIBUTION_SUFFIX: &str = ".attribution.png";
+
+/// Support images from a folder, each with its attribution map when one
+/// lies beside it (a folder written by `add --keep-support` from a
+/// generator that gives maps).
+pub fn with_attribution_maps(images: Vec<PathBuf>) -> Vec<SupportImage> {
+    images
+        .into_iter()
+        .map(|path| {
+            let map = attribution::map_path(&path);
+            SupportImage {
+                attribution: map.is_file().then_some(map),
+                path,
+            }
+        })
+        .collect()
 }
 
 /// A JPEG thumbnail whose long side is at most [`THUMBNAIL_PX`].
@@ -376,4 +400,35 @@ pub fn learn(
 /// A duration in whole milliseconds, saturating.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_pair_images_with_their_attribution_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "000.png",
+            "000.attribution.png",
+            "001.jpg",
+            ".hidden.png",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let images = list_images(dir.path()).unwrap();
+        let names: Vec<_> = images
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["000.png", "001.jpg"]);
+        let support = with_attribution_maps(images);
+        assert_eq!(
+            support[0].attribution.as_deref(),
+            Some(dir.path().join("000.attribution.png").as_path())
+        );
+        assert_eq!(support[1].attribution, None);
+    }
 }

@@ -194,12 +194,19 @@ fn generator_dir(ctx: &Context, arg: Option<&PathBuf>) -> anyhow::Result<PathBuf
 
 /// The split for a support set: the one asked for, else attribution maps
 /// when the generator gives them, else the encoder's saliency. Attribution
-/// asked of a source without maps is refused before any work.
+/// asked of a source without maps is refused before any work; a folder of
+/// `--images` has them when every image has its map beside it (a folder
+/// written by `--keep-support`).
 fn choose_split(
     asked: Option<SplitMethod>,
     generator: Option<&Generator>,
+    given: Option<&[SupportImage]>,
 ) -> anyhow::Result<SplitMethod> {
-    let has_maps = generator.is_some_and(Generator::has_attribution);
+    let has_maps = match (generator, given) {
+        (Some(g), _) => g.has_attribution(),
+        (None, Some(images)) => images.iter().all(|i| i.attribution.is_some()),
+        (None, None) => false,
+    };
     match asked {
         Some(SplitMethod::Attribution) if !has_maps => bail!(
             "--split attribution needs attribution maps, which only a generator whose UNet \
@@ -208,11 +215,13 @@ fn choose_split(
              docs/generators.md)",
             match generator {
                 Some(g) => format!("{} declares none", g.dir().root().display()),
-                None => "support images from --images have none".to_string(),
+                None => "not every image in the --images folder has its NNN.attribution.png \
+                         beside it, as `add --keep-support` writes them"
+                    .to_string(),
             }
         ),
         Some(m) => Ok(m),
-        None if has_maps => Ok(SplitMethod::Attribution),
+        None if has_maps && generator.is_some() => Ok(SplitMethod::Attribution),
         None => Ok(SplitMethod::Saliency),
     }
 }
@@ -511,7 +520,7 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
                     dir.display()
                 );
             }
-            Some(images)
+            Some(support_set::with_attribution_maps(images))
         }
         None => None,
     };
@@ -541,12 +550,12 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         Some(_) => None,
         None => Some(open_generator(ctx, &runtime, &args.sampling)?),
     };
-    let split = choose_split(args.split, generator.as_ref())?;
+    let split = choose_split(args.split, generator.as_ref(), given.as_deref())?;
     support_set::check_encoders(&encoders, split)?;
     let mut sample_time = std::time::Duration::ZERO;
     let (images, source) = match (given, &args.images, generator.as_mut()) {
         (Some(images), Some(dir), _) => (
-            images.into_iter().map(SupportImage::from).collect(),
+            images,
             ClassSource::Images {
                 dir: dir.display().to_string(),
             },

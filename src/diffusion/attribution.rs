@@ -20,12 +20,12 @@
 //! where `L = ⌈h/f⌉·⌈w/f⌉` for the `h × w` latent grid and a power-of-two
 //! downsampling `f`, and `T` is the number of text tokens.
 //!
-//! Differences from the reference, none of which changes the thresholded
-//! split: the class tokens are summed rather than averaged and the heads
-//! are not divided out (both are constant factors that min-max
-//! normalisation removes), and low-resolution maps are brought to the
-//! latent grid bilinearly rather than bicubically (so they stay
-//! non-negative without a clamp).
+//! Differences from the reference: the class tokens are summed rather than
+//! averaged and the heads are not divided out (both constant factors, which
+//! min-max normalisation removes), and low-resolution maps are brought to
+//! the latent grid bilinearly rather than bicubically (so they stay
+//! non-negative without a clamp; the small differences can only move
+//! patches lying right at a threshold).
 //!
 //! A finished map is kept next to its image in the support cache as a
 //! 16-bit greyscale PNG ([`write_png`], [`map_path`]), so a resumed `add`
@@ -83,6 +83,7 @@ pub fn attention_grid(queries: usize, h: usize, w: usize) -> Option<(usize, usiz
 #[derive(Debug, Clone)]
 pub struct AttributionMaps {
     tokens: Vec<usize>,
+    text_len: usize,
     images: usize,
     cond_start: usize,
     h: usize,
@@ -96,21 +97,26 @@ pub struct AttributionMaps {
 impl AttributionMaps {
     /// Empty maps for `images` images on an `h × w` latent grid, following
     /// the text-token positions `tokens` (the class name's tokens in the
-    /// prompt, start token = 0).
+    /// prompt, start token = 0) of prompts `text_len` tokens long (77).
+    /// Outputs over any other number of keys are refused, so a
+    /// self-attention map exposed by mistake is not read as cross-attention.
     pub fn new(
         images: usize,
         cond_start: usize,
         h: usize,
         w: usize,
         tokens: Vec<usize>,
+        text_len: usize,
     ) -> Result<AttributionMaps> {
-        if tokens.is_empty() {
-            return Err(Error::Invalid(
-                "an attribution map needs at least one class token to follow".into(),
-            ));
+        if tokens.is_empty() || tokens.iter().any(|&t| t >= text_len) {
+            return Err(Error::Invalid(format!(
+                "an attribution map needs class tokens within the prompt's {text_len} tokens \
+                 (got positions {tokens:?})"
+            )));
         }
         Ok(AttributionMaps {
             tokens,
+            text_len,
             images,
             cond_start,
             h,
@@ -139,10 +145,8 @@ impl AttributionMaps {
             what: format!("cross-attention output `{name}`"),
             expected: format!(
                 "[{rows}, heads, L, T] or [{rows}·heads, L, T] with L a downsampling of the {}×{} \
-                 latent grid and T above token {}",
-                self.h,
-                self.w,
-                self.tokens.iter().max().copied().unwrap_or(0)
+                 latent grid and T = {} text tokens",
+                self.h, self.w, self.text_len
             ),
             found: format!("{shape:?} ({why})"),
         };
@@ -156,8 +160,11 @@ impl AttributionMaps {
         }
         let (gh, gw) = attention_grid(queries, self.h, self.w)
             .ok_or_else(|| bad(format!("{queries} query positions")))?;
-        if self.tokens.iter().any(|&t| t >= tokens) {
-            return Err(bad(format!("only {tokens} text tokens")));
+        if tokens != self.text_len {
+            return Err(bad(format!(
+                "{tokens} keys, not the prompt's {} text tokens: is it a self-attention map?",
+                self.text_len
+            )));
         }
         let plane = self.h * self.w;
         let mut small = Array2::<f32>::zeros((gh, gw));
@@ -315,7 +322,7 @@ mod tests {
     fn sums_class_tokens_and_heads_of_the_conditional_rows() {
         // 2 images under guidance: model rows 0, 1 unconditional, 2, 3
         // conditional; 2 heads, a 2×2 grid (L = 4), 5 tokens; tokens 1 and 3.
-        let mut maps = AttributionMaps::new(2, 2, 2, 2, vec![1, 3]).unwrap();
+        let mut maps = AttributionMaps::new(2, 2, 2, 2, vec![1, 3], 5).unwrap();
         let data = probs(4, 2, 4, 5);
         maps.add("a", &[4, 2, 4, 5], &FloatSlice::F32(&data), 0, 4)
             .unwrap();
@@ -330,7 +337,7 @@ mod tests {
         assert_eq!(maps.sums[4..], [0, 1, 2, 3].map(|q| expect(3, q)));
         // The same output in the [B·heads, L, T] layout, in two chunks of
         // two rows (the second chunk holds the conditional rows).
-        let mut chunked = AttributionMaps::new(2, 2, 2, 2, vec![1, 3]).unwrap();
+        let mut chunked = AttributionMaps::new(2, 2, 2, 2, vec![1, 3], 5).unwrap();
         let half = data.len() / 2;
         chunked
             .add("a", &[4, 4, 5], &FloatSlice::F32(&data[..half]), 0, 2)
@@ -351,7 +358,7 @@ mod tests {
         // No guidance: rows are the images. A 1×1 map (L = 1) on a 2×2
         // grid adds its value to every cell; a full-resolution one adds
         // per cell.
-        let mut maps = AttributionMaps::new(1, 0, 2, 2, vec![0]).unwrap();
+        let mut maps = AttributionMaps::new(1, 0, 2, 2, vec![0], 2).unwrap();
         maps.add(
             "coarse",
             &[1, 1, 1, 2],
@@ -381,7 +388,7 @@ mod tests {
             .iter()
             .map(|v| half::f16::from_f32(*v).to_bits())
             .collect();
-        let mut maps = AttributionMaps::new(1, 0, 1, 2, vec![1]).unwrap();
+        let mut maps = AttributionMaps::new(1, 0, 1, 2, vec![1], 2).unwrap();
         maps.add("h", &[1, 1, 2, 2], &FloatSlice::F16(&bits), 0, 1)
             .unwrap();
         assert_eq!(maps.sums, [0.25, 1.0]);
@@ -390,7 +397,7 @@ mod tests {
     #[test]
     fn wrong_shapes_are_refused() {
         let data = vec![0.0f32; 2 * 4 * 5];
-        let mut maps = AttributionMaps::new(2, 0, 2, 2, vec![4]).unwrap();
+        let mut maps = AttributionMaps::new(2, 0, 2, 2, vec![4], 5).unwrap();
         let s = FloatSlice::F32(&data);
         for (shape, rows, why) in [
             (vec![2usize, 1, 4, 5], 3usize, "layout"),
@@ -407,9 +414,10 @@ mod tests {
             .add("x", &[2, 1, 4, 4], &FloatSlice::F32(&few), 0, 2)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("only 4 text tokens"), "{err}");
-        assert!(AttributionMaps::new(1, 0, 2, 2, vec![]).is_err());
-        let empty = AttributionMaps::new(1, 0, 2, 2, vec![1]).unwrap();
+        assert!(err.contains("4 keys, not the prompt's 5"), "{err}");
+        assert!(AttributionMaps::new(1, 0, 2, 2, vec![], 77).is_err());
+        assert!(AttributionMaps::new(1, 0, 2, 2, vec![77], 77).is_err());
+        let empty = AttributionMaps::new(1, 0, 2, 2, vec![1], 77).unwrap();
         assert!(empty
             .finish()
             .unwrap_err()

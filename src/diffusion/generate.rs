@@ -305,13 +305,19 @@ impl Generator {
         }
         let dir = self.cache_dir(cache_root, class, opts);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        let side = (opts.size / scale) as usize;
         let paths: Vec<PathBuf> = (0..opts.n)
             .map(|i| dir.join(format!("{i:03}.png")))
             .collect();
         let attribution = self.has_attribution();
         let todo: Vec<usize> = (0..opts.n)
             .filter(|&i| {
-                let cached = paths[i].is_file() && (!attribution || map_path(&paths[i]).is_file());
+                // a map that cannot be read back (damaged, or another size)
+                // counts as missing: the image is sampled again
+                let cached = paths[i].is_file()
+                    && (!attribution
+                        || attribution::read_png(&map_path(&paths[i]))
+                            .is_ok_and(|m| m.dim() == (side, side)));
                 if cached {
                     on_progress(Progress::Cached { index: i });
                 }
@@ -327,10 +333,10 @@ impl Generator {
             let t = tok.class_token_positions(&prompt, class);
             if t.is_empty() {
                 return Err(Error::Invalid(format!(
-                    "the prompt {prompt:?} does not contain the class name {class:?} within its \
-                     first {} tokens, so there are no class tokens for the attribution map to \
-                     follow; use a --prompt with {{}}, or a UNet folder without \
-                     [attribution]",
+                    "the prompt {prompt:?} does not contain the class name {class:?} as whole \
+                     words within its first {} tokens, so the attribution map has no class \
+                     tokens to follow; use a shorter --prompt in which {{}} stands alone as a \
+                     word (e.g. \"A good picture of a {{}}\")",
                     super::tokenizer::CONTEXT_LENGTH - 2
                 )));
             }
@@ -347,7 +353,6 @@ impl Generator {
         let uncond = embeddings.slice(s![0..1, .., ..]).to_owned();
         let cond = embeddings.slice(s![1..2, .., ..]).to_owned();
         let mut sampler = build_sampler(&self.scheduler, opts.scheduler, opts.steps)?;
-        let side = (opts.size / scale) as usize;
         let channels = self.dir.latent_channels();
         for chunk in todo.chunks(opts.batch) {
             let t = Instant::now();
@@ -368,6 +373,7 @@ impl Generator {
                     side,
                     side,
                     class_tokens.clone(),
+                    cond.shape()[1],
                 )?);
             }
             let latents = sample_timed(
@@ -501,15 +507,24 @@ fn open_unet(runtime: &Runtime, pipeline: &PipelineDir) -> Result<(ModelSession,
             ModelSession::from_graph_in_turns(runtime, &pipeline.unet_path(), pipeline.root())?;
         return Ok((session, Vec::new()));
     }
-    let bundle = runtime.open_bundle(&unet_dir).map_err(|e| {
-        Error::bundle(
-            &unet_dir,
-            format!(
-                "{e} (unet/manifest.toml was written by scripts/expose_attention.py: if the UNet \
-                 was exported again, re-run that script on the export)"
-            ),
-        )
-    })?;
+    // The manifest comes from scripts/expose_attention.py, not from the
+    // set-up: say so instead of the bundles' generic advice.
+    let stale = |e: Error| -> Error {
+        let why = match &e {
+            Error::HashMismatch { path, .. } => {
+                format!("{} changed since the manifest was written", path.display())
+            }
+            other => other.report(),
+        };
+        Error::Invalid(format!(
+            "{} does not match its manifest.toml ({why}); the manifest is written by \
+             scripts/expose_attention.py: if the UNet was exported again or edited, run \
+             `python3 scripts/expose_attention.py {}` again",
+            unet_dir.display(),
+            pipeline.root().display()
+        ))
+    };
+    let bundle = runtime.open_bundle(&unet_dir).map_err(stale)?;
     let m = bundle.manifest();
     if m.role != Role::Unet {
         return Err(Error::bundle(
@@ -531,7 +546,8 @@ fn open_unet(runtime: &Runtime, pipeline: &PipelineDir) -> Result<(ModelSession,
         .as_ref()
         .map(|a| a.cross_attention_outputs.clone())
         .unwrap_or_default();
-    Ok((ModelSession::new_in_turns(runtime, &bundle)?, attention))
+    let session = ModelSession::new_in_turns(runtime, &bundle).map_err(stale)?;
+    Ok((session, attention))
 }
 
 /// Decoded pixel `v` in [-1, 1] to 8 bits: `round((v/2 + 0.5)·255)`,

@@ -274,7 +274,7 @@ fn expected_map() -> Vec<f64> {
 }
 
 #[test]
-fn attribution_maps_follow_the_class_tokens_and_split_the_support_set() {
+fn attribution_maps_match_the_fixture_and_split_the_support_set() {
     let Some(sb) = sandbox() else { return };
     let gen = attention_generator(&sb, "sd-tiny-attention");
     let keep = sb.home.path().join("kept");
@@ -311,6 +311,31 @@ fn attribution_maps_follow_the_class_tokens_and_split_the_support_set() {
     let out = sb.run(&["show", "fixture-class", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["split"], "attribution");
+    // the kept folder is a support set with its maps: the maps are not
+    // taken for images, and --split attribution reads them
+    let out = sb.run(&[
+        "add",
+        "kept",
+        "--images",
+        keep.to_str().unwrap(),
+        "--encoder",
+        "tiny-encoder",
+        "--split",
+        "attribution",
+        "--json",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (v["images_used"].as_u64(), v["split"].as_str()),
+        (Some(5), Some("attribution"))
+    );
+    assert_eq!(v["fallback_splits"], 0);
+    // --split saliency still overrides the generator's maps
+    let out = add(&sb, "salient", &gen, &["--split", "saliency", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["split"], "saliency", "{:?}", text(&out));
     // the plain export's class still uses the encoder's saliency
     let out = add(&sb, "plain", &fixture("sd-tiny"), &["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -330,14 +355,20 @@ fn an_interrupted_attribution_add_resumes_with_its_maps() {
         (2, 2),
         "the first batch, maps included"
     );
-    // an image whose map was lost is sampled again, to the same image
-    let before = std::fs::read(&images[1]).unwrap();
+    // an image whose map was lost, or damaged, is sampled again, to the
+    // same image and map
+    let before: Vec<Vec<u8>> = images.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let map0 = std::fs::read(&maps[0]).unwrap();
+    std::fs::write(&maps[0], &map0[..map0.len() / 2]).unwrap();
     std::fs::remove_file(&maps[1]).unwrap();
     let out = sb.run(&args);
     assert!(out.status.success(), "{:?}", text(&out));
     let (images, maps) = cached(&sb);
     assert_eq!((images.len(), maps.len()), (5, 5));
-    assert_eq!(std::fs::read(&images[1]).unwrap(), before);
+    for (i, bytes) in before.iter().enumerate() {
+        assert_eq!(&std::fs::read(&images[i]).unwrap(), bytes, "image {i}");
+    }
+    assert_eq!(std::fs::read(&maps[0]).unwrap(), map0);
     let out = sb.run(&["show", "resumed", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["split"], "attribution");
@@ -389,7 +420,10 @@ fn attribution_problems_fail_before_sampling() {
     )
     .unwrap();
     let (_, stderr) = text(&add(&sb, "x", &gen, &[]));
-    assert!(stderr.contains("/up_blocks.9/attentions.0"), "{stderr}");
+    assert!(
+        stderr.contains("/up_blocks.9/attentions.0") && stderr.contains("expose_attention.py"),
+        "{stderr}"
+    );
     // a UNet graph that no longer matches its manifest's hash
     let gen = attention_generator(&sb, "bad-hash");
     std::fs::copy(
@@ -398,7 +432,11 @@ fn attribution_problems_fail_before_sampling() {
     )
     .unwrap();
     let (_, stderr) = text(&add(&sb, "x", &gen, &[]));
-    assert!(stderr.contains("model.onnx"), "{stderr}");
+    assert!(
+        stderr.contains("changed since the manifest was written")
+            && stderr.contains("expose_attention.py"),
+        "{stderr}"
+    );
     assert_eq!(cached(&sb), (vec![], vec![]), "nothing was sampled");
 }
 
@@ -418,15 +456,30 @@ fn expose_attention_script_reproduces_the_fixture() {
         &export.join("unet"),
     );
     let script = crate::harness::repo().join("scripts/expose_attention.py");
-    let run = || {
+    let run_with = |extra: &[&str]| {
         std::process::Command::new(&python)
             .arg(&script)
             .arg(&export)
+            .args(extra)
             .output()
             .unwrap()
     };
+    let run = || run_with(&[]);
+    // a hidden file in unet/ is not part of the bundle
+    std::fs::write(export.join("unet/.DS_Store"), b"x").unwrap();
     let want = fixture("sd-tiny/variants/unet-attention-exposed");
-    for pass in 0..2 {
+    for pass in 0..3 {
+        if pass == 2 {
+            // narrowed to one layer, the other output is dropped; widened
+            // again (the pass below), the files are the fixture's again
+            let out = run_with(&["--pattern", "/down_blocks.0/"]);
+            assert!(out.status.success(), "{:?}", text(&out));
+            let manifest = std::fs::read_to_string(export.join("unet/manifest.toml")).unwrap();
+            assert!(
+                manifest.contains("/down_blocks.0/") && !manifest.contains("/up_blocks.1/"),
+                "{manifest}"
+            );
+        }
         let out = run();
         assert!(out.status.success(), "pass {pass}: {:?}", text(&out));
         for name in ["model.onnx", "manifest.toml", "config.json"] {
