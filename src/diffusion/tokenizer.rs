@@ -748,6 +748,20 @@ mod tests {
         assert!(tok.vocab_size() < 1000);
     }
 
+    /// tests/fixtures/sd-tiny/make_attention_unet.py builds its UNet from
+    /// these two encodings (COND_IDS, UNCOND_IDS): the prompt and the empty
+    /// negative prompt of the exact-map integration test.
+    #[test]
+    fn attention_fixture_prompts_encode_as_its_script_assumes() {
+        let tok = ClipTokenizer::from_dir(&fixture_dir()).unwrap();
+        let mut cond = vec![592, 320, 559, 568, 526, 320, 588, 268, 570];
+        cond.resize(CONTEXT_LENGTH, 593);
+        assert_eq!(tok.encode("A good picture of a fixture-class"), cond);
+        let mut uncond = vec![592];
+        uncond.resize(CONTEXT_LENGTH, 593);
+        assert_eq!(tok.encode(""), uncond);
+    }
+
     #[test]
     fn class_token_positions_find_whole_words() {
         let tok = ClipTokenizer::from_dir(&fixture_dir()).unwrap();

@@ -229,7 +229,10 @@ fn read_map(path: &Path) -> (u32, u32, Vec<f64>) {
 /// `c(p) = 1 − 8 r²(p)`. Layer A (scales 12, 24) is on the 8×8 grid, layer
 /// B (16, 32) on 4×4, brought up bilinearly (half-pixel centres, edges
 /// clamped). The number of class tokens and of steps are constant factors,
-/// which min-max normalisation removes.
+/// which min-max normalisation removes. This is the map of the rows of the
+/// prompt "A good picture of a fixture-class"; the fixture's rows of the
+/// empty negative prompt attend the other way (to the corners), so a map
+/// read from the unconditional half of the guided batch would not match.
 fn expected_map() -> Vec<f64> {
     let layer = |n: usize, scales: [f64; 2]| -> Vec<f64> {
         let mut out = Vec::new();
@@ -282,7 +285,13 @@ fn attribution_maps_match_the_fixture_and_split_the_support_set() {
         &sb,
         "fixture-class",
         &gen,
-        &["--keep-support", keep.to_str().unwrap(), "--json"],
+        &[
+            "--negative",
+            "",
+            "--keep-support",
+            keep.to_str().unwrap(),
+            "--json",
+        ],
     );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
