@@ -741,12 +741,25 @@ fn bench_generate(home: &Home) {
         .unwrap_or(15)
         .max(1);
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    for (size, runs) in [(64u32, runs), (512, (runs / 3).max(3))] {
+    // OVDIFF_BENCH_GENERATE_SHAPE=N,STEPS,BATCH,SIZE[,SIZE...]: another
+    // workload (e.g. 2,2,1,512 for one guided image with an SD-sized
+    // export, whose calls take seconds); default 16,30,8,64,512.
+    let shape: Vec<usize> = std::env::var("OVDIFF_BENCH_GENERATE_SHAPE")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| v.len() >= 4 && v.iter().all(|x| *x > 0))
+        .unwrap_or_else(|| vec![16, 30, 8, 64, 512]);
+    let (n, steps, batch) = (shape[0], shape[1], shape[2]);
+    let sizes: Vec<(u32, usize)> = shape[3..]
+        .iter()
+        .map(|&px| (px as u32, if px <= 64 { runs } else { (runs / 3).max(3) }))
+        .collect();
+    for (size, runs) in sizes {
         let opts = SampleOptions {
-            n: 16,
-            steps: 30,
+            n,
+            steps,
             size,
-            batch: 8,
+            batch,
             ..SampleOptions::default()
         };
         let mut all: Vec<SamplingTimes> = Vec::new();
@@ -766,7 +779,7 @@ fn bench_generate(home: &Home) {
         let pct = |d: std::time::Duration| 100.0 * d.as_secs_f64() / total.as_secs_f64();
         println!();
         println!(
-            "| sampling at {size} px: {what}, 16 images, 30 DPM++ steps, guidance 8, batch 8; the run with the median total of {runs} (each into a fresh cache folder, after a warm-up run) | value | target | met |"
+            "| sampling at {size} px: {what}, {n} images, {steps} DPM++ steps, guidance 8, batch {batch}; the run with the median total of {runs} (each into a fresh cache folder, after a warm-up run) | value | target | met |"
         );
         let size = format!("{prefix}{size}");
         println!("|---|---|---|---|");
@@ -805,7 +818,7 @@ fn bench_generate(home: &Home) {
             t.outside_models_share_with_cache() * 100.0
         );
         let px: usize = size.trim_start_matches(prefix).parse().unwrap_or(64);
-        let floor = loop_floor(8, px / 8, 30, 2);
+        let floor = loop_floor(batch, px / 8, steps, n.div_ceil(batch));
         println!(
             "| {size} px: floor for any sampling loop: one fused pass per step at the least memory traffic (guided model output read, latents and one sampler history buffer read and written, the next doubled model input written: {:.1} MiB a step) and one pass from decoded floats to 8-bit RGB, no scheduler maths, no noise — median of 9 | {:.1} ms → floor ÷ (floor + these model calls) = {:.1}% | | |",
             (8 * 4 * (px / 8) * (px / 8) * 4 * 10) as f64 / 1048576.0,
