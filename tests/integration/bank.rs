@@ -44,6 +44,20 @@ pub fn add_tiny(
     images: &Path,
     extra: &[&str],
 ) -> std::process::Output {
+    add_tiny_cmd(sb, bank, class, images, extra)
+        .output()
+        .unwrap()
+}
+
+/// The command [`add_tiny`] runs, for callers that set more on it (a
+/// failpoint).
+pub fn add_tiny_cmd(
+    sb: &Sandbox,
+    bank: &Path,
+    class: &str,
+    images: &Path,
+    extra: &[&str],
+) -> std::process::Command {
     let mut args = vec![
         "add",
         class,
@@ -57,7 +71,9 @@ pub fn add_tiny(
         "4",
     ];
     args.extend_from_slice(extra);
-    sb.run(&args)
+    let mut cmd = sb.cmd();
+    cmd.args(&args);
+    cmd
 }
 
 /// A sandbox with the tiny fixture encoder and a data folder whose bank is
@@ -214,23 +230,8 @@ fn existing_class_needs_replace_and_replace_is_atomic() {
     // A crash after the new prototypes are written but before the commit:
     // the old class survives, and the next open cleans the leftovers.
     let bank = kit.bank();
-    let out = kit
-        .sb
-        .cmd()
+    let out = add_tiny_cmd(&kit.sb, &bank, "thing", &blue, &["--replace"])
         .env("OVDIFF_FAILPOINT", "bank-after-prototypes")
-        .args([
-            "add",
-            "thing",
-            "--images",
-            blue.to_str().unwrap(),
-            "--bank",
-            bank.to_str().unwrap(),
-            "--encoder",
-            "tiny-encoder",
-            "--parts",
-            "4",
-            "--replace",
-        ])
         .output()
         .unwrap();
     assert!(
@@ -246,20 +247,8 @@ fn existing_class_needs_replace_and_replace_is_atomic() {
     assert_eq!(kit.vectors("thing"), before, "the old class is intact");
 
     // A crash mid-add of a new class leaves no class at all.
-    let out = kit
-        .sb
-        .cmd()
+    let out = add_tiny_cmd(&kit.sb, &bank, "other", &blue, &[])
         .env("OVDIFF_FAILPOINT", "bank-after-prototypes")
-        .args([
-            "add",
-            "other",
-            "--images",
-            blue.to_str().unwrap(),
-            "--bank",
-            bank.to_str().unwrap(),
-            "--encoder",
-            "tiny-encoder",
-        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
