@@ -191,16 +191,12 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
                 .unwrap_or_default();
             !name.starts_with('.')
                 && IMAGE_EXTENSIONS.contains(&ext.as_str())
-                && !name.ends_with(ATTRIBUTION_SUFFIX)
+                && !name.ends_with(attribution::MAP_SUFFIX)
         })
         .collect();
     out.sort();
     Ok(out)
 }
-
-/// Name ending of an attribution map beside its image (`NNN.png` →
-/// `NNN.attribution.png`, see [`attribution::map_path`]).
-const ATTRIBUTION_SUFFIX: &str = ".attribution.png";
 
 /// Support images from a folder, each with its attribution map when one
 /// lies beside it (a folder written by `add --keep-support` from a

@@ -297,12 +297,13 @@ fn sample_support(
     if let Some(keep) = &s.keep_support {
         std::fs::create_dir_all(keep).with_context(|| format!("creating {}", keep.display()))?;
         for (i, image) in images.iter().enumerate() {
-            let mut copies = vec![(&image.path, format!("{class}-{i:03}.png"))];
+            // maps keep the name `add --images KEEP` pairs them by
+            let kept = keep.join(format!("{class}-{i:03}.png"));
+            let mut copies = vec![(&image.path, kept.clone())];
             if let Some(map) = &image.attribution {
-                copies.push((map, format!("{class}-{i:03}.attribution.png")));
+                copies.push((map, attribution::map_path(&kept)));
             }
-            for (from, name) in copies {
-                let to = keep.join(name);
+            for (from, to) in copies {
                 std::fs::copy(from, &to).with_context(|| format!("writing {}", to.display()))?;
             }
         }

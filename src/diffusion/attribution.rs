@@ -45,14 +45,17 @@ use crate::{Error, Result};
 /// map's query count to the latent grid (SD's deepest cross-attention is 8).
 pub const MAX_DOWNSAMPLING: usize = 64;
 
-/// The cache file of image `image`'s attribution map: `NNN.png` →
+/// How an attribution map's file name ends, beside its image's stem.
+pub const MAP_SUFFIX: &str = ".attribution.png";
+
+/// The file of image `image`'s attribution map, beside it: `NNN.png` →
 /// `NNN.attribution.png`.
 pub fn map_path(image: &Path) -> PathBuf {
     let stem = image
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    image.with_file_name(format!("{stem}.attribution.png"))
+    image.with_file_name(format!("{stem}{MAP_SUFFIX}"))
 }
 
 /// The `(rows, cols)` grid of a cross-attention map with `queries`
