@@ -4,6 +4,7 @@ mod bank;
 mod bank_compat;
 mod bankfile;
 mod generator;
+mod golden;
 mod harness;
 mod models;
 mod prefilter;
