@@ -16,16 +16,16 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use image::RgbImage;
-use ovdiff_bank::bank::{Bank, ClassSource, EncoderInfo};
-use ovdiff_bank::features::{preprocess, Encoder};
-use ovdiff_bank::prototypes::builder::BuildOptions;
-use ovdiff_bank::prototypes::split::SplitMethod;
-use ovdiff_bank::runtime::{Runtime, RuntimeOptions};
-use ovdiff_bank::segment::query;
-use ovdiff_bank::segment::store::FileStore;
-use ovdiff_bank::segment::SegmentOptions;
-use ovdiff_bank::support_set::{self, LearnOptions, SupportImage};
-use ovdiff_bank::Home;
+use ovdiff_core::Home;
+use ovdiff_learn::builder::BuildOptions;
+use ovdiff_learn::split::SplitMethod;
+use ovdiff_learn::support_set::{self, LearnOptions, SupportImage};
+use ovdiff_models::features::{preprocess, Encoder};
+use ovdiff_models::runtime::{Runtime, RuntimeOptions};
+use ovdiff_segment::query;
+use ovdiff_segment::SegmentOptions;
+use ovdiff_store::bank::{Bank, ClassSource, EncoderInfo};
+use ovdiff_store::class_store::FileStore;
 
 /// Counts the bytes the program (not ONNX Runtime, which allocates in C++)
 /// holds on the heap, and their peak since the last reset.
@@ -258,10 +258,10 @@ fn children_cpu_seconds() -> f64 {
 }
 
 fn bench_segment(home: &Home) {
-    use ovdiff_bank::segment::engine::SegmentOptions;
-    use ovdiff_bank::segment::query;
-    use ovdiff_bank::segment::render;
-    use ovdiff_bank::segment::window::{layout, resize_short_side, round_to_patches};
+    use ovdiff_segment::engine::SegmentOptions;
+    use ovdiff_segment::query;
+    use ovdiff_segment::render;
+    use ovdiff_segment::window::{layout, resize_short_side, round_to_patches};
 
     let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
     let dir = home.models_dir().join("dinov2-s14");
@@ -416,8 +416,8 @@ fn bench_segment(home: &Home) {
 /// takes one to two minutes to build on 2 cores).
 fn lookup_at_scale(patches: usize, bare_encoder_s: f64) {
     use ndarray::Array2;
-    use ovdiff_bank::index::{HnswMatcher, HnswParams, IvfMatcher, IvfParams};
-    use ovdiff_bank::segment::engine::{Candidate, Matcher, Vocabulary};
+    use ovdiff_match::{Candidate, Matcher, Vocabulary};
+    use ovdiff_match::{HnswMatcher, HnswParams, IvfMatcher, IvfParams};
 
     let d = 384;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -539,8 +539,8 @@ fn lookup_at_scale(patches: usize, bare_encoder_s: f64) {
 /// classes (exact engine), above the same process with the encoder loaded
 /// and warmed up, over the file's f16 bytes (target ≤ 1.5×).
 fn bench_in_place(home: &Home) {
-    use ovdiff_bank::bank::{ClassBuild, ClassRecordDraft, SupportImageInfo};
-    use ovdiff_bank::prototypes::{Level, Prototype, Provenance, Side};
+    use ovdiff_core::prototype::{Level, Prototype, Provenance, Side};
+    use ovdiff_store::bank::{ClassBuild, ClassRecordDraft, SupportImageInfo};
 
     let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
     let bundle = runtime
@@ -615,7 +615,7 @@ fn bench_in_place(home: &Home) {
             batch.stage(&build, false).unwrap();
         }
         batch.commit().unwrap();
-        ovdiff_bank::ovbank::export(&bank, None, path).unwrap();
+        ovdiff_store::ovbank::export(&bank, None, path).unwrap();
     };
     let big = data.path().join("big.ovbank");
     let small = data.path().join("small.ovbank");
@@ -720,7 +720,7 @@ fn proc_status_kib(field: &str) -> Option<u64> {
 /// `OVDIFF_BENCH_GENERATE_RUNS` overrides the number of runs at 64 px
 /// (default 15; 512 px runs a third as many, at least 3).
 fn bench_generate(home: &Home) {
-    use ovdiff_bank::diffusion::generate::{Generator, SampleOptions, SamplingTimes};
+    use ovdiff_diffusion::generate::{Generator, SampleOptions, SamplingTimes};
     let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
     // OVDIFF_BENCH_GENERATOR=DIR: another export with the fixture's
     // layout (examples/sd_heavier_unet.py, or the tiny export with the
@@ -959,7 +959,7 @@ fn loop_floor(batch: usize, side: usize, steps: usize, batches: usize) -> std::t
 /// `bench generate-memory N SIZE`: sample N images with the tiny export and
 /// print this process's peak RSS and peak program heap.
 fn bench_generate_memory(home: &Home, n: usize, size: u32) {
-    use ovdiff_bank::diffusion::generate::{Generator, SampleOptions};
+    use ovdiff_diffusion::generate::{Generator, SampleOptions};
     let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny");
     let mut g = Generator::open(&runtime, &fixture).unwrap();
@@ -1034,7 +1034,7 @@ fn main() {
 /// candidate class names, on two sample images: the first with an empty
 /// text cache, the second reusing it.
 fn bench_prefilter(home: &Home, dir: &std::path::Path) {
-    use ovdiff_bank::segment::prefilter::{Prefilter, TEXT_BATCH};
+    use ovdiff_segment::prefilter::{Prefilter, TEXT_BATCH};
     let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
     let mut pf = Prefilter::open(&runtime, dir).expect("CLIP bundle");
     let images = sample_images(home);

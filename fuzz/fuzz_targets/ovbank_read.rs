@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ovdiff_bank::ovbank::{exercise_untrusted, fuzz_repair_checksums};
+use ovdiff_store::ovbank::{exercise_untrusted, fuzz_repair_checksums};
 
 fuzz_target!(|data: &[u8]| {
     exercise_untrusted(data.to_vec());

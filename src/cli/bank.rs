@@ -9,18 +9,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::bank::{Bank, ClassRecord, ClassSource, EncoderInfo, PrototypeCounts};
-use crate::diffusion::attribution;
-use crate::diffusion::generate::{
+use ovdiff_core::home::DEFAULT_ENCODER;
+use ovdiff_diffusion::attribution;
+use ovdiff_diffusion::generate::{
     Generator, Progress as GenProgress, SampleOptions, DEFAULT_NEGATIVE, DEFAULT_PROMPT,
 };
-use crate::diffusion::scheduler::SchedulerKind;
-use crate::features::Encoder;
-use crate::home::DEFAULT_ENCODER;
-use crate::prototypes::builder::BuildOptions;
-use crate::prototypes::split::SplitMethod;
-use crate::segment::query;
-use crate::support_set::{self, Event, LearnOptions, SupportImage};
+use ovdiff_diffusion::scheduler::SchedulerKind;
+use ovdiff_learn::builder::BuildOptions;
+use ovdiff_learn::split::SplitMethod;
+use ovdiff_learn::support_set::{self, Event, LearnOptions, SupportImage};
+use ovdiff_models::features::Encoder;
+use ovdiff_segment::query;
+use ovdiff_store::bank::{Bank, ClassRecord, ClassSource, EncoderInfo, PrototypeCounts};
 
 /// Arguments of `add`.
 #[derive(Debug, Clone, clap::Args)]
@@ -231,7 +231,7 @@ fn choose_split(
 /// Open the generator `add` samples with (from --generator or config.toml).
 fn open_generator(
     ctx: &Context,
-    runtime: &crate::runtime::Runtime,
+    runtime: &ovdiff_models::runtime::Runtime,
     s: &SamplingArgs,
 ) -> anyhow::Result<Generator> {
     let dir = generator_dir(ctx, s.generator.as_ref())?;
@@ -506,7 +506,7 @@ fn add_one(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         .class
         .clone()
         .expect("invariant: clap requires a class without --classes-file");
-    crate::bank::validate_class_name(&class)
+    ovdiff_store::bank::validate_class_name(&class)
         .map_err(|p| anyhow::anyhow!("class name `{class}` is not valid: {p}"))?;
     let given = match &args.images {
         Some(dir) => {
@@ -752,8 +752,11 @@ pub fn list(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
 
 /// The error for a class that is not in the bank.
 pub(crate) fn unknown_class(bank: &Bank, name: &str) -> anyhow::Error {
-    crate::segment::query::unknown_class_error(bank as &dyn crate::segment::store::ClassStore, name)
-        .into()
+    ovdiff_segment::query::unknown_class_error(
+        bank as &dyn ovdiff_store::class_store::ClassStore,
+        name,
+    )
+    .into()
 }
 
 #[derive(Debug, Serialize)]
@@ -767,7 +770,7 @@ struct ShowReport {
     support: Vec<SupportJson>,
     created_unix: u64,
     /// Build statistics; null for classes built before bank format 2.
-    build: Option<crate::bank::BuildStats>,
+    build: Option<ovdiff_store::bank::BuildStats>,
 }
 
 #[derive(Debug, Serialize)]

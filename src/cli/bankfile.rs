@@ -8,8 +8,8 @@ use anyhow::bail;
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::bank::Bank;
-use crate::ovbank::{self, OnConflict, OvBankFile};
+use ovdiff_store::bank::Bank;
+use ovdiff_store::ovbank::{self, OnConflict, OvBankFile};
 
 /// What to do with a class whose name is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -89,10 +89,10 @@ pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let bank = Bank::open(&path)?;
     let t = Instant::now();
     let names = (!args.classes.is_empty()).then_some(args.classes.as_slice());
-    let build = |records: &[crate::bank::ClassRecord],
-                 e: &crate::bank::EncoderInfo|
+    let build = |records: &[ovdiff_store::bank::ClassRecord],
+                 e: &ovdiff_store::bank::EncoderInfo|
      -> std::result::Result<(String, Vec<u8>), String> {
-        crate::segment::query::ivf_file_blob(&bank, records, &e.fingerprint)
+        ovdiff_segment::query::ivf_file_blob(&bank, records, &e.fingerprint)
             .map_err(|err| err.to_string())
     };
     let ann: Option<&ovbank::AnnBuilder<'_>> = if args.ann { Some(&build) } else { None };
@@ -374,7 +374,7 @@ pub fn verify(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `verify --bank B`: read back every class of a bank folder and check it
-/// (see [`crate::bank::verify_bank`]); exit 0 when sound, 2 otherwise. Each
+/// (see [`ovdiff_store::bank::verify_bank`]); exit 0 when sound, 2 otherwise. Each
 /// class is printed with a content digest that leaves out timestamps and
 /// build ids, so two builds of the same inputs compare equal.
 pub fn verify_bank(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -386,7 +386,7 @@ pub fn verify_bank(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode
         );
     }
     let opened = Bank::open(&path)?;
-    let report = crate::bank::verify_bank(&opened)?;
+    let report = ovdiff_store::bank::verify_bank(&opened)?;
     let problems = report.all_problems();
     if ctx.json {
         print_json(&serde_json::json!({

@@ -7,8 +7,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::features::{preprocess, Encoder};
-use crate::home::DEFAULT_ENCODER;
+use ovdiff_core::home::DEFAULT_ENCODER;
+use ovdiff_models::features::{preprocess, Encoder};
 
 /// Arguments of `encode`.
 #[derive(Debug, clap::Args)]

@@ -9,12 +9,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::eval::{Confusion, IGNORE};
-use crate::features::preprocess;
-use crate::segment::engine::SegmentOptions;
-use crate::segment::query;
-use crate::segment::render::read_label_png;
-use crate::segment::store::open_store;
+use ovdiff_models::features::preprocess;
+use ovdiff_segment::engine::SegmentOptions;
+use ovdiff_segment::eval::{Confusion, IGNORE};
+use ovdiff_segment::query;
+use ovdiff_segment::render::read_label_png;
+use ovdiff_store::class_store::open_store;
 
 /// Arguments of `eval`.
 #[derive(Debug, clap::Args)]

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 
 use super::{print_json, BankArg, Context};
-use crate::bank::Bank;
-use crate::ovbank::{self, OnConflict, OvBankFile, OVBANK_FORMAT_VERSION};
+use ovdiff_store::bank::Bank;
+use ovdiff_store::ovbank::{self, OnConflict, OvBankFile, OVBANK_FORMAT_VERSION};
 
 /// `migrate [FILE.ovbank [-o OUT]] [--bank B]`
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,7 @@ struct Report {
     kind: &'static str,
     from: u32,
     to: u32,
-    steps: Vec<crate::bank::MigrationStep>,
+    steps: Vec<ovdiff_store::bank::MigrationStep>,
     output: Option<PathBuf>,
 }
 
@@ -115,7 +115,7 @@ fn migrate_file(file: &std::path::Path, output: Option<&PathBuf>) -> anyhow::Res
     let stats = ovbank::merge(&[&opened], &out, OnConflict::Skip)?;
     drop(opened);
     let steps = (from..OVBANK_FORMAT_VERSION)
-        .map(|v| crate::bank::MigrationStep {
+        .map(|v| ovdiff_store::bank::MigrationStep {
             from: v,
             to: v + 1,
             records: stats.file.classes as u64,

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::runtime::{Provider, Runtime, RuntimeOptions, VerifyMode};
-use crate::Home;
+use ovdiff_core::Home;
+use ovdiff_models::runtime::{Provider, Runtime, RuntimeOptions, VerifyMode};
 
 /// Zero-shot open-vocabulary segmentation from prototype banks (OVDiff).
 #[derive(Debug, Parser)]
@@ -166,7 +166,7 @@ impl Context {
     }
 
     /// Load ONNX Runtime.
-    pub fn runtime(&self) -> crate::Result<Runtime> {
+    pub fn runtime(&self) -> ovdiff_core::Result<Runtime> {
         Runtime::init(&self.home, self.runtime)
     }
 }

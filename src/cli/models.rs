@@ -7,9 +7,9 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::features::Encoder;
-use crate::runtime::manifest::{Manifest, Role, MANIFEST_FILE};
-use crate::runtime::{Bundle, VerifyMode};
+use ovdiff_models::features::Encoder;
+use ovdiff_models::runtime::manifest::{Manifest, Role, MANIFEST_FILE};
+use ovdiff_models::runtime::{Bundle, VerifyMode};
 
 #[derive(Debug, Serialize)]
 struct BundleRow {
@@ -156,7 +156,7 @@ pub fn check(ctx: &Context, name: Option<&str>) -> anyhow::Result<ExitCode> {
             forward_pass: None,
             error: None,
         };
-        let result = (|| -> crate::Result<()> {
+        let result = (|| -> ovdiff_core::Result<()> {
             let bundle = Bundle::open(&path, verify, &ctx.home.cache_dir())?;
             row.role = Some(bundle.manifest().role.to_string());
             row.fingerprint = Some(bundle.fingerprint().to_string());

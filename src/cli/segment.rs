@@ -12,15 +12,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::bank::ClassRecord;
-use crate::features::preprocess;
-use crate::prototypes::{Level, Side};
-use crate::segment::engine::{SegmentOptions, Segmentation};
-use crate::segment::prefilter::{self, ClipBundle, Prefilter, PrefilterStats, Ranked};
-use crate::segment::query::{self, Matching, QueryMember};
-use crate::segment::render::{self, ExplainMatch, ExplainOptions, ExplainRow, PatchMask};
-use crate::segment::store::{open_store, ClassStore};
-use crate::support_set;
+use ovdiff_core::prototype::{Level, Side};
+use ovdiff_learn::support_set;
+use ovdiff_models::features::preprocess;
+use ovdiff_segment::engine::{SegmentOptions, Segmentation};
+use ovdiff_segment::prefilter::{self, ClipBundle, Prefilter, PrefilterStats, Ranked};
+use ovdiff_segment::query::{self, Matching, QueryMember};
+use ovdiff_segment::render::{self, ExplainMatch, ExplainOptions, ExplainRow, PatchMask};
+use ovdiff_store::bank::ClassRecord;
+use ovdiff_store::class_store::{open_store, ClassStore};
 
 /// Which matcher scores patches against prototypes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -174,7 +174,7 @@ impl PrefilterRun {
     fn load(
         ctx: &Context,
         args: &SegmentArgs,
-        runtime: &crate::runtime::Runtime,
+        runtime: &ovdiff_models::runtime::Runtime,
         bundle: ClipBundle,
         topk: usize,
     ) -> anyhow::Result<PrefilterRun> {
@@ -422,7 +422,7 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     let mut failures = Vec::new();
     // Decode the next image on a second thread while this one segments.
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let (tx, rx) = mpsc::sync_channel::<(usize, Result<RgbImage, crate::Error>, f64)>(2);
+        let (tx, rx) = mpsc::sync_channel::<(usize, Result<RgbImage, ovdiff_core::Error>, f64)>(2);
         let paths = &inputs;
         scope.spawn(move || {
             for (i, p) in paths.iter().enumerate() {
@@ -694,7 +694,7 @@ fn segment_one(
         prefilter,
     };
     let json = serde_json::to_vec_pretty(&report)?;
-    render::write_atomic(&report_path, &json)?;
+    ovdiff_core::atomic::write_atomic(&report_path, &json)?;
     Ok(report)
 }
 

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
-use ovdiff_bank::bank::Bank;
-use ovdiff_bank::prototypes::{Level, Side};
+use ovdiff_core::prototype::{Level, Side};
+use ovdiff_store::bank::Bank;
 
 use crate::harness::{fixture, text, Sandbox};
 

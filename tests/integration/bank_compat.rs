@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ovdiff_bank::bank::{Bank, BANK_FORMAT_OLDEST_SUPPORTED, BANK_FORMAT_VERSION};
+use ovdiff_store::bank::{Bank, BANK_FORMAT_OLDEST_SUPPORTED, BANK_FORMAT_VERSION};
 
 use crate::bank::support_dir;
 use crate::harness::{copy_dir, fixture, text, Sandbox};
@@ -169,7 +169,7 @@ fn check_fixture(dir: &Path, version: u32) {
 
 #[test]
 fn golden_ovbank_files_migrate_with_the_cli() {
-    use ovdiff_bank::ovbank::{OvBankFile, OVBANK_FORMAT_VERSION, OVBANK_OLDEST_SUPPORTED};
+    use ovdiff_store::ovbank::{OvBankFile, OVBANK_FORMAT_VERSION, OVBANK_OLDEST_SUPPORTED};
     let sb = Sandbox::bare();
     let tmp = tempfile::tempdir().unwrap();
     for version in OVBANK_OLDEST_SUPPORTED..=OVBANK_FORMAT_VERSION {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ovdiff_bank::ovbank::OvBankFile;
+use ovdiff_store::ovbank::OvBankFile;
 
 use crate::bank::support_dir;
 use crate::harness::{fixture, text, Sandbox};
@@ -76,7 +76,7 @@ fn export_inspect_verify_import_and_segment_in_place() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         v["format_version"],
-        ovdiff_bank::ovbank::OVBANK_FORMAT_VERSION
+        ovdiff_store::ovbank::OVBANK_FORMAT_VERSION
     );
     assert_eq!(v["classes"].as_array().unwrap().len(), 3);
     assert!(ok(sb.run(&["verify", file_s])).contains("every checksum matches"));

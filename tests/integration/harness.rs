@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ovdiff_bank::Home;
+use ovdiff_core::Home;
 
 /// The repository root.
 pub fn repo() -> PathBuf {

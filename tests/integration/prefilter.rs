@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use image::{Rgb, RgbImage};
-use ovdiff_bank::segment::prefilter::DEFAULT_TOPK;
-use ovdiff_bank::segment::render::read_label_png;
+use ovdiff_segment::prefilter::DEFAULT_TOPK;
+use ovdiff_segment::render::read_label_png;
 
 use crate::bank::{add_tiny, support_dir};
 use crate::harness::{fixture, text, Sandbox};

@@ -1,8 +1,8 @@
 //! Real-model tests: the installed `dinov2-s14` bundle on real images (skipped off CI when missing, failed on CI).
 
-use ovdiff_bank::features::{preprocess, Encoder};
-use ovdiff_bank::prototypes::split::split_by_saliency;
-use ovdiff_bank::runtime::{Runtime, RuntimeOptions};
+use ovdiff_learn::split::split_by_saliency;
+use ovdiff_models::features::{preprocess, Encoder};
+use ovdiff_models::runtime::{Runtime, RuntimeOptions};
 
 use crate::harness::{installed_home, require};
 

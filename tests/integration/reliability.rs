@@ -200,7 +200,7 @@ fn bad_images_work_or_fail_clearly_in_add_and_segment() {
 
         if name == "cmyk.jpg" {
             // CMYK is converted, not misread: the disc stays red.
-            let rgb = ovdiff_bank::features::preprocess::load_rgb(&file).unwrap();
+            let rgb = ovdiff_models::features::preprocess::load_rgb(&file).unwrap();
             let p = rgb.get_pixel(rgb.width() / 2, rgb.height() / 2).0;
             assert!(p[0] > 150 && p[1] < 110 && p[2] < 110, "{p:?}");
         }

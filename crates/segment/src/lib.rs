@@ -1,0 +1,34 @@
+//! # ovdiff-segment
+//!
+//! Open-vocabulary segmentation with a prototype bank (OVDiff, Karazija et
+//! al. 2023): every patch takes the label of the nearest class, and the
+//! candidates' background prototypes stand for "background".
+//!
+//! * [`window`]: which crops are encoded (448 and 336 windows, stride 224,
+//!   plus the whole image, at a working size with a 448 short side);
+//! * [`engine`]: late fusion of windows and encoders ([`Accumulator`]) into
+//!   a [`LabelMap`], and [`segment_image`];
+//! * [`query`]: from a bank and class names to encoders and matchers;
+//! * [`prefilter`]: the optional CLIP category pre-filter;
+//! * [`render`]: label PNGs, overlays and explain sheets;
+//! * [`eval`]: confusion matrices and mIoU.
+
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod eval;
+mod font;
+#[cfg(test)]
+mod oracle;
+pub mod prefilter;
+pub mod query;
+pub mod render;
+pub mod window;
+
+pub use engine::{
+    segment_image, segment_image_ensemble, Accumulator, EnsembleMember, LabelMap, SegmentOptions,
+    Segmentation, Timings, WindowEncoder,
+};
+pub use window::{layout, resize_short_side, Window};
+
+use ovdiff_core::{Error, Home, Result};

@@ -1,8 +1,0 @@
-//! Features: decoding and preprocessing images, and running the ViT encoder to get patch grids.
-
-pub mod encoder;
-pub mod grid;
-pub mod preprocess;
-
-pub use encoder::{Encoded, Encoder};
-pub use grid::PatchGrid;
