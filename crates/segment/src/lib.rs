@@ -11,6 +11,7 @@
 //! * [`query`]: from a bank and class names to encoders and matchers;
 //! * [`prefilter`]: the optional CLIP category pre-filter;
 //! * [`render`]: label PNGs, overlays and explain sheets;
+//! * [`rle`]: COCO run-length encoding of masks, as pycocotools writes it;
 //! * [`eval`]: confusion matrices and mIoU.
 
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@ mod oracle;
 pub mod prefilter;
 pub mod query;
 pub mod render;
+pub mod rle;
 pub mod window;
 
 pub use engine::{
