@@ -9,13 +9,31 @@
 //! * [`split`]: each image's foreground and background;
 //! * [`parts`]: the deterministic K-means behind part prototypes;
 //! * [`builder`]: pooling the masked patch tokens into class, instance and
-//!   part prototypes, for both sides.
+//!   part prototypes, for both sides;
+//! * [`learner`]: the [`Learner`], all of the above as one call that adds
+//!   a class to a bank, with progress through a callback trait.
+//!
+//! And what every front-end (the command line, a Python binding, an HTTP
+//! service) computes about banks, files and bundles before it prints:
+//!
+//! * [`catalog`]: the classes of a bank, listed and described;
+//! * [`exchange`]: `.ovbank` files verified, merged and inspected;
+//! * [`migrate`]: banks and files brought up to the current format;
+//! * [`bundles`]: installed model bundles listed and checked, and one image
+//!   through an encoder.
 
 #![warn(missing_docs)]
 
 pub mod builder;
+pub mod bundles;
+pub mod catalog;
+pub mod exchange;
+pub mod learner;
+pub mod migrate;
 pub mod parts;
 pub mod split;
 pub mod support_set;
+
+pub use learner::{Learner, NewClass};
 
 use ovdiff_core::{Error, Result};
