@@ -4,12 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::bail;
-use serde::Serialize;
-
 use super::{print_json, Context};
+use ovdiff_learn::{catalog, exchange};
 use ovdiff_store::bank::Bank;
-use ovdiff_store::ovbank::{self, OnConflict, OvBankFile};
+use ovdiff_store::ovbank::{self, OnConflict};
 
 /// What to do with a class whose name is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,10 +81,7 @@ pub struct MergeArgs {
 /// `export`
 pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let path = ctx.home.bank_path(args.bank.as_deref());
-    if !path.exists() {
-        bail!("bank {} does not exist", path.display());
-    }
-    let bank = Bank::open(&path)?;
+    let bank = catalog::open_existing(&path, "")?;
     let t = Instant::now();
     let names = (!args.classes.is_empty()).then_some(args.classes.as_slice());
     let build = |records: &[ovdiff_store::bank::ClassRecord],
@@ -120,11 +115,11 @@ pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
 
 /// `import`
 pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
-    let file = OvBankFile::open(&args.file)?;
-    file.verify()?;
+    let file = exchange::open_verified(&args.file)?;
     let bank = Bank::open(&ctx.home.bank_path(args.into.as_deref()))?;
     let stats = ovbank::import(&file, &bank, args.on_conflict.into())?;
-    if !(stats.added.is_empty() && stats.replaced.is_empty() && stats.renamed.is_empty()) {
+    let wrote = exchange::wrote_classes(&stats);
+    if wrote {
         super::bank::index_after_write(ctx, &bank, args.index);
     }
     if ctx.json {
@@ -150,26 +145,16 @@ pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
             println!("  skipped `{s}` (exists; --on-conflict replace|rename to change that)");
         }
     }
-    let nothing = stats.added.is_empty() && stats.replaced.is_empty() && stats.renamed.is_empty();
-    Ok(if nothing {
-        ExitCode::from(1)
-    } else {
+    Ok(if wrote {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
 
 /// `merge`
 pub fn merge(ctx: &Context, args: &MergeArgs) -> anyhow::Result<ExitCode> {
-    let files = args
-        .inputs
-        .iter()
-        .map(|p| OvBankFile::open(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    for f in &files {
-        f.verify()?;
-    }
-    let refs: Vec<&OvBankFile> = files.iter().collect();
-    let stats = ovbank::merge(&refs, &args.output, args.on_conflict.into())?;
+    let stats = exchange::merge_files(&args.inputs, &args.output, args.on_conflict.into())?;
     if ctx.json {
         print_json(&serde_json::json!({
             "file": args.output, "classes": stats.file.classes, "bytes": stats.file.bytes,
@@ -178,7 +163,7 @@ pub fn merge(ctx: &Context, args: &MergeArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "merged {} files into {}: {} classes, {} prototypes, {} bytes ({} skipped, {} replaced, {} renamed)",
-            files.len(),
+            args.inputs.len(),
             args.output.display(),
             stats.file.classes,
             stats.file.prototypes,
@@ -191,108 +176,9 @@ pub fn merge(ctx: &Context, args: &MergeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Debug, Serialize)]
-struct InspectReport {
-    file: PathBuf,
-    format_version: u32,
-    oldest_reader_version: u32,
-    bytes: u64,
-    file_checksum: String,
-    sections: Vec<SectionJson>,
-    encoders: Vec<EncoderJson>,
-    ann: Vec<AnnJson>,
-    classes: Vec<ClassJson>,
-    milliseconds: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct AnnJson {
-    encoder_fingerprint: String,
-    algorithm: String,
-    bytes: u64,
-    written_by: String,
-    /// Same endianness, pointer width and crate version as this build.
-    usable_here: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct SectionJson {
-    name: &'static str,
-    offset: u64,
-    length: u64,
-    checksum: String,
-}
-
-#[derive(Debug, Serialize)]
-struct EncoderJson {
-    name: String,
-    fingerprint: String,
-    dim: u32,
-    dtype: String,
-}
-
-#[derive(Debug, Serialize)]
-struct ClassJson {
-    name: String,
-    stuff: bool,
-    images: u32,
-    prototypes: u64,
-}
-
 /// `inspect FILE`: headers and records only; prototypes are not read.
 pub fn inspect(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
-    let t = Instant::now();
-    let f = OvBankFile::open(file)?;
-    let h = f.header();
-    let report = InspectReport {
-        file: file.to_path_buf(),
-        format_version: h.format_version,
-        oldest_reader_version: h.oldest_reader_version,
-        bytes: h.file_len,
-        file_checksum: format!("{:016x}", h.file_checksum),
-        sections: f
-            .sections()
-            .iter()
-            .map(|s| SectionJson {
-                name: s.name(),
-                offset: s.offset,
-                length: s.length,
-                checksum: format!("{:016x}", s.checksum),
-            })
-            .collect(),
-        encoders: f
-            .encoders()
-            .iter()
-            .map(|e| EncoderJson {
-                name: e.name.clone(),
-                fingerprint: e.fingerprint.clone(),
-                dim: e.dim,
-                dtype: e.dtype.clone(),
-            })
-            .collect(),
-        ann: f
-            .ann_entries()?
-            .into_iter()
-            .map(|e| AnnJson {
-                usable_here: e.matches_this_build(),
-                encoder_fingerprint: e.encoder_fingerprint,
-                algorithm: e.algorithm,
-                bytes: e.blob_length,
-                written_by: e.crate_version,
-            })
-            .collect(),
-        classes: f
-            .classes()
-            .iter()
-            .map(|c| ClassJson {
-                name: c.name.clone(),
-                stuff: c.stuff,
-                images: c.images_used,
-                prototypes: c.encoders.iter().map(|e| e.counts.total()).sum(),
-            })
-            .collect(),
-        milliseconds: t.elapsed().as_secs_f64() * 1e3,
-    };
+    let report = exchange::inspect(file)?;
     if ctx.json {
         print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -379,13 +265,7 @@ pub fn verify(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
 /// build ids, so two builds of the same inputs compare equal.
 pub fn verify_bank(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
     let path = ctx.home.bank_path(bank);
-    if !path.exists() {
-        bail!(
-            "bank {} does not exist; pass an existing bank with --bank NAME|PATH",
-            path.display()
-        );
-    }
-    let opened = Bank::open(&path)?;
+    let opened = catalog::open_existing(&path, "; pass an existing bank with --bank NAME|PATH")?;
     let report = ovdiff_store::bank::verify_bank(&opened)?;
     let problems = report.all_problems();
     if ctx.json {

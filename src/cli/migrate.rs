@@ -3,11 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _};
-
 use super::{print_json, BankArg, Context};
-use ovdiff_store::bank::Bank;
-use ovdiff_store::ovbank::{self, OnConflict, OvBankFile, OVBANK_FORMAT_VERSION};
+use ovdiff_learn::migrate::{migrate_bank, migrate_file};
 
 /// `migrate [FILE.ovbank [-o OUT]] [--bank B]`
 #[derive(Debug, clap::Args)]
@@ -23,21 +20,11 @@ pub struct MigrateArgs {
     pub bank: BankArg,
 }
 
-#[derive(serde::Serialize)]
-struct Report {
-    target: PathBuf,
-    kind: &'static str,
-    from: u32,
-    to: u32,
-    steps: Vec<ovdiff_store::bank::MigrationStep>,
-    output: Option<PathBuf>,
-}
-
 /// `migrate`
 pub fn run(ctx: &Context, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let report = match &args.file {
-        Some(file) => migrate_file(file, args.output.as_ref())?,
-        None => migrate_bank(ctx, args.bank.bank.as_deref())?,
+        Some(file) => migrate_file(file, args.output.as_deref())?,
+        None => migrate_bank(&ctx.home.bank_path(args.bank.bank.as_deref()))?,
     };
     if ctx.json {
         print_json(&report)?;
@@ -67,75 +54,4 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn migrate_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Report> {
-    let path = ctx.home.bank_path(arg);
-    if !path.exists() {
-        bail!("bank {} does not exist; nothing to migrate", path.display());
-    }
-    let mut bank = Bank::open(&path)?;
-    let from = bank.format_version();
-    let steps = bank.migrate()?;
-    Ok(Report {
-        target: path,
-        kind: "bank",
-        from,
-        to: bank.format_version(),
-        steps,
-        output: None,
-    })
-}
-
-fn migrate_file(file: &std::path::Path, output: Option<&PathBuf>) -> anyhow::Result<Report> {
-    let opened = OvBankFile::open(file)?;
-    opened
-        .verify()
-        .with_context(|| format!("{} does not verify; nothing was written", file.display()))?;
-    let from = opened.header().format_version;
-    let out = output.cloned().unwrap_or_else(|| file.to_path_buf());
-    if from > OVBANK_FORMAT_VERSION {
-        bail!(
-            "{} has format version {from}, newer than the {OVBANK_FORMAT_VERSION} this ovdiff-bank writes; upgrade ovdiff-bank",
-            file.display()
-        );
-    }
-    if from == OVBANK_FORMAT_VERSION && output.is_none() {
-        return Ok(Report {
-            target: file.to_path_buf(),
-            kind: "file",
-            from,
-            to: from,
-            steps: Vec::new(),
-            output: None,
-        });
-    }
-    // A rewrite through the writer is the whole migration: it reads every
-    // older version and writes the current one, atomically.
-    let stats = ovbank::merge(&[&opened], &out, OnConflict::Skip)?;
-    drop(opened);
-    let steps = (from..OVBANK_FORMAT_VERSION)
-        .map(|v| ovdiff_store::bank::MigrationStep {
-            from: v,
-            to: v + 1,
-            records: stats.file.classes as u64,
-            summary: file_step_summary(v),
-        })
-        .collect();
-    Ok(Report {
-        target: file.to_path_buf(),
-        kind: "file",
-        from,
-        to: OVBANK_FORMAT_VERSION,
-        steps,
-        output: Some(out),
-    })
-}
-
-/// What the `.ovbank` step from format `v` to `v + 1` does.
-fn file_step_summary(v: u32) -> &'static str {
-    match v {
-        1 => "adds the optional stats section (no statistics for classes exported from format 1)",
-        _ => "rewritten in the next format",
-    }
 }

@@ -1,11 +1,13 @@
 //! The `ovdiff-bank` command line: argument parsing and one module per command.
 
+mod add;
 mod bank;
 mod bankfile;
 mod encode;
 mod eval;
 mod migrate;
 mod models;
+mod progress;
 mod segment;
 
 use std::process::ExitCode;
@@ -48,7 +50,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Learn a class from support images and store its prototypes in a bank.
-    Add(bank::AddArgs),
+    Add(add::AddArgs),
     /// Segment images: label every pixel with the nearest candidate class.
     Segment(segment::SegmentArgs),
     /// Evaluate on a VOC-layout dataset: mIoU, per-class IoU, pixel accuracy.
@@ -178,7 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models(ModelsCommand::List) => models::list(&ctx),
         Command::Models(ModelsCommand::Check { name }) => models::check(&ctx, name.as_deref()),
         Command::Encode(args) => encode::run(&ctx, &args),
-        Command::Add(args) => bank::add(&ctx, &args),
+        Command::Add(args) => add::run(&ctx, &args),
         Command::Segment(args) => segment::run(&ctx, &args),
         Command::Eval(args) => eval::run(&ctx, &args),
         Command::Export(args) => bankfile::export(&ctx, &args),
