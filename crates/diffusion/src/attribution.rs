@@ -9,7 +9,7 @@
 //! kept, the maps are brought to the latent grid, summed over heads, layers
 //! and steps, and min-max normalised per image. The split then keeps
 //! `> 0.5` as foreground and `< 0.2`, eroded, as background
-//! ([`split_by_saliency`](ovdiff_learn::split::split_by_saliency)).
+//! (`ovdiff_learn::split::split_by_saliency`).
 //!
 //! ONNX exports do not expose attention, so a UNet folder that should give
 //! attribution maps carries a `manifest.toml` whose `[attribution]` table

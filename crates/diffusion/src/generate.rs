@@ -12,7 +12,7 @@
 //! When the UNet's manifest declares cross-attention outputs, image `i`
 //! also gets its attribution map, `NNN.attribution.png`, written just
 //! before the image; an image whose map is missing counts as not cached
-//! (see [`attribution`](super::attribution)).
+//! (see [`attribution`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

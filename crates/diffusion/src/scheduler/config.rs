@@ -128,7 +128,7 @@ fn null_false<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::E
 ///
 /// Unknown keys are ignored: diffusers configs carry many keys for other
 /// schedulers and for bookkeeping. The solver itself (`algorithm_type`,
-/// `solver_order`, `solver_type`) is fixed by the [`SchedulerKind`], so those
+/// `solver_order`, `solver_type`) is fixed by the [`SchedulerKind`](super::SchedulerKind), so those
 /// keys are ignored too. Keys whose non-default values this crate does not
 /// implement are read and rejected by the samplers that would honour them.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
