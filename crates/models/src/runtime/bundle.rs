@@ -11,6 +11,8 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
+use ovdiff_core::atomic::write_atomic;
+
 use super::manifest::{Manifest, MANIFEST_FILE};
 use crate::fingerprint::{bundle_fingerprint, sha256_file};
 use crate::{Error, Result};
@@ -189,10 +191,7 @@ impl HashCache {
         let Ok(bytes) = serde_json::to_vec_pretty(self) else {
             return;
         };
-        let tmp = dir.join(format!("{CACHE_FILE}.{}.tmp", std::process::id()));
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, dir.join(CACHE_FILE));
-        }
+        let _ = write_atomic(&dir.join(CACHE_FILE), &bytes);
     }
 }
 
