@@ -7,9 +7,11 @@
 //!   (`manifest.toml`) and sessions checked against their manifests;
 //! * [`features`]: image decoding with limits, preprocessing, and the ViT
 //!   [`Encoder`](features::Encoder) that yields patch grids;
+//! * [`clip`]: a CLIP export (folder check, preprocessing, the text and
+//!   image towers), for the category pre-filter;
 //! * [`fingerprint`]: the identities banks record for model folders;
 //! * [`tokenizer`]: CLIP's BPE tokenizer, shared by the diffusion text
-//!   encoder and the CLIP pre-filter.
+//!   encoder and [`clip`].
 //!
 //! ```
 //! use ovdiff_models::runtime::Manifest;
@@ -19,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clip;
 pub mod features;
 pub mod fingerprint;
 pub mod runtime;
