@@ -18,20 +18,23 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::runtime::Manifest;
 use crate::{Error, Result};
 
-/// sha256 over the manifest bytes and every file's recorded hash: the
-/// identity of a bundle.
-pub fn bundle_fingerprint(manifest_bytes: &[u8], manifest: &Manifest) -> String {
+/// sha256 over the manifest bytes and every file's recorded hash (`files`:
+/// each file's path in the bundle and the sha256 its manifest records, in
+/// manifest order): the identity of a bundle.
+pub fn bundle_fingerprint<'a>(
+    manifest_bytes: &[u8],
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
     let mut h = Sha256::new();
     h.update(b"ovdiff-bank bundle fingerprint v1\0");
     h.update((manifest_bytes.len() as u64).to_le_bytes());
     h.update(manifest_bytes);
-    for f in &manifest.files {
-        h.update(f.path.as_bytes());
+    for (path, sha256) in files {
+        h.update(path.as_bytes());
         h.update(b"\0");
-        h.update(f.sha256.to_ascii_lowercase().as_bytes());
+        h.update(sha256.to_ascii_lowercase().as_bytes());
     }
     hex::encode(h.finalize())
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
 
-use super::timesteps::np_linspace;
+use super::numpy::np_linspace;
 use crate::{Error, Result};
 
 /// How the β_t of the training schedule are laid out.

@@ -3,7 +3,8 @@
 use ndarray::{Array4, ArrayViewMut4, Zip};
 
 use super::config::{FinalSigmas, PredictionType, SchedulerConfig, TimestepSpacing};
-use super::timesteps::{check_steps, euler_timesteps, interp, karras_sigmas};
+use super::numpy::interp;
+use super::timesteps::{check_steps, euler_timesteps, karras_sigmas};
 use super::{check_step, Sampler, SchedulerKind};
 use crate::{Error, Result};
 

@@ -56,6 +56,7 @@ mod config;
 mod ddim;
 mod dpm;
 mod euler;
+mod numpy;
 mod timesteps;
 mod turbo;
 

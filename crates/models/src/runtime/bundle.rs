@@ -78,7 +78,13 @@ impl Bundle {
             }
         }
         cache.save(cache_dir);
-        let fingerprint = bundle_fingerprint(&manifest_bytes, &manifest);
+        let fingerprint = bundle_fingerprint(
+            &manifest_bytes,
+            manifest
+                .files
+                .iter()
+                .map(|f| (f.path.as_str(), f.sha256.as_str())),
+        );
         Ok(Bundle {
             dir: dir.to_path_buf(),
             manifest,
