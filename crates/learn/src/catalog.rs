@@ -97,7 +97,9 @@ pub fn source_text(s: &ClassSource) -> String {
     match s {
         ClassSource::Images { dir } => format!("images:{dir}"),
         ClassSource::Generator { fingerprint, .. } => {
-            format!("generator:{}", &fingerprint[..12.min(fingerprint.len())])
+            // A file may carry any text here: cut at a character boundary.
+            let short: String = fingerprint.chars().take(12).collect();
+            format!("generator:{short}")
         }
     }
 }
@@ -222,6 +224,17 @@ pub fn class_details(bank: &Bank, name: &str) -> Result<Option<ClassDetails>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generator_fingerprint_that_is_not_hex_is_cut_at_a_character() {
+        // tests/fixtures/hostile/11h: a file's generator "fingerprint" with
+        // a multi-byte character across byte 12 once panicked `list`.
+        let s = source_text(&ClassSource::Generator {
+            fingerprint: "abcdefghijké-and-more".into(),
+            params: vec![],
+        });
+        assert_eq!(s, "generator:abcdefghijké");
+    }
 
     #[test]
     fn sources_are_short() {
