@@ -2011,6 +2011,121 @@ mod tests {
         assert!(HnswMatcher::load(&path, &fp).unwrap().is_some());
     }
 
+    /// A matcher over four exact unit rows (one background, two `cat`, one
+    /// `dog`) whose graph, orphans and build times are set by hand, so that
+    /// its cache file is the same bytes on every run.
+    fn pinned_matcher() -> (HnswMatcher, Fingerprint) {
+        let cands = vec![
+            Candidate::new(
+                "cat",
+                false,
+                ndarray::array![[1.0, 0.0], [0.0, 1.0]],
+                ndarray::array![[-1.0, 0.0]],
+            ),
+            Candidate::new(
+                "dog",
+                false,
+                ndarray::array![[0.0, -1.0]],
+                Array2::zeros((0, 2)),
+            ),
+        ];
+        let vocab = Vocabulary::new(cands).unwrap();
+        let params = small_params();
+        let mut m = HnswMatcher::from_vocabulary(&vocab, params).unwrap();
+        m.graph.l0_off = vec![0, 2, 4, 5, 7];
+        m.graph.l0 = vec![1, 3, 0, 2, 1, 0, 2];
+        m.graph.upper = vec![UpperLayer {
+            ids: vec![1, 3],
+            off: vec![0, 1, 2],
+            nb: vec![3, 1],
+        }];
+        m.graph.entry = 1;
+        m.set_orphans(vec![2]);
+        m.stats.upper_layers = 1;
+        m.stats.build = Duration::from_nanos(1234);
+        m.stats.orphan_check = Duration::from_nanos(567);
+        (m, Fingerprint::new(&vocab, &params))
+    }
+
+    /// The cache file's bytes, field by field (the layout in the module
+    /// docs): a format, so a change here breaks every saved graph.
+    #[cfg(all(target_endian = "little", target_pointer_width = "64"))]
+    #[test]
+    fn cache_bytes_are_pinned() {
+        let (m, fp) = pinned_matcher();
+        assert_eq!(
+            fp.to_hex(),
+            "d7cf9648e5cf829519e3371bf9a377a3a9396d9ca18577a246117882d640247a"
+        );
+        let hex = |parts: &[&str]| hex::decode(parts.concat()).unwrap();
+        let mut prefix = hex(&[
+            "4f5644484e535700", // magic "OVDHNSW\0"
+            "01000000",         // format version 1
+            "01",               // little-endian
+            "08",               // 8-byte pointers
+        ]);
+        for s in [HNSW_RS_VERSION, env!("CARGO_PKG_VERSION")] {
+            prefix.push(s.len() as u8);
+            prefix.extend_from_slice(s.as_bytes());
+        }
+        prefix.extend_from_slice(fp.as_bytes());
+        prefix.extend(hex(&[
+            "0c00000000000000", // m 12
+            "4000000000000000", // ef_construction 64
+            "3000000000000000", // ef_search 48
+            "1000000000000000", // ef_upper 16
+            "2000000000000000", // k 32
+        ]));
+        let payload = hex(&[
+            "0200000000000000", // dim 2
+            "0400000000000000", // rows 4
+            "0200000000000000", // 2 names
+            "0300000000000000",
+            "636174", // "cat"
+            "0300000000000000",
+            "646f67",           // "dog"
+            "0300000000000000", // 3 segments
+            "00000000000000000100000000000000",
+            "01000000000000000300000000000000",
+            "03000000000000000400000000000000",
+            "0100000000000000", // 1 orphan
+            "02000000",
+            "d204000000000000",                         // insertion 1,234 ns
+            "3702000000000000",                         // orphan check 567 ns
+            "01000000",                                 // entry
+            "0000000002000000040000000500000007000000", // layer 0 offsets
+            "01000000030000000000000002000000010000000000000002000000",
+            "0100000000000000", // 1 upper layer
+            "0200000000000000", // of 2 nodes
+            "0100000003000000",
+            "000000000100000002000000",
+            "0300000001000000",
+            "000080bf00000000", // rows
+            "0000803f00000000",
+            "000000000000803f",
+            "00000000000080bf",
+        ]);
+        let len = (payload.len() as u64).to_le_bytes();
+        assert_eq!(len, *b"\x02\x01\0\0\0\0\0\0");
+        let mut h = Sha256::new();
+        h.update(&prefix);
+        h.update(&payload);
+        h.update(len);
+        let want = [&prefix[..], &len, &h.finalize(), &payload].concat();
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pinned.hnsw");
+        m.save(&path).unwrap();
+        assert_eq!(hex::encode(fs::read(&path).unwrap()), hex::encode(&want));
+        let back = HnswMatcher::load(&path, &fp).unwrap().expect("accepted");
+        assert_eq!(back.orphans(), &[2]);
+        assert_eq!(back.stats().build, Duration::from_nanos(1234));
+        assert_eq!(back.stats().upper_layers, 1);
+        let again = dir.path().join("again.hnsw");
+        back.save(&again).unwrap();
+        assert_eq!(fs::read(&again).unwrap(), want);
+    }
+
     #[test]
     fn pinned_hnsw_rs_version_matches_the_lock_file() {
         let lock =

@@ -1106,6 +1106,113 @@ mod tests {
         }
     }
 
+    /// Lists over four exact unit rows (one background, two `cat`, one
+    /// `dog`) made by hand, so that their bytes are the same on every run.
+    fn pinned_lists() -> (Vocabulary, IvfMatcher) {
+        let cands = vec![
+            Candidate::new(
+                "cat",
+                false,
+                ndarray::array![[1.0, 0.0], [0.0, 1.0]],
+                ndarray::array![[-1.0, 0.0]],
+            ),
+            Candidate::new(
+                "dog",
+                false,
+                ndarray::array![[0.0, -1.0]],
+                Array2::zeros((0, 2)),
+            ),
+        ];
+        let vocab = Vocabulary::new(cands).unwrap();
+        let m = IvfMatcher::assemble(
+            &vocab,
+            &vocab.prototypes().view(),
+            IvfParams::default(),
+            ndarray::array![[0.0, 1.0], [0.6, -0.8]],
+            vec![0, 1, 4],
+            vec![2, 0, 1, 3],
+            std::time::Instant::now(),
+        );
+        (vocab, m)
+    }
+
+    /// The lists' bytes in a cache file and in a bank file's `ann` blob,
+    /// field by field: formats, so a change here breaks every saved cache
+    /// and every `.ovbank` file written with `--ann`.
+    #[test]
+    fn cache_and_blob_bytes_are_pinned() {
+        let (vocab, m) = pinned_lists();
+        let hex = |parts: &[&str]| hex::decode(parts.concat()).unwrap();
+        let fp = IvfMatcher::fingerprint(&vocab, &m.params());
+        let cache = hex(&[
+            "4f56444249564631", // magic "OVDBIVF1"
+            "d7342c491663e4a8f560025a1bd7d2def9737ff77ef7df75c1df64489121b38c", // key
+            "0200000000000000", // 2 lists
+            "0200000000000000", // dim 2
+            "0400000000000000", // index space 4
+            "0400000000000000", // 4 rows
+            "000000000000803f9a99193fcdcc4cbf", // centroids
+            "000000000100000004000000", // list offsets
+            "02000000000000000100000003000000", // row ids
+            "3ab99e67caa7d4a8", // xxh3-64
+        ]);
+        assert_eq!(fp[..], cache[8..40]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pinned.lists");
+        m.save(&fp, &path).unwrap();
+        assert_eq!(
+            hex::encode(std::fs::read(&path).unwrap()),
+            hex::encode(&cache)
+        );
+        let back = IvfMatcher::load(&vocab, m.params(), &fp, &path)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (back.offsets.clone(), back.ids.clone()),
+            (m.offsets.clone(), m.ids.clone())
+        );
+
+        let blob = hex(&[
+            "4f56444249564631", // magic "OVDBIVF1"
+            "64a8af503fec2d126d33461b087dd9e6b7a9f0c96ed54e1e10e7f0f9e538a1fb", // key
+            "0200000000000000", // 2 lists
+            "0200000000000000", // dim 2
+            "0900000000000000", // index space 9
+            "0400000000000000", // 4 rows
+            "000000000000803f9a99193fcdcc4cbf", // centroids
+            "000000000100000004000000", // list offsets
+            "06000000080000000500000007000000", // positions in the file
+            "0282f0a8246e1c0a", // xxh3-64
+        ]);
+        assert_eq!(
+            hex::encode(m.to_file_blob(&[8, 5, 6, 7], 9)),
+            hex::encode(&blob)
+        );
+        let mut row_at = vec![None; 9];
+        for (r, p) in [8, 5, 6, 7].into_iter().enumerate() {
+            row_at[p] = Some(r as u32);
+        }
+        let back = IvfMatcher::from_file_blob(&vocab, m.params(), &blob, &row_at).unwrap();
+        assert_eq!(
+            (back.offsets.clone(), back.ids.clone()),
+            (m.offsets.clone(), m.ids.clone())
+        );
+        let listed = IvfMatcher::listed_in_file_blob(&m.params(), &blob, 2, 9).unwrap();
+        assert_eq!(
+            listed,
+            [false, false, false, false, false, true, true, true, true]
+        );
+    }
+
+    /// The k-means initialisation draws the same rows for a seed: the lists
+    /// of existing caches and bank files were clustered with them.
+    #[test]
+    fn initial_samples_are_pinned() {
+        let mut rng = SplitMix(42);
+        assert_eq!(sample(&mut rng, 100, 6), [2, 9, 13, 27, 83, 86]);
+        assert_eq!(sample(&mut rng, 50, 5), [7, 25, 27, 28, 39]);
+    }
+
     #[test]
     fn bad_input_is_refused() {
         let mut rng = Rng::new(7);
