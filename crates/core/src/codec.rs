@@ -92,6 +92,28 @@ impl<'a> Reader<'a> {
     pub fn f32(&mut self) -> Result<f32, Truncated> {
         self.array().map(f32::from_le_bytes)
     }
+
+    /// `n` little-endian `u32`s.
+    pub fn u32s(&mut self, n: usize) -> Result<Vec<u32>, Truncated> {
+        self.words(n, u32::from_le_bytes)
+    }
+
+    /// `n` little-endian `f32`s.
+    pub fn f32s(&mut self, n: usize) -> Result<Vec<f32>, Truncated> {
+        self.words(n, f32::from_le_bytes)
+    }
+
+    /// `n` four-byte words, each decoded by `f`.
+    fn words<T>(&mut self, n: usize, f: fn([u8; 4]) -> T) -> Result<Vec<T>, Truncated> {
+        let len = n.checked_mul(4).ok_or(Truncated {
+            at: self.pos,
+            need: usize::MAX,
+        })?;
+        let s = self.take(len)?;
+        Ok(s.chunks_exact(4)
+            .map(|c| f(c.try_into().expect("invariant: chunks of 4 bytes")))
+            .collect())
+    }
 }
 
 /// Appends little-endian fields to a byte vector.
@@ -104,6 +126,10 @@ pub trait WriteLe {
     fn put_u64(&mut self, v: u64);
     /// Append an `f32`.
     fn put_f32(&mut self, v: f32);
+    /// Append `u32`s, in order.
+    fn put_u32s(&mut self, v: &[u32]);
+    /// Append `f32`s, in order.
+    fn put_f32s(&mut self, v: &[f32]);
 }
 
 impl WriteLe for Vec<u8> {
@@ -118,6 +144,14 @@ impl WriteLe for Vec<u8> {
     }
     fn put_f32(&mut self, v: f32) {
         self.extend_from_slice(&v.to_le_bytes());
+    }
+    fn put_u32s(&mut self, v: &[u32]) {
+        self.reserve(v.len() * 4);
+        v.iter().for_each(|&x| self.put_u32(x));
+    }
+    fn put_f32s(&mut self, v: &[f32]) {
+        self.reserve(v.len() * 4);
+        v.iter().for_each(|&x| self.put_f32(x));
     }
 }
 
@@ -175,6 +209,34 @@ mod tests {
         assert_eq!(r.u8(), Err(Truncated { at: 18, need: 1 }));
         assert_eq!(u32_at(&v, 2), Some(0xdead_beef));
         assert_eq!(u64_at(&v, 15), None);
+    }
+
+    #[test]
+    fn word_slices_round_trip_and_truncation_is_reported() {
+        let mut v = Vec::new();
+        v.put_u32s(&[1, 0x0102_0304, u32::MAX]);
+        v.put_f32s(&[0.5, -2.0]);
+        v.put_u32s(&[]);
+        assert_eq!(
+            v[..12],
+            [1, 0, 0, 0, 4, 3, 2, 1, 0xff, 0xff, 0xff, 0xff],
+            "little-endian, in order"
+        );
+        assert_eq!(v[12..], [0, 0, 0, 0x3f, 0, 0, 0, 0xc0]);
+        let mut r = Reader::new(&v);
+        assert_eq!(r.u32s(0).unwrap(), Vec::<u32>::new());
+        assert_eq!(r.u32s(3).unwrap(), [1, 0x0102_0304, u32::MAX]);
+        assert_eq!(r.position(), 12);
+        assert_eq!(r.clone().f32s(3), Err(Truncated { at: 12, need: 12 }));
+        assert_eq!(
+            r.clone().u32s(usize::MAX),
+            Err(Truncated {
+                at: 12,
+                need: usize::MAX
+            })
+        );
+        assert_eq!(r.f32s(2).unwrap(), [0.5, -2.0]);
+        assert_eq!(r.remaining(), 0);
     }
 
     #[test]
