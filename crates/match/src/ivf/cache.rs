@@ -24,8 +24,11 @@ impl IvfMatcher {
     }
 
     /// Write the lists (not the rows, which the vocabulary has) to `path`
-    /// atomically (`ovdiff_core::atomic`), keyed by `fingerprint` (see
-    /// [`to_bytes`](Self::to_bytes) for the layout).
+    /// atomically (`ovdiff_core::atomic`), keyed by `fingerprint`. The
+    /// layout, little-endian: magic `OVDBIVF1`, the 32-byte fingerprint,
+    /// `u64` lists, dim, rows (twice: index space and count); the centroids
+    /// as f32; `lists + 1` list offsets and the row ids as u32; the xxh3-64
+    /// of all of it.
     pub fn save(&self, fingerprint: &[u8; 32], path: &Path) -> Result<()> {
         write_atomic(path, &self.to_bytes(fingerprint, &|r| r, self.ids.len()))
     }

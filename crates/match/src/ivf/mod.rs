@@ -27,7 +27,7 @@
 //! whenever the column's best row lies in a probed list (the HNSW engine
 //! bounds unseen columns from above instead). [`Scores::best_proto`] holds
 //! the best row seen, or [`NO_PROTO`] when no row of the column was seen.
-//! A column without any rows is [`EMPTY_SCORE`], as in the exact engine.
+//! A column without any rows is [`EMPTY_SCORE`](crate::vocabulary::EMPTY_SCORE), as in the exact engine.
 //!
 //! # Contents
 //!

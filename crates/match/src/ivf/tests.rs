@@ -102,7 +102,7 @@ fn labels_agree_with_the_exact_engine() {
     }
 }
 
-/// IVF against HNSW by kind of patch (`cargo test --release --lib
+/// IVF against HNSW by kind of patch (`cargo test --release -p ovdiff-match --lib
 /// ivf::tests::engines_by_kind_of_patch -- --ignored --nocapture`).
 #[test]
 #[ignore = "diagnostic; run in release"]

@@ -90,7 +90,7 @@ pub struct ProtoRef {
 /// background prototypes of the non-stuff candidates, in candidate order),
 /// then the foreground rows of candidate 1, candidate 2, … ([`segment`]
 /// gives the rows of a column). A row number is what
-/// [`Scores::best_proto`] and [`LabelMap::proto`] hold; [`proto_ref`] turns
+/// [`Scores::best_proto`] and ovdiff-segment's `LabelMap::proto` hold; [`proto_ref`] turns
 /// it into (class, side, id).
 ///
 /// Candidates given as f16 rows ([`Candidate::from_half`]) are not copied:

@@ -327,7 +327,7 @@ fn time_score(label: &str, classes: usize, protos: usize, n: usize, d: usize) {
     }
 }
 
-/// `cargo test --release --lib -- --ignored --nocapture score_timing`
+/// `cargo test --release -p ovdiff-match --lib -- --ignored --nocapture score_timing`
 /// (`OVDIFF_BENCH_10K=1` adds a 10,000-class bank: 1.3M rows, 2 GiB f32)
 #[test]
 #[ignore = "timing; run in release"]
