@@ -1,7 +1,30 @@
 //! Atomic file writes: the one way the library replaces a file.
+//!
+//! A new file is written under a temporary name in the destination's folder,
+//! `.NAME.tmp-PID-N` (N tells apart the writers of one process), synced, and
+//! renamed over the destination: readers see the old file or the new one,
+//! never half of one. [`write_atomic`] does it for bytes held in memory,
+//! [`write_atomic_with`] for bytes streamed through a buffer, and
+//! [`AtomicFile`] for a file written piece by piece (and read back or
+//! patched before it is committed). A temporary file that is never committed
+//! is deleted; one left by a crash keeps the `.NAME.tmp-` prefix, so whoever
+//! owns the folder can recognise and remove it.
+//!
+//! ```
+//! use std::io::Write;
+//! use ovdiff_core::atomic::AtomicFile;
+//! let dir = tempfile::tempdir().unwrap();
+//! let dest = dir.path().join("out.bin");
+//! let mut f = AtomicFile::create(&dest).unwrap();
+//! f.write_all(b"hello").unwrap();
+//! assert!(!dest.exists());
+//! f.commit().unwrap();
+//! assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+//! ```
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,7 +37,11 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// synced, then renamed over `path`. Readers see the old file or the new
 /// one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, |w| w.write_all(bytes))
+    let mut file = AtomicFile::create(path).map_err(|e| e.into_error("writing"))?;
+    if let Err(e) = file.write_all(bytes) {
+        return Err(Error::io("writing", file.temp_path(), e));
+    }
+    file.commit().map_err(|e| e.into_error("writing"))
 }
 
 /// [`write_atomic`] for a file too large to hold in memory at once: `write`
@@ -24,42 +51,241 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// and `path` is left as it was.
 pub fn write_atomic_with<F>(path: &Path, write: F) -> Result<()>
 where
-    F: FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+    F: FnOnce(&mut BufWriter<AtomicFile>) -> io::Result<()>,
 {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let dir = match path.parent() {
+    let file = AtomicFile::create(path).map_err(|e| e.into_error("writing"))?;
+    let temp = file.temp_path().to_path_buf();
+    let mut w = BufWriter::new(file);
+    if let Err(e) = write(&mut w) {
+        return Err(Error::io("writing", temp, e));
+    }
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io("writing", &temp, e.into_error()))?;
+    file.commit().map_err(|e| e.into_error("writing"))
+}
+
+/// The step of an atomic write that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtomicStep {
+    /// The destination has no file name to derive a temporary name from.
+    Name,
+    /// Creating the temporary file.
+    Create,
+    /// Syncing the temporary file to disk.
+    Sync,
+    /// Renaming the temporary file over the destination.
+    Rename,
+    /// Syncing the folder, so that a rename into it is durable.
+    SyncFolder,
+}
+
+/// A failed step of an atomic write, with the path it was done on: the
+/// destination for [`AtomicStep::Name`] and [`AtomicStep::Rename`], the
+/// temporary file for [`AtomicStep::Create`] and [`AtomicStep::Sync`], the
+/// folder for [`AtomicStep::SyncFolder`].
+#[derive(Debug)]
+pub struct AtomicError {
+    /// What failed.
+    pub step: AtomicStep,
+    /// The file or folder it failed on.
+    pub path: PathBuf,
+    /// The I/O error.
+    pub source: io::Error,
+}
+
+impl fmt::Display for AtomicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.step {
+            AtomicStep::Name => "finding the file name of",
+            AtomicStep::Create => "creating",
+            AtomicStep::Sync => "syncing",
+            AtomicStep::Rename => "renaming a temporary file onto",
+            AtomicStep::SyncFolder => "syncing the folder",
+        };
+        write!(f, "{what} {}", self.path.display())
+    }
+}
+
+impl std::error::Error for AtomicError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl AtomicError {
+    /// The library error [`write_atomic`] reports: a destination without a
+    /// file name is [`Error::Invalid`], a failed rename says so, and every
+    /// other step is `context` on its path.
+    fn into_error(self, context: &'static str) -> Error {
+        match self.step {
+            AtomicStep::Name => Error::Invalid(format!("{}: not a file path", self.path.display())),
+            AtomicStep::Rename => {
+                Error::io("renaming a temporary file onto", self.path, self.source)
+            }
+            _ => Error::io(context, self.path, self.source),
+        }
+    }
+}
+
+/// A file being written under a temporary name beside its destination;
+/// [`AtomicFile::commit`] syncs it and renames it into place. Dropped
+/// without a commit, it deletes the temporary file.
+///
+/// It reads, writes and seeks like the [`File`] it wraps (opened for
+/// reading and writing), so a writer can stream the bulk of a file, then
+/// go back to fill in a header or read the bytes back for a checksum.
+#[derive(Debug)]
+pub struct AtomicFile {
+    dest: PathBuf,
+    temp: PathBuf,
+    /// `None` once committed.
+    file: Option<File>,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file `.NAME.tmp-PID-N` in the folder of `dest`
+    /// (the current folder when `dest` names none); `dest` itself is not
+    /// touched until [`AtomicFile::commit`].
+    pub fn create(dest: &Path) -> std::result::Result<AtomicFile, AtomicError> {
+        let Some(name) = dest.file_name() else {
+            return Err(AtomicError {
+                step: AtomicStep::Name,
+                path: dest.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
+            });
+        };
+        let temp = parent_folder(dest).join(format!(
+            ".{}.tmp-{}-{}",
+            name.to_string_lossy(),
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(|source| AtomicError {
+                step: AtomicStep::Create,
+                path: temp.clone(),
+                source,
+            })?;
+        Ok(AtomicFile {
+            dest: dest.to_path_buf(),
+            temp,
+            file: Some(file),
+        })
+    }
+
+    /// The temporary file's path (where errors of reads and writes happen).
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// The destination.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Syncs the temporary file and renames it over the destination. On
+    /// failure the temporary file is deleted and the destination is as it
+    /// was. The folder is not synced: see [`sync_folder`].
+    pub fn commit(mut self) -> std::result::Result<(), AtomicError> {
+        let file = self.file.take().ok_or_else(|| AtomicError {
+            step: AtomicStep::Sync,
+            path: self.temp.clone(),
+            source: io::ErrorKind::Other.into(),
+        })?;
+        let synced = file.sync_all();
+        drop(file);
+        let result = synced
+            .map_err(|source| AtomicError {
+                step: AtomicStep::Sync,
+                path: self.temp.clone(),
+                source,
+            })
+            .and_then(|()| {
+                std::fs::rename(&self.temp, &self.dest).map_err(|source| AtomicError {
+                    step: AtomicStep::Rename,
+                    path: self.dest.clone(),
+                    source,
+                })
+            });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+        result
+    }
+
+    fn file(&mut self) -> io::Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::ErrorKind::Other.into())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file()?.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file()?.write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file()?.flush()
+    }
+}
+
+impl Read for AtomicFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file()?.read(buf)
+    }
+}
+
+impl Seek for AtomicFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.file()?.seek(pos)
+    }
+}
+
+/// Syncs the folder `dir`, so that files renamed into it survive a crash
+/// (Unix; elsewhere a no-op).
+pub fn sync_folder(dir: &Path) -> std::result::Result<(), AtomicError> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| AtomicError {
+                step: AtomicStep::SyncFolder,
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// The folder a file at `path` lives in (the current folder for a bare name).
+pub fn parent_folder(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        write(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io("writing", tmp, e));
     }
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io("renaming a temporary file onto", path, e));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Seek, SeekFrom};
-
     use super::*;
 
     fn names(dir: &Path) -> Vec<String> {
@@ -72,14 +298,99 @@ mod tests {
     }
 
     #[test]
-    fn writes_replace_the_file_and_leave_nothing_else() {
+    fn write_atomic_replaces_and_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.bin");
-        write_atomic(&path, b"first").unwrap();
-        write_atomic(&path, b"second").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"second");
-        assert_eq!(names(dir.path()), ["out.bin"]);
-        assert!(write_atomic(Path::new("/"), b"x").is_err());
+        let p = dir.path().join("a.txt");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(names(dir.path()), ["a.txt"]);
+        let err = write_atomic(Path::new("/"), b"x").unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert_eq!(err.to_string(), "/: not a file path");
+        let missing = dir.path().join("no/such/folder/a.txt");
+        let err = write_atomic(&missing, b"x").unwrap_err();
+        assert!(
+            matches!(err, Error::Io { context: "writing", ref path, .. }
+                if path.file_name().unwrap().to_string_lossy().starts_with(".a.txt.tmp-")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn atomic_file_streams_patches_reads_back_and_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f.bin");
+        std::fs::write(&dest, b"old").unwrap();
+        let mut f = AtomicFile::create(&dest).unwrap();
+        assert_eq!(f.dest(), dest);
+        let temp = f.temp_path().to_path_buf();
+        let name = temp.file_name().unwrap().to_string_lossy().into_owned();
+        let pattern = format!(".f.bin.tmp-{}-", std::process::id());
+        assert!(name.starts_with(&pattern), "{name}");
+        assert!(name[pattern.len()..].parse::<u64>().is_ok(), "{name}");
+        f.write_all(&[0; 4]).unwrap();
+        f.write_all(b"body").unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(b"head").unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"headbody");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old", "not yet visible");
+        f.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"headbody");
+        assert!(!temp.exists());
+        assert_eq!(names(dir.path()), ["f.bin"]);
+    }
+
+    #[test]
+    fn atomic_file_dropped_or_failing_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("g.bin");
+        {
+            let mut f = AtomicFile::create(&dest).unwrap();
+            f.write_all(b"half").unwrap();
+            assert!(f.temp_path().exists());
+        }
+        assert!(names(dir.path()).is_empty());
+        // Two writers of one process get two temporary files.
+        let (a, b) = (
+            AtomicFile::create(&dest).unwrap(),
+            AtomicFile::create(&dest).unwrap(),
+        );
+        assert_ne!(a.temp_path(), b.temp_path());
+        drop((a, b));
+        // A rename onto a folder fails: the temporary file goes.
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("x"), b"x").unwrap();
+        let mut f = AtomicFile::create(&dest).unwrap();
+        f.write_all(b"data").unwrap();
+        let err = f.commit().unwrap_err();
+        assert_eq!(err.step, AtomicStep::Rename);
+        assert_eq!(err.path, dest);
+        assert!(err
+            .to_string()
+            .starts_with("renaming a temporary file onto"));
+        assert_eq!(names(dir.path()), ["g.bin"]);
+        let err = AtomicFile::create(&dir.path().join("none/g.bin")).unwrap_err();
+        assert_eq!(err.step, AtomicStep::Create);
+        assert_eq!(
+            AtomicFile::create(Path::new("..")).unwrap_err().step,
+            AtomicStep::Name
+        );
+    }
+
+    #[test]
+    fn folders_sync_and_bare_names_live_here() {
+        let dir = tempfile::tempdir().unwrap();
+        sync_folder(dir.path()).unwrap();
+        if cfg!(unix) {
+            let err = sync_folder(&dir.path().join("missing")).unwrap_err();
+            assert_eq!(err.step, AtomicStep::SyncFolder);
+        }
+        assert_eq!(parent_folder(Path::new("x.png")), Path::new("."));
+        assert_eq!(parent_folder(Path::new("a/x.png")), Path::new("a"));
     }
 
     #[test]

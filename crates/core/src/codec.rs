@@ -1,7 +1,28 @@
 //! Little-endian field codecs: the one reader and writer of the fixed-width
 //! integers and floats that ovdiff-bank's binary formats are made of.
+//!
+//! * [`Reader`]: a bounds-checked cursor that never reads past its bytes;
+//! * [`WriteLe`]: appending fields to a `Vec<u8>`;
+//! * [`u16_at`], [`u32_at`], [`u64_at`], [`write_u64_at`]: one field at a
+//!   known offset;
+//! * [`decode_f16s`] and [`WriteLe::put_f16s`]: rows of IEEE binary16 values;
+//! * [`pack_bits`], [`unpack_bits`], [`unpack_bits_lenient`]: bitsets,
+//!   least significant bit first.
+//!
+//! ```
+//! use ovdiff_core::codec::{Reader, WriteLe};
+//! let mut v = Vec::new();
+//! v.put_u8(1);
+//! v.put_u32(0x0102_0304);
+//! assert_eq!(v, [1, 4, 3, 2, 1]);
+//! let mut r = Reader::new(&v);
+//! assert_eq!((r.u8(), r.u32()), (Ok(1), Ok(0x0102_0304)));
+//! assert!(r.u8().is_err());
+//! ```
 
 use std::fmt;
+
+use half::f16;
 
 /// Reading ran past the end of the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,10 +135,19 @@ impl<'a> Reader<'a> {
             .map(|c| f(c.try_into().expect("invariant: chunks of 4 bytes")))
             .collect())
     }
+
+    /// Every byte not read yet; the reader is then at the end.
+    pub fn rest(&mut self) -> &'a [u8] {
+        let s = &self.bytes[self.pos..];
+        self.pos = self.bytes.len();
+        s
+    }
 }
 
 /// Appends little-endian fields to a byte vector.
 pub trait WriteLe {
+    /// Append a `u8`.
+    fn put_u8(&mut self, v: u8);
     /// Append a `u16`.
     fn put_u16(&mut self, v: u16);
     /// Append a `u32`.
@@ -130,9 +160,15 @@ pub trait WriteLe {
     fn put_u32s(&mut self, v: &[u32]);
     /// Append `f32`s, in order.
     fn put_f32s(&mut self, v: &[f32]);
+    /// Append each value as an IEEE binary16 (rounded to nearest), two bytes
+    /// each; [`decode_f16s`] reads them back.
+    fn put_f16s(&mut self, values: &[f32]);
 }
 
 impl WriteLe for Vec<u8> {
+    fn put_u8(&mut self, v: u8) {
+        self.push(v);
+    }
     fn put_u16(&mut self, v: u16) {
         self.extend_from_slice(&v.to_le_bytes());
     }
@@ -153,6 +189,18 @@ impl WriteLe for Vec<u8> {
         self.reserve(v.len() * 4);
         v.iter().for_each(|&x| self.put_f32(x));
     }
+    fn put_f16s(&mut self, values: &[f32]) {
+        self.reserve(2 * values.len());
+        for &x in values {
+            self.extend_from_slice(&f16::from_f32(x).to_le_bytes());
+        }
+    }
+}
+
+/// A little-endian `u16` at `bytes[at..at + 2]`, if there.
+pub fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    let s = bytes.get(at..at.checked_add(2)?)?;
+    Some(u16::from_le_bytes(s.try_into().ok()?))
 }
 
 /// A little-endian `u32` at `bytes[at..at + 4]`, if there.
@@ -165,6 +213,28 @@ pub fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 pub fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
     let s = bytes.get(at..at.checked_add(8)?)?;
     Some(u64::from_le_bytes(s.try_into().ok()?))
+}
+
+/// Overwrite `bytes[at..at + 8]` with `v`, little-endian; false (and nothing
+/// written) when those bytes are not all there.
+pub fn write_u64_at(bytes: &mut [u8], at: usize, v: u64) -> bool {
+    match at.checked_add(8).and_then(|end| bytes.get_mut(at..end)) {
+        Some(s) => {
+            s.copy_from_slice(&v.to_le_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+/// Little-endian IEEE binary16 values widened to `f32` (exactly: every f16
+/// is an f32), as [`WriteLe::put_f16s`] writes them; an odd last byte is
+/// ignored.
+pub fn decode_f16s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
 }
 
 /// Pack booleans into bytes, least significant bit first.
@@ -181,12 +251,24 @@ pub fn pack_bits(bits: &[bool]) -> Vec<u8> {
 /// Unpack `n` booleans packed by [`pack_bits`]; `None` when `bytes` is not
 /// exactly their size or a padding bit is set.
 pub fn unpack_bits(bytes: &[u8], n: usize) -> Option<Vec<bool>> {
+    let bits = unpack_bits_lenient(bytes, n)?;
+    padding_is_clear(bytes, n).then_some(bits)
+}
+
+/// Unpack `n` booleans packed by [`pack_bits`], whatever the padding bits
+/// hold (formats that never checked them); `None` when `bytes` is not exactly
+/// their size.
+pub fn unpack_bits_lenient(bytes: &[u8], n: usize) -> Option<Vec<bool>> {
     if bytes.len() != n.div_ceil(8) {
         return None;
     }
-    let bits: Vec<bool> = (0..n).map(|i| bytes[i / 8] >> (i % 8) & 1 == 1).collect();
-    let padding_clear = (n..bytes.len() * 8).all(|i| bytes[i / 8] >> (i % 8) & 1 == 0);
-    padding_clear.then_some(bits)
+    Some((0..n).map(|i| bytes[i / 8] >> (i % 8) & 1 == 1).collect())
+}
+
+/// True when every bit of `bytes` from bit `n` on (the padding after `n`
+/// packed booleans) is zero.
+pub fn padding_is_clear(bytes: &[u8], n: usize) -> bool {
+    (n..bytes.len() * 8).all(|i| bytes[i / 8] >> (i % 8) & 1 == 0)
 }
 
 #[cfg(test)]
@@ -247,5 +329,49 @@ mod tests {
         assert_eq!(unpack_bits(&packed, 9).unwrap(), bits);
         assert_eq!(unpack_bits(&[0b10_0000_0000u16 as u8, 0b10], 9), None);
         assert_eq!(unpack_bits(&packed, 17), None);
+    }
+
+    #[test]
+    fn lenient_bits_ignore_padding_and_padding_is_checked_alone() {
+        let bytes = [0b0000_1101, 0b1111_1101];
+        assert_eq!(unpack_bits(&bytes, 9), None);
+        let bits = unpack_bits_lenient(&bytes, 9).unwrap();
+        assert_eq!(bits.len(), 9);
+        assert_eq!(&bits[..4], &[true, false, true, true]);
+        assert!(bits[8]);
+        assert_eq!(unpack_bits_lenient(&bytes, 17), None);
+        assert!(!padding_is_clear(&bytes, 9));
+        assert!(padding_is_clear(&bytes, 16));
+        assert!(padding_is_clear(&[0b0111], 3));
+        assert!(!padding_is_clear(&[0b1111], 3));
+        assert!(padding_is_clear(&[], 0));
+    }
+
+    #[test]
+    fn u8_f16s_rest_and_fields_in_place() {
+        let mut v = Vec::new();
+        v.put_u8(9);
+        v.put_f16s(&[0.5, -2.0, 1.0 / 3.0]);
+        assert_eq!(v.len(), 7);
+        assert_eq!(&v[1..3], &half::f16::from_f32(0.5).to_le_bytes());
+        let got = decode_f16s(&v[1..]);
+        assert_eq!(got[..2], [0.5, -2.0]);
+        assert_eq!(got[2], half::f16::from_f32(1.0 / 3.0).to_f32());
+        assert_eq!(decode_f16s(&v[1..6]).len(), 2, "an odd byte is ignored");
+        let mut r = Reader::new(&v);
+        assert_eq!(r.u8(), Ok(9));
+        assert_eq!(r.rest(), &v[1..]);
+        assert_eq!((r.remaining(), r.position()), (0, 7));
+        assert_eq!(r.rest(), &[] as &[u8]);
+        assert_eq!(u16_at(&[1, 2, 3], 1), Some(0x0302));
+        assert_eq!(u16_at(&[1, 2, 3], 2), None);
+        assert_eq!(u16_at(&[1, 2, 3], usize::MAX), None);
+        let mut b = vec![0u8; 10];
+        assert!(write_u64_at(&mut b, 2, 0x0807_0605_0403_0201));
+        assert_eq!(b, [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(u64_at(&b, 2), Some(0x0807_0605_0403_0201));
+        assert!(!write_u64_at(&mut b, 3, 0));
+        assert!(!write_u64_at(&mut b, usize::MAX, 0));
+        assert_eq!(b[9], 8, "nothing written out of bounds");
     }
 }
