@@ -25,6 +25,12 @@ pub fn encoder(c: char, dim: u32) -> EncoderInfo {
 }
 
 /// Deterministic pseudo-random numbers in [-1, 1).
+///
+/// A xorshift of its own rather than
+/// [`SplitMix64`](ovdiff_core::rng::SplitMix64): the committed golden
+/// `.ovbank` files (`tests/fixtures/ovbank/vN/small.ovbank`) hold vectors and
+/// regions made from these numbers, and the golden test rewrites them byte
+/// for byte, so this sequence is frozen.
 pub fn noise(seed: u64, n: usize) -> Vec<f32> {
     let mut x = seed
         .wrapping_mul(6364136223846793005)

@@ -2,12 +2,14 @@
 //!
 //! Large values make sled 0.34 rewrite whole leaves and keep old copies until
 //! a segment is half empty, so a bank that stored ~100 KB blocks in sled grew
-//! to 2–2.5× its content. A build's bulk data is written once and never
-//! changed, so it lives in one immutable file, `<bank>/builds/<id>.build`:
-//! written to a temporary name, synced, renamed, and the directory synced,
-//! all **before** the class record that points to it is committed. Nothing
-//! else refers to the file, so a crash leaves at worst an unreferenced file,
-//! which the next open deletes (like any leftover build).
+//! well past its content (figures: "Bank size" in `docs/benchmarks-notes.md`).
+//! A build's bulk data is written once and never changed, so it lives in one
+//! immutable file, `<bank>/builds/<id>.build`: written to a temporary name
+//! ([`AtomicFile`]: `.<id>.build.tmp-PID-N`), synced, renamed, and the
+//! directory synced, all **before** the class record that points to it is
+//! committed. Nothing else refers to the file, so a crash leaves at worst an
+//! unreferenced file or a temporary one, which the next open deletes (like
+//! any leftover build).
 //!
 //! Layout (all little-endian):
 //!
@@ -19,10 +21,12 @@
 //! | table   | 32 · count  | per entry: `kind: u32` (1 block, 2 thumbnail pack), `slot: u32`, `offset: u64`, `length: u64`, `checksum: u64` (xxh3-64 of the body) |
 //! | bodies  | …           | the entries' bytes (`record::encode_block`, `record::encode_thumbnail_pack`) |
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use ovdiff_core::atomic::{sync_folder, AtomicError, AtomicFile, AtomicStep};
+use ovdiff_core::codec::{Reader, WriteLe};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{BankError, Result};
@@ -132,47 +136,45 @@ pub(crate) fn write_many(bank: &Path, builds: &[(u64, Entries)]) -> Result<()> {
 /// Writes one build file (temporary name, fsync, rename); the caller syncs
 /// the directory.
 fn write_file(bank: &Path, build_id: u64, entries: &[(EntryKind, u32, Vec<u8>)]) -> Result<()> {
-    let dir = bank.join(BUILDS_DIR);
     let dest = path(bank, build_id);
-    let tmp = dir.join(format!(".{build_id:016x}.tmp-{}", std::process::id()));
     let mut head = Vec::with_capacity((HEADER_LEN + ENTRY_LEN * entries.len() as u64) as usize);
     head.extend_from_slice(MAGIC);
-    head.extend_from_slice(&VERSION.to_le_bytes());
-    head.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    head.put_u32(VERSION);
+    head.put_u32(entries.len() as u32);
     let mut offset = HEADER_LEN + ENTRY_LEN * entries.len() as u64;
     for (kind, slot, body) in entries {
-        head.extend_from_slice(&kind.code().to_le_bytes());
-        head.extend_from_slice(&slot.to_le_bytes());
-        head.extend_from_slice(&offset.to_le_bytes());
-        head.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        head.extend_from_slice(&xxh3_64(body).to_le_bytes());
+        head.put_u32(kind.code());
+        head.put_u32(*slot);
+        head.put_u64(offset);
+        head.put_u64(body.len() as u64);
+        head.put_u64(xxh3_64(body));
         offset += body.len() as u64;
     }
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err(&tmp, "create"))?;
-        f.write_all(&head).map_err(io_err(&tmp, "write"))?;
-        for (_, _, body) in entries {
-            f.write_all(body).map_err(io_err(&tmp, "write"))?;
-        }
-        f.sync_all().map_err(io_err(&tmp, "sync"))?;
-        drop(f);
-        fs::rename(&tmp, &dest).map_err(io_err(&dest, "rename a build file onto"))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let mut f = AtomicFile::create(&dest).map_err(atomic_err)?;
+    // On an error `f` is dropped, which deletes the temporary file.
+    f.write_all(&head).map_err(io_err(f.temp_path(), "write"))?;
+    for (_, _, body) in entries {
+        f.write_all(body).map_err(io_err(f.temp_path(), "write"))?;
     }
-    result
+    f.commit().map_err(atomic_err)
+}
+
+/// A failed step of writing a build file, as the bank reports it.
+fn atomic_err(e: AtomicError) -> BankError {
+    let op = match e.step {
+        AtomicStep::Name | AtomicStep::Create => "create",
+        AtomicStep::Sync | AtomicStep::SyncFolder => "sync",
+        AtomicStep::Rename => "rename a build file onto",
+    };
+    BankError::Io {
+        path: e.path,
+        op,
+        source: e.source,
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir, "sync"))
+    sync_folder(dir).map_err(atomic_err)
 }
 
 /// Reads the body of entry (`kind`, `slot`) of the build file of `build_id`,
@@ -194,17 +196,18 @@ pub(crate) fn read(
     let mut head = [0u8; HEADER_LEN as usize];
     f.read_exact(&mut head)
         .map_err(|_| corrupt(&p, format!("it is {len} bytes long, shorter than a header")))?;
-    if &head[..8] != MAGIC {
+    let mut h = Reader::new(&head);
+    if h.take(MAGIC.len()).ok() != Some(&MAGIC[..]) {
         return Err(corrupt(&p, "it does not start with OVBBUILD".into()));
     }
-    let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    let version = h.u32().unwrap_or_default();
     if version != VERSION {
         return Err(corrupt(
             &p,
             format!("build file version {version} is not {VERSION}"),
         ));
     }
-    let count = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+    let count = h.u32().unwrap_or_default();
     let table_len = ENTRY_LEN * u64::from(count);
     if count > MAX_ENTRIES || HEADER_LEN + table_len > len {
         return Err(corrupt(
@@ -215,12 +218,14 @@ pub(crate) fn read(
     let mut table = vec![0u8; table_len as usize];
     f.read_exact(&mut table).map_err(io_err(&p, "read"))?;
     for e in table.chunks_exact(ENTRY_LEN as usize) {
-        let u32_at = |i: usize| u32::from_le_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
-        let u64_at = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().unwrap_or([0; 8]));
-        if u32_at(0) != kind.code() || u32_at(4) != slot {
+        // Every field is there: the entry is ENTRY_LEN bytes.
+        let mut e = Reader::new(e);
+        let (entry_kind, entry_slot) = (e.u32().unwrap_or_default(), e.u32().unwrap_or_default());
+        if entry_kind != kind.code() || entry_slot != slot {
             continue;
         }
-        let (offset, length, sum) = (u64_at(8), u64_at(16), u64_at(24));
+        let mut field = || e.u64().unwrap_or_default();
+        let (offset, length, sum) = (field(), field(), field());
         if offset.checked_add(length).is_none_or(|end| end > len) {
             return Err(corrupt(
                 &p,

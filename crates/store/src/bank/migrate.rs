@@ -143,7 +143,7 @@ impl Bank {
 
 #[cfg(test)]
 mod tests {
-    use super::super::record::{encode_class_v1, ClassRecordV1};
+    use super::super::record::{encode_class_v1, meta_key, ClassRecordV1};
     use super::super::*;
     use ovdiff_core::prototype::{Level, Provenance, Side};
 

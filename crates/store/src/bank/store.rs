@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::format::{SLED_CACHE_CAPACITY, SLED_SEGMENT_SIZE};
+use super::record::{decode_u64, encode_u64};
 use super::{BankError, Result};
 
 /// An error from the storage engine; opaque on purpose.
@@ -347,11 +348,9 @@ impl Store {
         let mut before = initial;
         self.tree(t)
             .fetch_and_update(key, |old| {
-                let cur = old
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map_or(initial, u64::from_le_bytes);
+                let cur = old.and_then(decode_u64).unwrap_or(initial);
                 before = cur;
-                Some(cur.wrapping_add(1).to_le_bytes().to_vec())
+                Some(encode_u64(cur.wrapping_add(1)))
             })
             .map_err(|e| self.err("update counter", e))?;
         Ok(before)

@@ -1,13 +1,15 @@
 //! Constants and byte-level building blocks of the `.ovbank` format (`schema/ovbank-v1.md`).
 //!
-//! Everything here is little-endian and fixed-width. `Cursor` is the only
-//! way the reader takes bytes out of a section: every read is bounds-checked
-//! and fails with the section's name and the absolute offset of the problem.
+//! Everything here is little-endian and fixed-width, read and written with
+//! [`ovdiff_core::codec`]. `Cursor` is the only way the reader takes bytes
+//! out of a section: a [`Reader`] whose every read is bounds-checked and
+//! fails with the section's name and the absolute offset of the problem.
 
-use half::f16;
+use ovdiff_core::codec::{pack_bits, Reader, Truncated, WriteLe};
+use ovdiff_core::prototype::{Level, Side};
 
 use super::error::{OvBankError, Result};
-use ovdiff_core::prototype::{Level, Side};
+pub(crate) use crate::bank::record::{level_code, level_from_code, side_code, side_from_code};
 
 /// The format version this build writes.
 ///
@@ -178,42 +180,6 @@ pub(crate) fn header_len(n: u32) -> u64 {
     HEADER_FIXED_LEN + SECTION_ENTRY_LEN * u64::from(n) + 8
 }
 
-/// Code of a prototype level.
-pub(crate) fn level_code(level: Level) -> u8 {
-    match level {
-        Level::Class => 0,
-        Level::Instance => 1,
-        Level::Part => 2,
-    }
-}
-
-/// Level of a code, if valid.
-pub(crate) fn level_from_code(code: u8) -> Option<Level> {
-    match code {
-        0 => Some(Level::Class),
-        1 => Some(Level::Instance),
-        2 => Some(Level::Part),
-        _ => None,
-    }
-}
-
-/// Code of a prototype side.
-pub(crate) fn side_code(side: Side) -> u8 {
-    match side {
-        Side::Foreground => 0,
-        Side::Background => 1,
-    }
-}
-
-/// Side of a code, if valid.
-pub(crate) fn side_from_code(code: u8) -> Option<Side> {
-    match code {
-        0 => Some(Side::Foreground),
-        1 => Some(Side::Background),
-        _ => None,
-    }
-}
-
 /// Position of (level, side) in the six per-kind counters.
 pub(crate) fn count_slot(level: Level, side: Side) -> usize {
     usize::from(level_code(level)) * 2 + usize::from(side_code(side))
@@ -229,38 +195,11 @@ pub(crate) fn fingerprint_bytes(hex_fp: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Little-endian writing helpers on a byte vector.
-pub(crate) trait PutLe {
-    /// Appends a `u8`.
-    fn put_u8(&mut self, v: u8);
-    /// Appends a `u16` LE.
-    fn put_u16(&mut self, v: u16);
-    /// Appends a `u32` LE.
-    fn put_u32(&mut self, v: u32);
-    /// Appends a `u64` LE.
-    fn put_u64(&mut self, v: u64);
-    /// Appends a `u32`-length-prefixed string.
-    fn put_str(&mut self, s: &str);
-}
-
-impl PutLe for Vec<u8> {
-    fn put_u8(&mut self, v: u8) {
-        self.push(v);
-    }
-    fn put_u16(&mut self, v: u16) {
-        self.extend_from_slice(&v.to_le_bytes());
-    }
-    fn put_u32(&mut self, v: u32) {
-        self.extend_from_slice(&v.to_le_bytes());
-    }
-    fn put_u64(&mut self, v: u64) {
-        self.extend_from_slice(&v.to_le_bytes());
-    }
-    fn put_str(&mut self, s: &str) {
-        // Callers check the length against MAX_STRING_BYTES first.
-        self.put_u32(u32::try_from(s.len()).unwrap_or(u32::MAX));
-        self.extend_from_slice(s.as_bytes());
-    }
+/// Appends `s` as a `u32` LE byte length, then its UTF-8 bytes. Callers
+/// check the length against [`MAX_STRING_BYTES`] first.
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.put_u32(u32::try_from(s.len()).unwrap_or(u32::MAX));
+    out.extend_from_slice(s.as_bytes());
 }
 
 /// A bounds-checked reader over one section's bytes.
@@ -268,8 +207,7 @@ impl PutLe for Vec<u8> {
 /// Errors carry the section name and the *absolute* file offset at which the
 /// problem was found.
 pub(crate) struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+    reader: Reader<'a>,
     section: &'static str,
     base: u64,
 }
@@ -278,8 +216,7 @@ impl<'a> Cursor<'a> {
     /// A cursor over `bytes`, which start at absolute offset `base` of section `section`.
     pub fn new(bytes: &'a [u8], section: &'static str, base: u64) -> Cursor<'a> {
         Cursor {
-            bytes,
-            pos: 0,
+            reader: Reader::new(bytes),
             section,
             base,
         }
@@ -287,12 +224,12 @@ impl<'a> Cursor<'a> {
 
     /// Absolute file offset of the next byte.
     pub fn offset(&self) -> u64 {
-        self.base + self.pos as u64
+        self.base + self.reader.position() as u64
     }
 
     /// Bytes not yet read.
     pub fn remaining(&self) -> u64 {
-        (self.bytes.len() - self.pos) as u64
+        self.reader.remaining() as u64
     }
 
     /// An error at the current position.
@@ -304,50 +241,58 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// The error of a field `what` of `need` bytes that does not fit in
+    /// what remains.
+    fn short(&self, what: &str, need: u64) -> OvBankError {
+        self.err(format!(
+            "{what} needs {need} bytes but only {} remain",
+            self.remaining()
+        ))
+    }
+
+    /// A field read by the reader, or the error naming it.
+    fn field<T>(&self, read: std::result::Result<T, Truncated>, what: &str) -> Result<T> {
+        read.map_err(|t| self.short(what, t.need as u64))
+    }
+
     /// Takes the next `n` bytes.
     pub fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
         if n > self.remaining() {
-            return Err(self.err(format!(
-                "{what} needs {n} bytes but only {} remain",
-                self.remaining()
-            )));
+            return Err(self.short(what, n));
         }
-        let n = n as usize; // n <= remaining, which fits usize
-        let out = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        let b = self.take(N as u64, what)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(b);
-        Ok(a)
+        // n <= remaining, which fits usize
+        let read = self.reader.take(n as usize);
+        self.field(read, what)
     }
 
     /// Reads a `u8`.
     pub fn u8(&mut self, what: &str) -> Result<u8> {
-        Ok(self.array::<1>(what)?[0])
+        let read = self.reader.u8();
+        self.field(read, what)
     }
 
     /// Reads a `u16` LE.
     pub fn u16(&mut self, what: &str) -> Result<u16> {
-        self.array(what).map(u16::from_le_bytes)
+        let read = self.reader.u16();
+        self.field(read, what)
     }
 
     /// Reads a `u32` LE.
     pub fn u32(&mut self, what: &str) -> Result<u32> {
-        self.array(what).map(u32::from_le_bytes)
+        let read = self.reader.u32();
+        self.field(read, what)
     }
 
     /// Reads a `u64` LE.
     pub fn u64(&mut self, what: &str) -> Result<u64> {
-        self.array(what).map(u64::from_le_bytes)
+        let read = self.reader.u64();
+        self.field(read, what)
     }
 
     /// Reads 32 raw bytes.
     pub fn bytes32(&mut self, what: &str) -> Result<[u8; 32]> {
-        self.array(what)
+        let read = self.reader.array();
+        self.field(read, what)
     }
 
     /// Reads a reserved field of `n` bytes, which must be zero.
@@ -405,26 +350,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Appends `v` as little-endian binary16 (round to nearest).
-pub(crate) fn put_f16s(out: &mut Vec<u8>, v: &[f32]) {
-    out.reserve(v.len() * 2);
-    for &x in v {
-        out.extend_from_slice(&f16::from_f32(x).to_le_bytes());
-    }
-}
-
 /// Encodes a region record: grid_h u16, grid_w u16, LSB-first bitset.
 /// The caller has checked the grid fits u16 and matches the mask length.
 pub(crate) fn put_region(out: &mut Vec<u8>, grid_h: u16, grid_w: u16, mask: &[bool]) {
     out.put_u16(grid_h);
     out.put_u16(grid_w);
-    for chunk in mask.chunks(8) {
-        let byte = chunk
-            .iter()
-            .enumerate()
-            .fold(0u8, |b, (i, &on)| b | (u8::from(on) << i));
-        out.push(byte);
-    }
+    out.extend_from_slice(&pack_bits(mask));
 }
 
 #[cfg(test)]
@@ -452,7 +383,7 @@ mod tests {
     #[test]
     fn cursor_checks_bounds_and_strings() {
         let mut b = Vec::new();
-        b.put_str("héllo");
+        put_str(&mut b, "héllo");
         b.put_u32(u32::MAX);
         let mut c = Cursor::new(&b, "classes", 100);
         assert_eq!(c.string("name").unwrap(), "héllo");

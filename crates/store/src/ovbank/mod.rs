@@ -11,6 +11,8 @@
 //! * [`verify`] checks every checksum and every record.
 //! * [`import`] puts a file's classes into a bank in one atomic batch.
 //! * [`merge`] combines files into one, without a bank.
+//! * [`exercise_untrusted`] walks every accessor of arbitrary bytes, for the
+//!   fuzzer (`fuzz/`).
 //!
 //! Files are deterministic: the same classes give the same bytes, so
 //! [`merge`] is reproducible and `export → import → export` gives the same
@@ -19,6 +21,7 @@
 mod error;
 pub mod format;
 mod read;
+mod untrusted;
 mod write;
 
 #[cfg(test)]
@@ -35,6 +38,9 @@ pub use format::{
 pub use read::{
     AnnEntry, Header, OvBankFile, OvClass, PrototypeMeta, SectionInfo, VectorsView, VerifyReport,
 };
+pub use untrusted::exercise_untrusted;
+#[doc(hidden)]
+pub use untrusted::fuzz_repair_checksums;
 pub use write::ExportStats;
 
 use crate::bank::{Bank, ClassBuild, ClassRecord, EncoderInfo};
@@ -438,87 +444,4 @@ pub fn merge(inputs: &[&OvBankFile], out: &Path, on_conflict: OnConflict) -> Res
     }
     stats.file = w.finish()?;
     Ok(stats)
-}
-
-/// Opens `data` as an `.ovbank` file and walks every accessor and
-/// [`OvBankFile::verify`], ignoring their errors: for fuzzing. Returns the
-/// number of items visited. Must never panic, whatever `data` holds.
-pub fn exercise_untrusted(data: Vec<u8>) -> usize {
-    let Ok(f) = OvBankFile::from_bytes(data) else {
-        return 0;
-    };
-    let mut n = f.sections().len() + usize::from(f.header().file_len > 0);
-    for e in f.encoders() {
-        n += usize::from(f.encoder(&e.fingerprint).is_some());
-    }
-    for c in f.classes() {
-        n += usize::from(f.class(&c.name).is_some());
-        for e in &c.encoders {
-            if let Ok(p) = f.prototypes(&c.name, &e.fingerprint) {
-                n += p.len();
-            }
-            if let Ok(v) = f.vectors(&c.name, &e.fingerprint) {
-                n += v.metas().count() + v.row(0).map_or(0, <[_]>::len) + v.as_slice().len();
-            }
-        }
-        for i in 0..=c.support.len() as u32 {
-            n += f.thumbnail(&c.name, i).map_or(0, <[u8]>::len);
-        }
-    }
-    n += usize::from(f.prototypes("no such class", &"0".repeat(64)).is_err());
-    if let Ok(entries) = f.ann_entries() {
-        for e in &entries {
-            n += f.ann_blob(e).map_or(0, <[u8]>::len) + usize::from(e.matches_this_build());
-        }
-    }
-    if let Ok(report) = f.verify() {
-        n += report.classes;
-    }
-    n
-}
-
-/// Recomputes every checksum of a (possibly damaged) file in place — the
-/// section checksums whose table entries lie within the file, the header
-/// checksum, and the footer (length, whole-file checksum, end magic) — so
-/// that a fuzzer's mutations reach the parsers behind the checksums. Never
-/// panics. **Not** for repairing real files: it hides corruption.
-#[doc(hidden)]
-pub fn fuzz_repair_checksums(bytes: &mut [u8]) {
-    use format::{
-        checksum, header_len, END_MAGIC, FOOTER_LEN, HEADER_FIXED_LEN, MAX_SECTIONS,
-        SECTION_ENTRY_LEN,
-    };
-    let len = bytes.len() as u64;
-    let rd = |b: &[u8], at: u64, n: usize| -> Option<u64> {
-        let s = b.get(at as usize..at as usize + n)?;
-        let mut a = [0u8; 8];
-        a[..n].copy_from_slice(s);
-        Some(u64::from_le_bytes(a))
-    };
-    let Some(count) = rd(bytes, 24, 4) else {
-        return;
-    };
-    let count = count.min(u64::from(MAX_SECTIONS)) as u32;
-    let hlen = header_len(count);
-    if hlen + FOOTER_LEN > len {
-        return;
-    }
-    for i in 0..u64::from(count) {
-        let at = HEADER_FIXED_LEN + i * SECTION_ENTRY_LEN;
-        let (Some(off), Some(n)) = (rd(bytes, at + 8, 8), rd(bytes, at + 16, 8)) else {
-            continue;
-        };
-        if let Some(end) = off.checked_add(n).filter(|&e| e <= len) {
-            let sum = checksum(&bytes[off as usize..end as usize]);
-            bytes[(at + 24) as usize..(at + 32) as usize].copy_from_slice(&sum.to_le_bytes());
-        }
-    }
-    let table_end = (hlen - 8) as usize;
-    let sum = checksum(&bytes[..table_end]);
-    bytes[table_end..table_end + 8].copy_from_slice(&sum.to_le_bytes());
-    let footer = (len - FOOTER_LEN) as usize;
-    bytes[footer..footer + 8].copy_from_slice(&len.to_le_bytes());
-    bytes[footer + 16..].copy_from_slice(&END_MAGIC);
-    let sum = checksum(&bytes[..footer]);
-    bytes[footer + 8..footer + 16].copy_from_slice(&sum.to_le_bytes());
 }

@@ -1,24 +1,25 @@
 //! Writing `.ovbank` files: a streaming [`Writer`] that takes classes in name order and commits the file atomically.
 //!
 //! Prototype vectors go straight to a temporary file in the destination
-//! directory as classes arrive; regions, thumbnails and the metadata are kept
-//! in memory (they are small next to the vectors) and written after them. The
-//! header, whose section table is only known at the end, is written last over
-//! a zeroed placeholder; then the file is read back once to compute the
-//! whole-file checksum for the footer, synced, and renamed into place.
+//! directory ([`AtomicFile`]) as classes arrive; regions, thumbnails and the
+//! metadata are kept in memory (they are small next to the vectors) and
+//! written after them. The header, whose section table is only known at the
+//! end, is written last over a zeroed placeholder; then the file is read back
+//! once to compute the whole-file checksum for the footer, synced, and
+//! renamed into place.
 
 use std::borrow::Cow;
-use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use ovdiff_core::atomic::{parent_folder, sync_folder, AtomicError, AtomicFile, AtomicStep};
+use ovdiff_core::codec::{u32_at, WriteLe};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::error::{OvBankError, Result};
 use super::format::{
-    self, align_up, header_len, level_code, level_from_code, side_code, side_from_code, Cursor,
-    PutLe, SectionKind, ELEMENT_F16, END_MAGIC, FOOTER_LEN, MAGIC, MAX_STRING_BYTES, META_LEN,
+    self, align_up, header_len, level_code, level_from_code, put_str, side_code, side_from_code,
+    Cursor, SectionKind, ELEMENT_F16, END_MAGIC, FOOTER_LEN, MAGIC, MAX_STRING_BYTES, META_LEN,
     OVBANK_FORMAT_VERSION, OVBANK_OLDEST_READER, SECTION_FLAG_REQUIRED,
 };
 use super::read::OvClass;
@@ -73,7 +74,7 @@ impl BlockIn<'static> {
         let mut metas = Vec::with_capacity(protos.len() * META_LEN as usize);
         let mut regions = Vec::new();
         for (i, p) in protos.iter().enumerate() {
-            format::put_f16s(&mut vectors, &p.vector);
+            vectors.put_f16s(&p.vector);
             metas.put_u8(level_code(p.level));
             metas.put_u8(side_code(p.side));
             metas.put_u16(0);
@@ -120,26 +121,16 @@ fn check_str(what: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
-/// A temporary file that is deleted unless committed.
-struct TempFile {
-    path: PathBuf,
-    file: Option<BufWriter<File>>,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Streams classes into a new `.ovbank` file. Classes must be added in
 /// strictly increasing name order; nothing is visible at the destination
 /// until [`Writer::finish`] succeeds.
 pub(crate) struct Writer {
     dest: PathBuf,
-    tmp: TempFile,
+    /// The temporary file's path, for errors.
+    tmp_path: PathBuf,
+    /// The file being written, buffered; deleted unless [`Writer::finish`]
+    /// commits it.
+    out: BufWriter<AtomicFile>,
     encoders: Vec<EncoderInfo>,
     fps: Vec<[u8; 32]>,
     pos: u64,
@@ -160,8 +151,6 @@ pub(crate) struct Writer {
     /// algorithm, blob) entries.
     ann: Option<Vec<(u32, String, Vec<u8>)>>,
 }
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Writer {
     /// Starts a file at `dest` holding `encoders` (any order; sorted here).
@@ -199,39 +188,18 @@ impl Writer {
             return Err(unwritable("the encoders", "there are too many"));
         }
 
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = dest
-            .file_name()
-            .ok_or_else(|| unwritable(dest.display().to_string(), "it has no file name"))?;
-        let tmp_path = dir.join(format!(
-            ".{}.tmp-{}-{}",
-            name.to_string_lossy(),
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .map_err(|e| OvBankError::io(&tmp_path, "create", e))?;
-        let mut tmp = TempFile {
-            path: tmp_path,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-        };
+        let file = AtomicFile::create(dest).map_err(|e| atomic_err(dest, e))?;
+        let tmp_path = file.temp_path().to_path_buf();
+        let mut out = BufWriter::with_capacity(1 << 20, file);
         // Placeholder for the header, overwritten by `finish`.
         let sections = WRITTEN.len() as u32 + u32::from(ann);
         let prototypes_start = align_up(header_len(sections));
-        if let Some(w) = tmp.file.as_mut() {
-            w.write_all(&vec![0u8; prototypes_start as usize])
-                .map_err(|e| OvBankError::io(&tmp.path, "write", e))?;
-        }
+        out.write_all(&vec![0u8; prototypes_start as usize])
+            .map_err(|e| OvBankError::io(&tmp_path, "write", e))?;
         Ok(Writer {
             dest: dest.to_path_buf(),
-            tmp,
+            tmp_path,
+            out,
             encoders,
             fps,
             pos: prototypes_start,
@@ -259,11 +227,9 @@ impl Writer {
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        let w = self.tmp.file.as_mut().ok_or_else(|| {
-            OvBankError::io(&self.tmp.path, "write", std::io::ErrorKind::Other.into())
-        })?;
-        w.write_all(bytes)
-            .map_err(|e| OvBankError::io(&self.tmp.path, "write", e))?;
+        self.out
+            .write_all(bytes)
+            .map_err(|e| OvBankError::io(&self.tmp_path, "write", e))?;
         self.pos += bytes.len() as u64;
         Ok(())
     }
@@ -359,7 +325,7 @@ impl Writer {
                         "a prototype has an invalid level or side",
                     ));
                 };
-                let image = u32::from_le_bytes([m[8], m[9], m[10], m[11]]);
+                let image = u32_at(m, 8).unwrap_or_default();
                 if image >= n_support || m[2] != 0 || m[3] != 0 {
                     return Err(unwritable(
                         what(),
@@ -421,34 +387,34 @@ impl Writer {
         }
 
         let r = &mut self.classes;
-        r.put_str(&class.name);
+        put_str(r, &class.name);
         r.put_u8(u8::from(class.stuff));
         match &class.source {
             ClassSource::Images { dir } => {
                 r.put_u8(0);
-                r.put_str(dir);
+                put_str(r, dir);
             }
             ClassSource::Generator {
                 fingerprint,
                 params,
             } => {
                 r.put_u8(1);
-                r.put_str(fingerprint);
+                put_str(r, fingerprint);
                 r.put_u32(params.len() as u32);
                 for (k, v) in params {
-                    r.put_str(k);
-                    r.put_str(v);
+                    put_str(r, k);
+                    put_str(r, v);
                 }
             }
         }
-        r.put_str(&class.split_method);
+        put_str(r, &class.split_method);
         r.put_u64(class.created_unix);
         r.put_u32(class.images_used);
         r.put_u32(class.images_skipped);
         r.put_u32(class.fallback_splits);
         r.put_u32(n_support);
         for (i, s) in class.support.iter().enumerate() {
-            r.put_str(&s.name);
+            put_str(r, &s.name);
             r.put_u32(s.width);
             r.put_u32(s.height);
             match thumbnails.get(i).filter(|t| !t.is_empty()) {
@@ -469,7 +435,7 @@ impl Writer {
             None => st.put_u8(0),
             Some(b) => {
                 st.put_u8(1);
-                st.put_str(&b.tool_version);
+                put_str(st, &b.tool_version);
                 for v in [
                     b.total_ms,
                     b.sample_ms,
@@ -537,8 +503,8 @@ impl Writer {
             table.extend_from_slice(&[0, 0]);
             table.put_u64(*place);
             table.put_u64(blob.len() as u64);
-            table.put_str(version);
-            table.put_str(alg);
+            put_str(&mut table, version);
+            put_str(&mut table, alg);
         }
         debug_assert_eq!(table.len(), table_len);
         let mut out = table;
@@ -596,7 +562,7 @@ impl Writer {
             enc.put_u32(e.dim);
             enc.put_u8(ELEMENT_F16);
             enc.extend_from_slice(&[0, 0, 0]);
-            enc.put_str(&e.name);
+            put_str(&mut enc, &e.name);
         }
         let encoders = self.section(&[&enc])?;
         let mut head = Vec::with_capacity(8);
@@ -642,61 +608,34 @@ impl Writer {
         header.put_u64(sum);
 
         let end = self.pos;
-        let path = self.tmp.path.clone();
-        let path = path.as_path();
+        let path = self.tmp_path.as_path();
         let io = |op| move |e| OvBankError::io(path, op, e);
-        let buffered = self
-            .tmp
-            .file
-            .take()
-            .ok_or_else(|| io("write")(std::io::ErrorKind::Other.into()))?;
-        // Flushing the buffer can fail (a full disk): the guard is disarmed
-        // by now, so the temporary file is removed here.
-        let mut file = match buffered.into_inner() {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = std::fs::remove_file(&self.tmp.path);
-                return Err(io("write")(e.into_error()));
-            }
-        };
-        // Keep the guard armed until the rename.
-        let result = (|| {
-            file.seek(SeekFrom::Start(0)).map_err(io("seek in"))?;
-            file.write_all(&header).map_err(io("write"))?;
-            file.seek(SeekFrom::Start(0)).map_err(io("seek in"))?;
-            let mut h = Xxh3Default::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut left = end;
-            while left > 0 {
-                let n = buf.len().min(left as usize);
-                file.read_exact(&mut buf[..n]).map_err(io("read back"))?;
-                h.update(&buf[..n]);
-                left -= n as u64;
-            }
-            let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
-            footer.put_u64(end + FOOTER_LEN);
-            footer.put_u64(h.digest());
-            footer.extend_from_slice(&END_MAGIC);
-            file.seek(SeekFrom::Start(end)).map_err(io("seek in"))?;
-            file.write_all(&footer).map_err(io("write"))?;
-            file.sync_all().map_err(io("sync"))?;
-            Ok::<_, OvBankError>(())
-        })();
-        if let Err(e) = result {
-            drop(file);
-            let _ = std::fs::remove_file(&self.tmp.path);
-            return Err(e);
+        // Flushing the buffer can fail (a full disk); the temporary file goes
+        // with the dropped writer.
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| io("write")(e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).map_err(io("seek in"))?;
+        file.write_all(&header).map_err(io("write"))?;
+        file.seek(SeekFrom::Start(0)).map_err(io("seek in"))?;
+        let mut h = Xxh3Default::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = end;
+        while left > 0 {
+            let n = buf.len().min(left as usize);
+            file.read_exact(&mut buf[..n]).map_err(io("read back"))?;
+            h.update(&buf[..n]);
+            left -= n as u64;
         }
-        drop(file);
-        if let Err(e) = std::fs::rename(&self.tmp.path, &self.dest) {
-            let _ = std::fs::remove_file(&self.tmp.path);
-            return Err(OvBankError::io(
-                &self.dest,
-                "rename the finished file onto",
-                e,
-            ));
-        }
-        sync_dir(&self.dest)?;
+        let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
+        footer.put_u64(end + FOOTER_LEN);
+        footer.put_u64(h.digest());
+        footer.extend_from_slice(&END_MAGIC);
+        file.seek(SeekFrom::Start(end)).map_err(io("seek in"))?;
+        file.write_all(&footer).map_err(io("write"))?;
+        file.commit().map_err(|e| atomic_err(&self.dest, e))?;
+        sync_folder(parent_folder(&self.dest)).map_err(|e| atomic_err(&self.dest, e))?;
         self.stats.classes = self.class_count as usize;
         self.stats.encoders = self.encoders.len();
         self.stats.bytes = end + FOOTER_LEN;
@@ -704,21 +643,15 @@ impl Writer {
     }
 }
 
-/// Syncs the directory holding `path`, so that a rename into it is durable.
-fn sync_dir(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| OvBankError::io(dir, "sync the directory", e))?;
+/// A failed step of writing the file to `dest`, as `.ovbank` errors say it.
+fn atomic_err(dest: &Path, e: AtomicError) -> OvBankError {
+    match e.step {
+        AtomicStep::Name => unwritable(dest.display().to_string(), "it has no file name"),
+        AtomicStep::Create => OvBankError::io(&e.path, "create", e.source),
+        AtomicStep::Sync => OvBankError::io(&e.path, "sync", e.source),
+        AtomicStep::Rename => OvBankError::io(&e.path, "rename the finished file onto", e.source),
+        AtomicStep::SyncFolder => OvBankError::io(&e.path, "sync the directory", e.source),
     }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
 
 #[cfg(test)]
