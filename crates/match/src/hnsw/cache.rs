@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
-use ovdiff_core::atomic::write_atomic_with;
+use ovdiff_core::atomic::{write_atomic_with, AtomicFile};
 use ovdiff_core::codec::{u64_at, Reader, Truncated, WriteLe};
 use sha2::{Digest, Sha256};
 
@@ -34,7 +34,7 @@ impl HnswMatcher {
 
     /// The header with a blank payload length and checksum, the payload,
     /// then the two filled in.
-    fn write_cache(&self, file: &mut BufWriter<File>) -> io::Result<()> {
+    fn write_cache(&self, file: &mut BufWriter<AtomicFile>) -> io::Result<()> {
         let prefix = header_prefix(&self.fingerprint, &self.params);
         file.write_all(&prefix)?;
         file.write_all(&[0u8; 8 + 32])?;
