@@ -28,6 +28,7 @@ mod batch;
 mod build_file;
 mod error;
 mod format;
+mod guard;
 mod migrate;
 mod open;
 mod read;
@@ -46,6 +47,10 @@ pub use error::BankError;
 pub use format::{
     check_readable, BANK_FORMAT_OLDEST_SUPPORTED, BANK_FORMAT_VERSION, BANK_OLDEST_READER,
     TOOL_VERSION,
+};
+pub use guard::{
+    check_bank_location, check_output_dir, check_output_file, enclosing_bank, is_bank_root,
+    stray_entries, PathRefused,
 };
 pub use migrate::MigrationStep;
 pub use record::{

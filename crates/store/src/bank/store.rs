@@ -76,7 +76,7 @@ impl TreeId {
 
 /// Files and directories a bank directory holds: sled's own, and the build
 /// files of format 2 (`builds/`).
-fn is_sled_entry(name: &str) -> bool {
+pub(super) fn is_sled_entry(name: &str) -> bool {
     matches!(
         name,
         "conf" | "db" | "blobs" | super::build_file::BUILDS_DIR
