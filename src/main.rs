@@ -6,13 +6,56 @@ use std::process::ExitCode;
 use clap::Parser;
 mod cli;
 
-use cli::{run, Cli};
+use cli::{printable, run, Cli, StdoutError};
+
+/// Standard output was closed (broken pipe) or could not be written (full):
+/// the first is success, as in ripgrep; the second is exit 2 with a message
+/// saying the work was done.
+fn stdout_failure(kind: ErrorKind, what: &str) -> ExitCode {
+    if kind == ErrorKind::BrokenPipe {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "ovdiff-bank: {what}; the command's work was done and committed, only its output \
+         was lost (do not run it again: run `list` or `show` to see the result)"
+    );
+    ExitCode::from(2)
+}
+
+/// A `println!` that failed (in code that does not yet print through
+/// `outln!`) panics; turn that panic into [`stdout_failure`]'s exit.
+fn install_stdout_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(rest) = msg.strip_prefix("failed printing to stdout: ") {
+            let kind = if rest.contains("os error 32") || rest.contains("Broken pipe") {
+                ErrorKind::BrokenPipe
+            } else {
+                ErrorKind::Other
+            };
+            let code = if kind == ErrorKind::BrokenPipe { 0 } else { 2 };
+            stdout_failure(kind, &format!("writing to standard output: {rest}"));
+            std::process::exit(code);
+        }
+        default(info);
+    }));
+}
 
 fn main() -> ExitCode {
+    install_stdout_panic_hook();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
+            if let Some(e) = err.chain().find_map(|c| c.downcast_ref::<StdoutError>()) {
+                return stdout_failure(e.0.kind(), &format!("{err:#}"));
+            }
             // A closed pipe (`ovdiff-bank list | head`) is not a failure.
             let broken_pipe = err.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>()
@@ -21,7 +64,9 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("ovdiff-bank: {err:#}");
+            let message = format!("{err:#}");
+            let lines: Vec<_> = message.split('\n').map(printable).collect();
+            eprintln!("ovdiff-bank: {}", lines.join("\n"));
             let disk_full = err.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>()
                     .is_some_and(|e| e.kind() == ErrorKind::StorageFull)

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::bank::{index_after_write, IndexChoice};
 use super::progress::Bars;
-use super::{print_json, Context};
+use super::{outln, print_json, Context};
 use ovdiff_core::home::DEFAULT_ENCODER;
 use ovdiff_diffusion::generate::{SampleOptions, DEFAULT_NEGATIVE, DEFAULT_PROMPT};
 use ovdiff_diffusion::scheduler::SchedulerKind;
@@ -136,8 +136,20 @@ fn learner(ctx: &Context, args: &AddArgs) -> Learner {
 }
 
 fn open_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {
-    let path = ctx.home.bank_path(arg);
-    Bank::open(&path).map_err(anyhow::Error::from)
+    let path = super::bank_path(ctx, arg)?;
+    Bank::open(&path).map_err(|e| super::explain_open_error(&path, e))
+}
+
+/// Refuses a new class name with a comma: `--classes a,b` could not select it.
+pub(crate) fn refuse_comma(name: &str) -> anyhow::Result<()> {
+    if name.contains(',') {
+        anyhow::bail!(
+            "class name `{}` is not valid: it holds a comma, and `--classes` separates \
+             names with commas, so the class could not be selected",
+            super::printable(name)
+        );
+    }
+    Ok(())
 }
 
 /// `add`: one class, or every class of `--classes-file`.
@@ -216,7 +228,7 @@ pub fn run(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if !ctx.json {
-        println!("{done} of {} classes added", lines.len());
+        outln!("{done} of {} classes added", lines.len());
     }
     Ok(if failures.is_empty() {
         ExitCode::SUCCESS
@@ -237,6 +249,7 @@ fn add_one(
     index: IndexChoice,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    refuse_comma(&class)?;
     let class = NewClass::new(class, images)?.stuff(stuff);
     let bank = open_bank(ctx, args.bank.as_deref())?;
     let mut report = learner.add(&bank, class)?;
@@ -251,7 +264,7 @@ fn print_report(ctx: &Context, report: &AddReport) -> anyhow::Result<()> {
     if ctx.json {
         return print_json(report);
     }
-    println!(
+    outln!(
         "added `{}` to {}: {} images used, {} skipped, {} split with {} fallback splits, \
          {:.1} s (encoder {:.1} s, pooling {:.1} s)",
         report.class,
@@ -266,7 +279,7 @@ fn print_report(ctx: &Context, report: &AddReport) -> anyhow::Result<()> {
     );
     for e in &report.encoders {
         let c = &e.counts;
-        println!(
+        outln!(
             "  {}: {} prototypes (class {}+{}, instance {}+{}, part {}+{} fg+bg)",
             e.name,
             e.prototypes,

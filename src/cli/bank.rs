@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::{print_json, Context};
+use super::{outln, print_json, printable, Context};
 use ovdiff_learn::catalog;
 use ovdiff_segment::query;
 use ovdiff_store::bank::Bank;
@@ -60,11 +60,12 @@ pub(super) fn index_after_write(ctx: &Context, bank: &Bank, choice: IndexChoice)
 }
 
 fn open_existing_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {
-    let path = ctx.home.bank_path(arg);
-    Ok(catalog::open_existing(
+    let path = super::bank_path(ctx, arg)?;
+    catalog::open_existing(
         &path,
         "; build one with `ovdiff-bank add CLASS --images DIR`",
-    )?)
+    )
+    .map_err(|e| super::explain_open_error(&path, e))
 }
 
 /// `list`
@@ -76,22 +77,26 @@ pub fn list(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!("bank {} has no classes", bank.path().display());
+        outln!("bank {} has no classes", bank.path().display());
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<20} {:<6} {:>6} {:>10}  {:<16} source",
-        "class", "stuff", "images", "prototypes", "encoders"
+        "class",
+        "stuff",
+        "images",
+        "prototypes",
+        "encoders"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:<20} {:<6} {:>6} {:>10}  {:<16} {}",
-            r.name,
+            printable(&r.name),
             if r.stuff { "yes" } else { "no" },
             r.images,
             r.prototypes,
             r.encoders.join(","),
-            r.source
+            printable(&r.source)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -117,26 +122,28 @@ pub fn show(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<Ex
         return Ok(ExitCode::SUCCESS);
     }
     let r = &report.row;
-    println!(
+    outln!(
         "class      {}{}",
-        r.name,
+        printable(&r.name),
         if r.stuff { " (stuff)" } else { "" }
     );
-    println!("source     {}", r.source);
+    outln!("source     {}", printable(&r.source));
     for (k, v) in &report.source_params {
-        println!("           {k} = {v}");
+        outln!("           {} = {}", printable(k), printable(v));
     }
-    println!(
+    outln!(
         "split      {} ({} fallback splits)",
-        r.split, report.fallback_splits
+        printable(&r.split),
+        report.fallback_splits
     );
-    println!(
+    outln!(
         "images     {} used, {} skipped",
-        r.images, report.images_skipped
+        r.images,
+        report.images_skipped
     );
     for e in &report.per_encoder {
         let c = &e.counts;
-        println!(
+        outln!(
             "encoder    {} {}: {} prototypes (class {}+{}, instance {}+{}, part {}+{} fg+bg)",
             e.name,
             &e.fingerprint[..12.min(e.fingerprint.len())],
@@ -150,7 +157,7 @@ pub fn show(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<Ex
         );
     }
     match &report.build {
-        Some(b) => println!(
+        Some(b) => outln!(
             "build      {:.1} s by ovdiff-bank {} (sampling {:.1} s, decoding {:.1} s, encoder {:.1} s, \
              pooling {:.1} s); {} fg + {} bg patches",
             b.total_ms as f64 / 1e3,
@@ -162,13 +169,17 @@ pub fn show(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<Ex
             b.fg_patches,
             b.bg_patches
         ),
-        None => println!("build      not recorded (built before bank format 2)"),
+        None => outln!("build      not recorded (built before bank format 2)"),
     }
-    println!("support images:");
+    outln!("support images:");
     for s in &report.support {
-        println!(
+        outln!(
             "  #{:<3} {} ({}×{}, thumbnail {} bytes)",
-            s.index, s.name, s.width, s.height, s.thumbnail_bytes
+            s.index,
+            printable(&s.name),
+            s.width,
+            s.height,
+            s.thumbnail_bytes
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -187,7 +198,11 @@ pub fn remove(
     }
     index_after_write(ctx, &bank, index);
     if !ctx.json {
-        println!("removed `{class}` from {}", bank.path().display());
+        outln!(
+            "removed `{}` from {}",
+            printable(class),
+            bank.path().display()
+        );
     } else {
         print_json(&serde_json::json!({ "removed": class }))?;
     }
@@ -206,10 +221,16 @@ pub fn rename(
     if bank.class(old)?.is_none() {
         return Err(unknown_class(&bank, old));
     }
+    super::add::refuse_comma(new)?;
     bank.rename_class(old, new)?;
     index_after_write(ctx, &bank, index);
     if !ctx.json {
-        println!("renamed `{old}` to `{new}` in {}", bank.path().display());
+        outln!(
+            "renamed `{}` to `{}` in {}",
+            printable(old),
+            printable(new),
+            bank.path().display()
+        );
     } else {
         print_json(&serde_json::json!({ "renamed": old, "to": new }))?;
     }

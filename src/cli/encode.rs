@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{print_json, Context};
+use super::{outln, print_json, Context};
 use ovdiff_core::home::DEFAULT_ENCODER;
 use ovdiff_learn::bundles;
 
@@ -24,7 +24,7 @@ pub fn run(ctx: &Context, args: &EncodeArgs) -> anyhow::Result<ExitCode> {
     if ctx.json {
         print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "{}: encoded at {}×{} by {} in {:.0} ms → {}×{} patches × {} dims; \
              mean neighbour cosine {:.3}{}",
             report.image.display(),

@@ -154,7 +154,7 @@ impl Context {
     fn from_args(g: &GlobalArgs) -> Context {
         let mut runtime = RuntimeOptions::default();
         if let Some(t) = g.threads {
-            runtime.threads = t.max(1);
+            runtime.threads = clamp_threads(t);
         }
         runtime.provider = g.provider;
         if g.no_verify {
@@ -208,8 +208,117 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The most `--threads` honoured: four per core.
+fn max_threads() -> usize {
+    4 * ovdiff_core::threads::default_threads()
+}
+
+/// `--threads N`, at least 1 and at most [`max_threads`] (with a warning).
+fn clamp_threads(t: usize) -> usize {
+    let max = max_threads();
+    if t > max {
+        eprintln!("ovdiff-bank: warning: --threads {t} is more than 4 per core; using {max}");
+        max
+    } else {
+        t.max(1)
+    }
+}
+
+/// The bank path of `--bank NAME|PATH`: blank names are refused, and so is
+/// a path inside another bank's folder.
+pub(crate) fn bank_path(ctx: &Context, arg: Option<&str>) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(a) = arg {
+        if a.trim().is_empty() {
+            anyhow::bail!(
+                "--bank {a:?} is blank: give a bank name (under {}) or a path",
+                ctx.home.banks_dir().display()
+            );
+        }
+    }
+    let path = ctx.home.bank_path(arg);
+    ovdiff_store::bank::check_bank_location(&path)?;
+    Ok(path)
+}
+
+/// An error from `open`, with the stray entries named when the folder holds
+/// files that are not part of a bank database.
+pub(crate) fn explain_open_error(
+    path: &std::path::Path,
+    err: impl Into<anyhow::Error>,
+) -> anyhow::Error {
+    let err = err.into();
+    let stray = ovdiff_store::bank::stray_entries(path);
+    if stray.is_empty() || !ovdiff_store::bank::is_bank_root(path) {
+        return err;
+    }
+    let names: Vec<String> = stray
+        .iter()
+        .map(|p| printable(&p.display().to_string()).into_owned())
+        .collect();
+    err.context(format!(
+        "the bank {} holds {} that {} not part of it: {}; move {} out of the bank folder \
+         (nothing else in it needs to change)",
+        printable(&path.display().to_string()),
+        if stray.len() == 1 {
+            "an entry"
+        } else {
+            "entries"
+        },
+        if stray.len() == 1 { "is" } else { "are" },
+        names.join(", "),
+        if stray.len() == 1 { "it" } else { "them" },
+    ))
+}
+
+/// Writing to standard output failed; the command's work was already done.
+#[derive(Debug)]
+pub struct StdoutError(pub std::io::Error);
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing to standard output")
+    }
+}
+
+impl std::error::Error for StdoutError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Write formatted text and a newline to stdout, returning a [`StdoutError`]
+/// instead of panicking when stdout is closed or full.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, $($arg)*)
+            .and_then(|()| out.flush())
+            .map_err($crate::cli::StdoutError)?;
+    }};
+}
+pub(crate) use outln;
+
+/// `s` with control characters escaped (`\u{1b}`), safe to print on a terminal.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// Print a value as pretty JSON on stdout.
 pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::{print_json, Context};
+use super::{outln, print_json, Context};
 use ovdiff_learn::bundles;
 
 /// `models list`
@@ -11,18 +11,21 @@ pub fn list(ctx: &Context) -> anyhow::Result<ExitCode> {
     if ctx.json {
         print_json(&rows)?;
     } else if rows.is_empty() {
-        println!(
+        outln!(
             "no model bundles in {}; run `scripts/setup` to install the default encoder",
             ctx.home.models_dir().display()
         );
     } else {
-        println!(
+        outln!(
             "{:<20} {:<16} {:<8} {:>10}  licence",
-            "name", "role", "version", "size"
+            "name",
+            "role",
+            "version",
+            "size"
         );
         for r in &rows {
             match &r.error {
-                None => println!(
+                None => outln!(
                     "{:<20} {:<16} {:<8} {:>10}  {}",
                     r.name,
                     r.role.as_deref().unwrap_or("-"),
@@ -30,7 +33,7 @@ pub fn list(ctx: &Context) -> anyhow::Result<ExitCode> {
                     human_bytes(r.size_bytes),
                     r.licence.as_deref().unwrap_or("-")
                 ),
-                Some(e) => println!("{:<20} BROKEN: {e}", r.name),
+                Some(e) => outln!("{:<20} BROKEN: {e}", r.name),
             }
         }
     }
@@ -49,7 +52,7 @@ pub fn check(ctx: &Context, name: Option<&str>) -> anyhow::Result<ExitCode> {
     } else {
         for r in &rows {
             if r.ok {
-                println!(
+                outln!(
                     "ok    {} ({}, {} files verified, fingerprint {})",
                     r.name,
                     r.role.as_deref().unwrap_or("-"),
@@ -58,10 +61,10 @@ pub fn check(ctx: &Context, name: Option<&str>) -> anyhow::Result<ExitCode> {
                         [..12.min(r.fingerprint.as_deref().unwrap_or("-").len())]
                 );
                 if let Some(f) = &r.forward_pass {
-                    println!("      forward pass: {f}");
+                    outln!("      forward pass: {f}");
                 }
             } else {
-                println!("FAIL  {}: {}", r.name, r.error.as_deref().unwrap_or("?"));
+                outln!("FAIL  {}: {}", r.name, r.error.as_deref().unwrap_or("?"));
             }
         }
     }

@@ -3,6 +3,7 @@
 mod bank;
 mod bank_compat;
 mod bankfile;
+mod careless;
 mod generator;
 mod golden;
 mod harness;

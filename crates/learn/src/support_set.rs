@@ -198,6 +198,37 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The entries of `dir` that [`list_images`] leaves out for a reason worth
+/// telling: files with no extension, dangling symlinks, and FIFOs, sockets
+/// or devices; each with why, sorted by name. Hidden entries, folders and
+/// files of other extensions are not listed.
+pub fn unusable_entries(dir: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PathBuf, String)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let name = p.file_name()?.to_str().unwrap_or("");
+            if name.starts_with('.') {
+                return None;
+            }
+            let reason = match std::fs::metadata(&p) {
+                Err(_) if std::fs::symlink_metadata(&p).is_ok() => "a dangling symlink",
+                Err(_) => return None,
+                Ok(m) if m.is_dir() => return None,
+                Ok(m) if !m.is_file() => "not a regular file (a FIFO, socket or device)",
+                Ok(_) if p.extension().is_none() => "no file extension (PNG or JPEG expected)",
+                Ok(_) => return None,
+            };
+            Some((p, reason.to_string()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Support images from a folder, each with its attribution map when one
 /// lies beside it (a folder written by `add --keep-support` from a
 /// generator that gives maps).

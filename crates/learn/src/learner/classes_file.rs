@@ -8,7 +8,8 @@
 //! ```
 //!
 //! A class without a folder is sampled with the generator; `#` starts a
-//! comment line.
+//! comment line. A line holding a tab is split on tabs only, so that a name
+//! may hold spaces: `dining table<TAB>/data/dining table[<TAB>stuff]`.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,9 @@ pub struct ClassLine {
     pub stuff: bool,
 }
 
-/// Parse a classes file: `CLASS [IMAGES_DIR] [stuff]` per line, `#` comments.
+/// Parse a classes file: `CLASS [IMAGES_DIR] [stuff]` per line, `#` comments;
+/// a line with a tab is split on tabs (`NAME<TAB>DIR`), so names and folders
+/// may hold spaces.
 /// A class listed twice, a line of more fields, and a file without a
 /// class are errors.
 pub fn parse_classes_file(text: &str) -> Result<Vec<ClassLine>> {
@@ -35,7 +38,14 @@ pub fn parse_classes_file(text: &str) -> Result<Vec<ClassLine>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut fields: Vec<&str> = line.split_whitespace().collect();
+        let mut fields: Vec<&str> = if line.contains('\t') {
+            line.split('\t')
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .collect()
+        } else {
+            line.split_whitespace().collect()
+        };
         let stuff = fields.len() > 1 && fields.last() == Some(&"stuff");
         if stuff {
             fields.pop();
@@ -105,6 +115,18 @@ mod tests {
         );
         // a lone `stuff` is a class name
         assert_eq!(parse_classes_file("stuff").unwrap()[0].class, "stuff");
+    }
+
+    #[test]
+    fn tab_separated_lines_allow_spaces() {
+        let lines =
+            parse_classes_file("dining table\t/d/dining table\npotted plant\t/d/p\tstuff\n")
+                .unwrap();
+        assert_eq!(lines[0].class, "dining table");
+        assert_eq!(lines[0].images, Some("/d/dining table".into()));
+        assert!(!lines[0].stuff);
+        assert_eq!(lines[1].class, "potted plant");
+        assert!(lines[1].stuff);
     }
 
     #[test]

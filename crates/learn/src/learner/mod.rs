@@ -43,6 +43,8 @@ pub struct NewClass {
     name: String,
     /// The folder as given, and its images.
     images: Option<(PathBuf, Vec<SupportImage>)>,
+    /// Entries of the folder that are not images (see [`support_set::unusable_entries`]).
+    unusable: Vec<(PathBuf, String)>,
     stuff: bool,
     started: Instant,
 }
@@ -62,6 +64,7 @@ impl NewClass {
         let name = name.into();
         ovdiff_store::bank::validate_class_name(&name)
             .map_err(|p| Error::Invalid(format!("class name `{name}` is not valid: {p}")))?;
+        let mut unusable = Vec::new();
         let images = match images {
             Some(dir) => {
                 if !dir.is_dir() {
@@ -71,6 +74,7 @@ impl NewClass {
                     )));
                 }
                 let found = support_set::list_images(&dir)?;
+                unusable = support_set::unusable_entries(&dir);
                 if found.is_empty() {
                     return Err(Error::Invalid(format!(
                         "no PNG or JPEG images in {}; nothing was written",
@@ -84,6 +88,7 @@ impl NewClass {
         Ok(NewClass {
             name,
             images,
+            unusable,
             stuff: false,
             started,
         })
@@ -280,6 +285,7 @@ impl Learner {
         let NewClass {
             name,
             images: given,
+            unusable,
             stuff,
             started,
         } = class;
@@ -348,6 +354,9 @@ impl Learner {
         };
         let progress = self.progress.as_ref();
         progress.stage(Stage::Learn, &name, images.len() as u64);
+        for (path, reason) in &unusable {
+            progress.skipped(path, reason);
+        }
         let learned = support_set::learn(&images, &mut self.encoders, &opts, &mut |ev| match ev {
             Event::Used { .. } => progress.advance(1),
             Event::Skipped { path, error } => {
@@ -369,9 +378,9 @@ impl Learner {
             class: name,
             bank: bank.path().to_path_buf(),
             images_used: learned.images.len(),
-            images_skipped: learned
-                .skipped
+            images_skipped: unusable
                 .iter()
+                .chain(&learned.skipped)
                 .map(|(path, reason)| SkippedImage {
                     path: path.clone(),
                     reason: reason.clone(),
