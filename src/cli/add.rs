@@ -25,8 +25,10 @@ pub struct AddArgs {
     #[arg(required_unless_present = "classes_file")]
     pub class: Option<String>,
     /// Build many classes in one run: one per line, `CLASS [IMAGES_DIR] [stuff]`
-    /// (no folder: sampled with the generator). A failed class is reported
-    /// and the run goes on.
+    /// (no folder: sampled with the generator). A line holding a tab is
+    /// split on tabs only, `NAME<TAB>DIR[<TAB>stuff]`, so that a name may
+    /// hold spaces (`dining table`). A failed class is reported and the run
+    /// goes on.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["class", "images"])]
     pub classes_file: Option<PathBuf>,
     /// With --classes-file: where to write the JSON error report
