@@ -11,11 +11,13 @@ use ovdiff_store::ovbank::{self, ImportStats, MergeStats, OnConflict, OvBankFile
 
 use crate::Result;
 
-/// Open the `.ovbank` file at `path` and check every checksum (see
-/// [`OvBankFile::verify`]) before anything is read from it.
+/// Open the `.ovbank` file at `path` and check every checksum and its
+/// content (see [`OvBankFile::verify`] and [`OvBankFile::check_thumbnails`])
+/// before anything is read from it.
 pub fn open_verified(path: &Path) -> Result<OvBankFile> {
     let file = OvBankFile::open(path)?;
     file.verify()?;
+    file.check_thumbnails()?;
     Ok(file)
 }
 
@@ -35,6 +37,7 @@ pub fn merge_files(inputs: &[PathBuf], out: &Path, on_conflict: OnConflict) -> R
         .collect::<std::result::Result<Vec<_>, _>>()?;
     for f in &files {
         f.verify()?;
+        f.check_thumbnails()?;
     }
     let refs: Vec<&OvBankFile> = files.iter().collect();
     Ok(ovbank::merge(&refs, out, on_conflict)?)

@@ -141,11 +141,16 @@ impl HalfSource for FileBlock {
 }
 
 impl FileStore {
-    /// Open (memory-map and check the header of) a `.ovbank` file.
+    /// Open (memory-map and check the header of) a `.ovbank` file, and run
+    /// its content check ([`OvBankFile::check_content`]: unit vectors,
+    /// counts, thumbnails), so that a query never reads what no build wrote.
     pub fn open(path: &Path) -> Result<FileStore> {
+        let file = OvBankFile::open(path)?;
+        file.check_content()?;
+        file.check_thumbnails()?;
         Ok(FileStore {
             path: path.to_path_buf(),
-            file: Arc::new(OvBankFile::open(path)?),
+            file: Arc::new(file),
         })
     }
 }

@@ -139,6 +139,14 @@ pub enum OvBankError {
         /// What is wrong.
         reason: String,
     },
+    /// A class holds what no build writes (issue #20's content check).
+    #[error("class {class:?}: {problem}; the file should be re-exported by its sender")]
+    Content {
+        /// The class name.
+        class: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The file has no class of that name.
     #[error("class {name:?} is not in the ovbank file")]
     ClassNotFound {

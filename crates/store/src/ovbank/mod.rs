@@ -37,6 +37,7 @@ pub use format::{
 };
 pub use read::{
     AnnEntry, Header, OvBankFile, OvClass, PrototypeMeta, SectionInfo, VectorsView, VerifyReport,
+    NORM_TOLERANCE, SUPPORT_IMAGE_MAX_PX, THUMBNAIL_MAX_PX,
 };
 pub use untrusted::exercise_untrusted;
 #[doc(hidden)]
@@ -191,10 +192,14 @@ pub fn export_with(
     w.finish()
 }
 
-/// Opens `path` and runs [`OvBankFile::verify`]: every section checksum, the
-/// whole-file checksum, and every record.
+/// Opens `path` and runs [`OvBankFile::verify`] (every section checksum, the
+/// whole-file checksum, every record and the content check) and
+/// [`OvBankFile::check_thumbnails`].
 pub fn verify(path: &Path) -> Result<VerifyReport> {
-    OvBankFile::open(path)?.verify()
+    let file = OvBankFile::open(path)?;
+    let report = file.verify()?;
+    file.check_thumbnails()?;
+    Ok(report)
 }
 
 /// Imports every class of `file` into `into`.
@@ -309,12 +314,23 @@ fn store_classes(file: &OvBankFile, into: &Bank, plan: &[(&OvClass, String, bool
     Ok(stored)
 }
 
-/// The first `name (k)`, k ≥ 2, for which `taken` is false.
+/// The first `name (k)`, k ≥ 2, for which `taken` is false; `name` is cut
+/// at a character boundary so that the result fits
+/// [`MAX_CLASS_NAME_BYTES`](crate::bank::MAX_CLASS_NAME_BYTES) bytes.
 fn free_name(name: &str, taken: impl Fn(&str) -> bool) -> String {
+    let with_suffix = |suffix: String| {
+        let mut end = name
+            .len()
+            .min(crate::bank::MAX_CLASS_NAME_BYTES.saturating_sub(suffix.len()));
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}{suffix}", &name[..end])
+    };
     (2u64..)
-        .map(|k| format!("{name} ({k})"))
+        .map(|k| with_suffix(format!(" ({k})")))
         .find(|n| !taken(n))
-        .unwrap_or_else(|| format!("{name} (copy)"))
+        .unwrap_or_else(|| with_suffix(" (copy)".to_owned()))
 }
 
 /// Merges `inputs` into one `.ovbank` file `out` (written atomically, like [`export`]).
@@ -444,4 +460,20 @@ pub fn merge(inputs: &[&OvBankFile], out: &Path, on_conflict: OnConflict) -> Res
     }
     stats.file = w.finish()?;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod free_name_tests {
+    use super::free_name;
+    use crate::bank::MAX_CLASS_NAME_BYTES;
+
+    #[test]
+    fn renamed_names_fit_the_limit_on_a_char_boundary() {
+        assert_eq!(free_name("cat", |n| n == "cat (2)"), "cat (3)");
+        let long = "é".repeat(64); // 128 bytes
+        let new = free_name(&long, |_| false);
+        assert!(new.len() <= MAX_CLASS_NAME_BYTES, "{new}");
+        assert!(new.ends_with(" (2)"));
+        assert_eq!(new, format!("{} (2)", "é".repeat(62)));
+    }
 }

@@ -12,6 +12,7 @@
 //! `index` (blocks, meta records, regions); `views` holds what an open file
 //! hands out.
 
+mod content;
 mod header;
 mod index;
 mod metadata;
@@ -31,6 +32,7 @@ use super::format::{
     FOOTER_LEN, INDEX_HEADER_LEN, META_LEN,
 };
 use crate::bank::{ClassEncoderEntry, EncoderInfo};
+pub use content::{NORM_TOLERANCE, SUPPORT_IMAGE_MAX_PX, THUMBNAIL_MAX_PX};
 use header::{checked_section, missing, parse_header};
 pub use header::{Header, SectionInfo};
 pub(crate) use index::Block;
@@ -93,7 +95,17 @@ impl OvBankFile {
     ///
     /// Cost: proportional to the metadata (names, block table, per-prototype
     /// meta), not to the vectors, regions or thumbnails, which are not read.
+    ///
+    /// A path that is not a regular file (a FIFO, a device, a directory) is
+    /// refused before it is opened, so that opening never blocks.
     pub fn open(path: &Path) -> Result<OvBankFile> {
+        // Same message as a failed open (a missing file reads as before).
+        let kind = std::fs::metadata(path).map_err(|e| OvBankError::io(path, "open", e))?;
+        if !kind.is_file() {
+            return Err(OvBankError::NotOvBank {
+                reason: format!("{} is not a regular file", path.display()),
+            });
+        }
         let file = File::open(path).map_err(|e| OvBankError::io(path, "open", e))?;
         let meta = file
             .metadata()
@@ -179,7 +191,8 @@ impl OvBankFile {
                 })
                 .collect();
         }
-        Ok(OvBankFile {
+        check_thumbnail_ranges(&classes, &thumbs, thumbnails_sec.offset)?;
+        let file = OvBankFile {
             header,
             sections,
             prototypes_sec,
@@ -194,7 +207,36 @@ impl OvBankFile {
             class_blocks: index.class_blocks,
             meta_base: idx_sec.offset + INDEX_HEADER_LEN + BLOCK_ENTRY_LEN * index.block_count,
             data,
-        })
+        };
+        file.check_region_ranges()?;
+        Ok(file)
+    }
+
+    /// Every block's region records start exactly where the previous
+    /// block's end, so that no record is read for two prototypes (checked at
+    /// open: a query reads regions too).
+    fn check_region_ranges(&self) -> Result<()> {
+        let mut next_regions = 0u64;
+        for b in &self.blocks {
+            if b.provenance_offset != next_regions {
+                return Err(OvBankError::Malformed {
+                    section: "provenance",
+                    offset: self.provenance_sec.offset + b.provenance_offset,
+                    reason: format!(
+                        "the regions of class {:?} start at {} instead of {next_regions}, \
+                         the end of the previous block's",
+                        self.classes[b.class as usize].name, b.provenance_offset
+                    ),
+                });
+            }
+            // A record that does not parse is refused by whatever reads it
+            // (and by verify, which names the section checksum first).
+            let Ok(regions) = self.block_region_bytes(b) else {
+                return Ok(());
+            };
+            next_regions += regions.len() as u64;
+        }
+        Ok(())
     }
 
     fn bytes(&self) -> &[u8] {
@@ -392,7 +434,7 @@ impl OvBankFile {
                 computed,
             });
         }
-        let (mut prototypes, mut next_regions) = (0u64, 0u64);
+        let mut prototypes = 0u64;
         for b in &self.blocks {
             let v = self.block_vector_bytes(b);
             if let Some(i) = v
@@ -409,20 +451,9 @@ impl OvBankFile {
                     ),
                 });
             }
-            if b.provenance_offset != next_regions {
-                return Err(OvBankError::Malformed {
-                    section: "provenance",
-                    offset: self.provenance_sec.offset + b.provenance_offset,
-                    reason: format!(
-                        "the regions of class {:?} start at {} instead of {next_regions}, \
-                         the end of the previous block's",
-                        self.classes[b.class as usize].name, b.provenance_offset
-                    ),
-                });
-            }
-            next_regions += self.block_region_bytes(b)?.len() as u64;
             prototypes += u64::from(b.count);
         }
+        self.check_content()?;
         let thumbs = self.thumbs.iter().flatten().filter(|t| t.length > 0);
         Ok(VerifyReport {
             file_len: self.header.file_len,
@@ -436,4 +467,42 @@ impl OvBankFile {
             ann_entries: self.ann_entries()?.len(),
         })
     }
+}
+
+/// Thumbnail ranges must be disjoint, whatever their order and class: the
+/// writer stores one thumbnail per support image, so a range shared by two
+/// images would let a small file declare (and an import write) many times
+/// its size.
+fn check_thumbnail_ranges(
+    classes: &[OvClass],
+    thumbs: &[Vec<ThumbLoc>],
+    section_offset: u64,
+) -> Result<()> {
+    let mut ranges: Vec<(u64, u64, usize, usize)> = thumbs
+        .iter()
+        .enumerate()
+        .flat_map(|(ci, locs)| {
+            locs.iter()
+                .enumerate()
+                .filter(|(_, t)| t.length > 0)
+                .map(move |(i, t)| (t.offset, t.length, ci, i))
+        })
+        .collect();
+    ranges.sort_unstable();
+    for w in ranges.windows(2) {
+        let ((a_off, a_len, a_class, a_img), (b_off, _, b_class, b_img)) = (w[0], w[1]);
+        // Both ranges lie within the section (checked when parsed).
+        if a_off + a_len > b_off {
+            return Err(OvBankError::Malformed {
+                section: "thumbnails",
+                offset: section_offset + b_off,
+                reason: format!(
+                    "the thumbnail of support image {b_img} of class {:?} overlaps that of \
+                     support image {a_img} of class {:?} (thumbnail ranges must be disjoint)",
+                    classes[b_class].name, classes[a_class].name
+                ),
+            });
+        }
+    }
+    Ok(())
 }
