@@ -7,6 +7,7 @@ mod careless;
 mod generator;
 mod golden;
 mod harness;
+mod hostile;
 mod models;
 mod prefilter;
 mod real_model;
