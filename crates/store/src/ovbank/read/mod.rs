@@ -159,6 +159,19 @@ impl OvBankFile {
         let stats_sec = find(SectionKind::Stats);
 
         let (encoders, encoder_fps) = parse_encoders(checked_section(bytes, &enc_sec)?, &enc_sec)?;
+        // An encoder name is what users and `--encoder` see: one name, one fingerprint.
+        for (i, e) in encoders.iter().enumerate() {
+            if let Some(other) = encoders[..i].iter().find(|o| o.name == e.name) {
+                return Err(OvBankError::Malformed {
+                    section: "encoders",
+                    offset: enc_sec.offset,
+                    reason: format!(
+                        "encoder name {:?} is given to two fingerprints, {} and {}",
+                        e.name, other.fingerprint, e.fingerprint
+                    ),
+                });
+            }
+        }
         let (mut classes, thumbs) = parse_classes(
             checked_section(bytes, &cls_sec)?,
             &cls_sec,
