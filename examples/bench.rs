@@ -261,7 +261,7 @@ fn bench_segment(home: &Home) {
     use ovdiff_segment::engine::SegmentOptions;
     use ovdiff_segment::query;
     use ovdiff_segment::render;
-    use ovdiff_segment::window::{layout, resize_short_side, round_to_patches};
+    use ovdiff_segment::window::round_to_patches;
 
     let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
     let dir = home.models_dir().join("dinov2-s14");
@@ -288,8 +288,8 @@ fn bench_segment(home: &Home) {
     let opts = SegmentOptions::default();
 
     // the windows the engine runs, encoded bare
-    let (ww, wh) = resize_short_side(448, 448, opts.short_side);
-    let windows = layout(ww, wh, &opts.window_sizes, opts.stride, opts.include_whole);
+    let (ww, wh) = opts.layout.working_size(448, 448);
+    let windows = opts.layout.windows(ww, wh);
     let crops: Vec<RgbImage> = windows
         .iter()
         .map(|w| {

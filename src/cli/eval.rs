@@ -8,13 +8,12 @@ use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use super::segment::{print_plan, query_of, segmenter_options, EngineArg, PrefilterArgs};
 use super::{print_json, Context};
 use ovdiff_models::features::preprocess;
-use ovdiff_segment::engine::SegmentOptions;
 use ovdiff_segment::eval::{Confusion, IGNORE};
-use ovdiff_segment::query;
 use ovdiff_segment::render::read_label_png;
-use ovdiff_store::class_store::open_store;
+use ovdiff_segment::Segmenter;
 
 /// Arguments of `eval`.
 #[derive(Debug, clap::Args)]
@@ -38,6 +37,12 @@ pub struct EvalArgs {
     /// Write the confusion matrix (ground truth × prediction) as CSV here.
     #[arg(long, value_name = "FILE")]
     pub confusion: Option<PathBuf>,
+    /// The matcher, as for `segment`.
+    #[command(flatten)]
+    pub engine: EngineArg,
+    /// The CLIP pre-filter, as for `segment`.
+    #[command(flatten)]
+    pub prefilter: PrefilterArgs,
 }
 
 /// One class of the evaluation: its dataset label and name.
@@ -144,16 +149,10 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     if !bank_path.exists() {
         bail!("bank {} does not exist", bank_path.display());
     }
-    let store = open_store(&bank_path)?;
-    let bank = store.as_ref();
     let wanted: Vec<String> = candidates.iter().map(|c| c.name.clone()).collect();
-    let resolved = query::resolve_classes(bank, Some(&wanted))?;
-    let runtime = ctx.runtime()?;
-    let mut members = query::plan(&runtime, bank, &resolved, &[], ctx.runtime.threads)?;
-    let opts = SegmentOptions {
-        threads: ctx.runtime.threads,
-        ..SegmentOptions::default()
-    };
+    let query = query_of(Some(wanted), &args.engine, &args.prefilter, false);
+    let segmenter = Segmenter::open(&bank_path, segmenter_options(ctx, &[]))?;
+    print_plan(&segmenter.prepare(&query)?);
 
     let pb = if ctx.json {
         ProgressBar::hidden()
@@ -184,8 +183,7 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
                     img.height()
                 );
             }
-            let seg = query::segment_with(&mut members, &img, &opts)?;
-            let pred = seg.labels.labels_u8()?;
+            let pred = segmenter.segment(img, &query)?.labels_u8()?;
             let gt: Vec<u8> = gt.iter().map(|&g| gt_map[g as usize]).collect();
             confusion
                 .add(&gt, &pred)

@@ -34,7 +34,7 @@ use ovdiff_match::vocabulary::{argmax_floor, NO_PROTO};
 use ovdiff_match::{Matcher, Scores, Vocabulary};
 use ovdiff_models::features::{preprocess, Encoder};
 
-use crate::window::{layout, resize_short_side, round_to_patches, Window};
+use crate::window::{round_to_patches, Window, WindowLayout};
 use crate::{Error, Result};
 
 /// A bilinear tap: output sample = `(1 - l) · in[i0] + l · in[i1]`.
@@ -502,22 +502,9 @@ impl LabelMap {
         out
     }
 
-    /// The labels as bytes, for palette PNGs (where 255 means "void"):
-    /// an error when some label is 255 or more (over 254 candidates).
+    /// The labels as bytes, for palette PNGs (see [`labels_u8`]).
     pub fn labels_u8(&self) -> Result<Vec<u8>> {
-        self.labels
-            .iter()
-            .map(|&l| {
-                u8::try_from(l)
-                    .ok()
-                    .filter(|&b| b != u8::MAX)
-                    .ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "label {l} does not fit an 8-bit label map (at most 254 classes)"
-                        ))
-                    })
-            })
-            .collect()
+        labels_u8(&self.labels)
     }
 
     /// Pixels per label, `num_labels` long (labels beyond it are not counted).
@@ -545,6 +532,24 @@ impl LabelMap {
     }
 }
 
+/// Labels as bytes, for palette PNGs (where 255 means "void"): an error
+/// when some label is 255 or more (over 254 candidates).
+pub fn labels_u8(labels: &[u16]) -> Result<Vec<u8>> {
+    labels
+        .iter()
+        .map(|&l| {
+            u8::try_from(l)
+                .ok()
+                .filter(|&b| b != u8::MAX)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "label {l} does not fit an 8-bit label map (at most 254 classes)"
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// An encoder as the segmenter uses it: crops whose sides are multiples of
 /// the patch size in, patch grids out.
 pub trait WindowEncoder {
@@ -567,14 +572,8 @@ impl WindowEncoder for Encoder {
 /// How to segment an image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SegmentOptions {
-    /// The working size's short side (448, as the reference).
-    pub short_side: u32,
-    /// Sliding-window sizes at the working size (448 and 336).
-    pub window_sizes: Vec<u32>,
-    /// Sliding-window stride (224).
-    pub stride: u32,
-    /// Also encode the whole working image (true).
-    pub include_whole: bool,
+    /// Which windows are encoded ([`WindowLayout::ovdiff`] by default).
+    pub layout: WindowLayout,
     /// The reference's threshold: averaged scores not above it count as 0
     /// before the argmax (`Some(0.0)`; `None` for a plain argmax).
     pub score_floor: Option<f32>,
@@ -586,10 +585,7 @@ pub struct SegmentOptions {
 impl Default for SegmentOptions {
     fn default() -> Self {
         SegmentOptions {
-            short_side: 448,
-            window_sizes: vec![448, 336],
-            stride: 224,
-            include_whole: true,
+            layout: WindowLayout::default(),
             score_floor: Some(0.0),
             threads: 0,
         }
@@ -615,9 +611,11 @@ pub struct Timings {
     pub patches: usize,
 }
 
-/// The result of segmenting one image.
+/// The engine's result for one image: the fused label map, with the
+/// prototypes that won each pixel (the [`Segmenter`](crate::Segmenter)
+/// turns it into a [`Segmentation`](crate::Segmentation)).
 #[derive(Debug, Clone)]
-pub struct Segmentation {
+pub struct Fused {
     /// Labels at the original image size.
     pub labels: LabelMap,
     /// Label names: `class_names[0]` is `"background"`, then the candidates.
@@ -645,7 +643,7 @@ pub fn segment_image(
     img: &RgbImage,
     vocab: &Vocabulary,
     opts: &SegmentOptions,
-) -> Result<Segmentation> {
+) -> Result<Fused> {
     segment_image_ensemble(
         &mut [EnsembleMember {
             encoder,
@@ -658,9 +656,10 @@ pub fn segment_image(
 
 /// Segment `img` with one or more encoders, fused late with equal weight.
 ///
-/// 1. Resize so the short side is `opts.short_side` ([`resize_short_side`],
-///    bilinear; the reference resizes with Lanczos).
-/// 2. Lay out the windows ([`layout`]).
+/// 1. Resize so the short side is the layout's `short_side`
+///    ([`WindowLayout::working_size`], bilinear; the reference resizes
+///    with Lanczos).
+/// 2. Lay out the windows ([`WindowLayout::windows`]).
 /// 3. For every member and window: crop, resize the crop to the nearest
 ///    multiple of the member's patch size ([`round_to_patches`]), encode it,
 ///    score its patches, and add the scores to the [`Accumulator`] (source =
@@ -674,7 +673,7 @@ pub fn segment_image_ensemble(
     members: &mut [EnsembleMember<'_>],
     img: &RgbImage,
     opts: &SegmentOptions,
-) -> Result<Segmentation> {
+) -> Result<Fused> {
     let start = Instant::now();
     let mut t = Timings::default();
     let Some(first) = members.first() else {
@@ -695,10 +694,10 @@ pub fn segment_image_ensemble(
         return Err(Error::Invalid(format!("image has no pixels ({ow}×{oh})")));
     }
     let clock = Instant::now();
-    let (ww, wh) = resize_short_side(ow, oh, opts.short_side);
+    let (ww, wh) = opts.layout.working_size(ow, oh);
     let working = preprocess::resize(img, ww, wh);
     t.resize += clock.elapsed();
-    let windows = layout(ww, wh, &opts.window_sizes, opts.stride, opts.include_whole);
+    let windows = opts.layout.windows(ww, wh);
     if windows.is_empty() {
         return Err(Error::Invalid(
             "no windows to encode: give a window size or include the whole image".into(),
@@ -741,7 +740,7 @@ pub fn segment_image_ensemble(
     t.total = start.elapsed();
     let mut class_names = vec!["background".to_string()];
     class_names.extend(names);
-    Ok(Segmentation {
+    Ok(Fused {
         labels,
         class_names,
         working_size: (ww, wh),
@@ -753,6 +752,7 @@ pub fn segment_image_ensemble(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::layout;
     use ndarray::array;
     use ovdiff_match::oracle::Rng;
     use ovdiff_match::Candidate;

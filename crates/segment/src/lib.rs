@@ -4,6 +4,11 @@
 //! al. 2023): every patch takes the label of the nearest class, and the
 //! candidates' background prototypes stand for "background".
 //!
+//! * [`segmenter`]: the API: a [`Segmenter`] opens a bank once and
+//!   segments images with [`Query`]s, from any number of threads, into
+//!   [`Segmentation`]s;
+//! * [`segmentation`]: the result and its files (label PNG, overlay,
+//!   explain sheet, JSON report);
 //! * [`window`]: which crops are encoded (448 and 336 windows, stride 224,
 //!   plus the whole image, at a working size with a 448 short side);
 //! * [`engine`]: late fusion of windows and encoders ([`Accumulator`]) into
@@ -25,12 +30,16 @@ pub mod prefilter;
 pub mod query;
 pub mod render;
 pub mod rle;
+pub mod segmentation;
+pub mod segmenter;
 pub mod window;
 
 pub use engine::{
-    segment_image, segment_image_ensemble, Accumulator, EnsembleMember, LabelMap, SegmentOptions,
-    Segmentation, Timings, WindowEncoder,
+    segment_image, segment_image_ensemble, Accumulator, EnsembleMember, Fused, LabelMap,
+    SegmentOptions, Timings, WindowEncoder,
 };
-pub use window::{layout, resize_short_side, Window};
+pub use segmentation::{ImageReport, SegmentTimings, Segmentation, WriteOptions};
+pub use segmenter::{ImageInput, Query, Segmenter, SegmenterOptions};
+pub use window::{layout, resize_short_side, Window, WindowLayout};
 
 use ovdiff_core::{Error, Home, Result};

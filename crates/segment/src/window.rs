@@ -134,6 +134,50 @@ pub fn round_to_patches(w: u32, h: u32, patch: u32) -> (u32, u32) {
     (r(w), r(h))
 }
 
+/// Which windows a query encodes: the working size and the sliding
+/// windows over it. [`WindowLayout::ovdiff`] (the default) is the
+/// reference's; other layouts trade accuracy for time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WindowLayout {
+    /// The working size's short side ([`resize_short_side`]).
+    pub short_side: u32,
+    /// Sliding-window sizes at the working size, in order.
+    pub sizes: Vec<u32>,
+    /// Sliding-window stride.
+    pub stride: u32,
+    /// Also encode the whole working image.
+    pub include_whole: bool,
+}
+
+impl WindowLayout {
+    /// OVDiff's layout (`predict.py`: `--crops 448,336`, `--strides
+    /// 224,224`, plus the whole image) at a 448 short side.
+    pub fn ovdiff() -> WindowLayout {
+        WindowLayout {
+            short_side: 448,
+            sizes: vec![448, 336],
+            stride: 224,
+            include_whole: true,
+        }
+    }
+
+    /// The working size of a `w`×`h` image ([`resize_short_side`]).
+    pub fn working_size(&self, w: u32, h: u32) -> (u32, u32) {
+        resize_short_side(w, h, self.short_side)
+    }
+
+    /// The windows of a working image of `w`×`h` ([`layout`]).
+    pub fn windows(&self, w: u32, h: u32) -> Vec<Window> {
+        layout(w, h, &self.sizes, self.stride, self.include_whole)
+    }
+}
+
+impl Default for WindowLayout {
+    fn default() -> Self {
+        WindowLayout::ovdiff()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +340,16 @@ mod tests {
             h: 5
         }
         .contains(6, 7));
+    }
+
+    #[test]
+    fn the_default_layout_is_ovdiffs() {
+        let l = WindowLayout::default();
+        assert_eq!(l, WindowLayout::ovdiff());
+        assert_eq!(l.working_size(640, 480), (597, 448));
+        assert_eq!(
+            l.windows(597, 448),
+            layout(597, 448, &[448, 336], 224, true)
+        );
     }
 }

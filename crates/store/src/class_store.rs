@@ -53,8 +53,9 @@ impl ClassRows {
     }
 }
 
-/// Read access to classes and prototypes, whatever holds them.
-pub trait ClassStore {
+/// Read access to classes and prototypes, whatever holds them (shared by
+/// threads: a segmenter serves several at once).
+pub trait ClassStore: Send + Sync {
     /// The bank folder or file.
     fn location(&self) -> &Path;
     /// Every class, sorted by name.
