@@ -4,6 +4,7 @@ mod bank;
 mod bank_compat;
 mod bankfile;
 mod careless;
+mod eval;
 mod generator;
 mod golden;
 mod harness;
