@@ -39,7 +39,7 @@ impl Kit {
         for sub in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
-        let images: [(&str, &[([u8; 3], u16, f32)]); 4] = [
+        let images: [(&str, &[Disc]); 4] = [
             ("a", &[(RED, 1, 0.35), (BLUE, 3, 0.35)]),
             ("b", &[(GREEN, 2, 0.35), (RED, 1, 0.35), (BLUE, 3, 0.35)]),
             ("c", &[(GREEN, 2, 0.35)]),
@@ -134,10 +134,13 @@ impl Kit {
     }
 }
 
-/// Discs side by side on a dark, noisy background, each `(colour, label,
-/// radius as a fraction of its 112 px cell)`, and the labels of their pixels
-/// (each disc's label, 0 around them).
-fn discs_with_truth(discs: &[([u8; 3], u16, f32)]) -> (RgbImage, Vec<u16>) {
+/// A disc: its colour, its label and its radius as a fraction of its 112 px
+/// cell.
+type Disc = ([u8; 3], u16, f32);
+
+/// Discs side by side on a dark, noisy background, and the labels of their
+/// pixels (each disc's label, 0 around them).
+fn discs_with_truth(discs: &[Disc]) -> (RgbImage, Vec<u16>) {
     let cell = 112u32;
     let w = cell * discs.len() as u32;
     let mut labels = vec![0u16; (w * cell) as usize];

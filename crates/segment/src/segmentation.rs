@@ -193,7 +193,7 @@ impl Segmentation {
     }
 
     /// The labels as bytes (at most 254 classes; see
-    /// [`labels_u8`](crate::engine::labels_u8)).
+    /// [`labels_u8`]).
     pub fn labels_u8(&self) -> Result<Vec<u8>> {
         labels_u8(&self.labels)
     }

@@ -173,7 +173,7 @@ fn one_segmenter_serves_four_threads_like_sequential_calls() {
         let seg = if (i + q) % 2 == 0 {
             segmenter.segment(&images[i], &queries[q]).unwrap()
         } else {
-            segmenter.segment(files[i].as_path(), &queries[q]).unwrap()
+            segmenter.segment(&files[i], &queries[q]).unwrap()
         };
         assert_eq!(seg.labels.len(), images[i].len() / 3);
         (seg.labels, seg.classes)
@@ -261,4 +261,12 @@ fn plan_errors_are_those_of_the_cli_and_a_good_query_still_plans() {
     assert_eq!(seg.class_names, ["red", "blue"]);
     assert_eq!(seg.classes[0].name, "red");
     assert!(seg.explain.is_none() && seg.prefilter.is_none());
+    // the segmenter lends its encoders
+    let dir = fixture("models/tiny-encoder");
+    let enc = segmenter.encoder(&dir).unwrap();
+    assert_eq!(enc.bundle().name(), "tiny-encoder");
+    drop(enc);
+    assert_eq!(segmenter.encoders_loaded(&dir), 1, "the lent one came back");
+    let e = segmenter.encoder(&fixture("clip-tiny")).unwrap_err();
+    assert!(e.to_string().contains("no planned query uses"), "{e}");
 }

@@ -56,7 +56,7 @@ use crate::query::{self, EnginePolicy, Matching, MemberPlan, ResolvedClasses, Re
 use crate::segmentation::{PrefilterReport, SegmentTimings, Segmentation};
 use crate::window::WindowLayout;
 use crate::{Error, Home, Result};
-use pool::{Cache, Pool};
+use pool::{Cache, Lease, Pool};
 
 /// How a [`Segmenter`] loads and runs its models.
 #[derive(Debug, Clone)]
@@ -206,6 +206,12 @@ impl From<&Path> for ImageInput {
     }
 }
 
+impl From<&PathBuf> for ImageInput {
+    fn from(p: &PathBuf) -> ImageInput {
+        ImageInput::Path(p.clone())
+    }
+}
+
 impl From<PathBuf> for ImageInput {
     fn from(p: PathBuf) -> ImageInput {
         ImageInput::Path(p)
@@ -292,14 +298,38 @@ type NarrowKey = (Vec<String>, Vec<usize>, EnginePolicy);
 
 /// Loaded encoders of one bundle.
 struct EncoderPool {
-    pool: Pool<Encoder>,
+    pool: Arc<Pool<Encoder>>,
     dim: usize,
 }
 
 /// Loaded CLIP exports of one folder.
 struct ClipPool {
-    pool: Pool<Prefilter>,
+    pool: Arc<Pool<Prefilter>>,
     report: ClipReport,
+}
+
+/// One of a [`Segmenter`]'s loaded encoders, lent by
+/// [`Segmenter::encoder`]: no call of the segmenter uses it until it is
+/// dropped, which gives it back.
+pub struct EncoderLease(Lease<Encoder>);
+
+impl std::ops::Deref for EncoderLease {
+    type Target = Encoder;
+    fn deref(&self) -> &Encoder {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for EncoderLease {
+    fn deref_mut(&mut self) -> &mut Encoder {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Debug for EncoderLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("EncoderLease").field(&**self).finish()
+    }
 }
 
 /// One encoder of a planned query: where its encoders come from, and the
@@ -387,6 +417,20 @@ impl Segmenter {
         Ok(self.planned(query)?.report.clone())
     }
 
+    /// One of the loaded encoders of the bundle in `dir` (a planned query
+    /// uses it), to encode with outside a query: the same model, session
+    /// and threads the segmenter runs. A new one is loaded when all are in
+    /// use; an error when no planned query uses that bundle.
+    pub fn encoder(&self, dir: &Path) -> Result<EncoderLease> {
+        let pool = self.encoders.get(&dir.to_path_buf()).ok_or_else(|| {
+            Error::Invalid(format!(
+                "no planned query uses the encoder bundle {}",
+                dir.display()
+            ))
+        })?;
+        Ok(EncoderLease(pool.pool.take()?))
+    }
+
     /// How many encoders of the bundle in `dir` are loaded (a pool grows
     /// when calls overlap).
     pub fn encoders_loaded(&self, dir: &Path) -> usize {
@@ -462,11 +506,11 @@ impl Segmenter {
         img: &RgbImage,
         opts: &SegmentOptions,
     ) -> Result<(Fused, Arc<Restricted>, PrefilterReport)> {
-        let (sel, stats) = {
-            let mut pf = clip.pool.take()?;
-            pf.select(img, &planned.names, choice.topk)
-        }
-        .map_err(|e| in_context("running the CLIP pre-filter".into(), e))?;
+        let mut pf = clip.pool.take()?;
+        let (sel, stats) = pf
+            .select(img, &planned.names, choice.topk)
+            .map_err(|e| in_context("running the CLIP pre-filter".into(), e))?;
+        drop(pf);
         let mut kept = sel.kept.clone();
         kept.sort_unstable();
         kept.dedup();
@@ -608,7 +652,7 @@ impl Segmenter {
             let runtime = self.runtime.clone();
             let load = move || Encoder::load(&runtime, bundle.clone());
             Ok(EncoderPool {
-                pool: Pool::new(first, Box::new(load)),
+                pool: Arc::new(Pool::new(first, Box::new(load))),
                 dim,
             })
         })
@@ -632,7 +676,7 @@ impl Segmenter {
                 .map_err(|e| in_context("loading the --prefilter CLIP graphs".into(), e))
         };
         Ok(ClipPool {
-            pool: Pool::new(first, Box::new(load)),
+            pool: Arc::new(Pool::new(first, Box::new(load))),
             report,
         })
     }

@@ -41,7 +41,7 @@ impl<T> Pool<T> {
 
     /// An idle model, or a newly loaded one when all are in use. It goes
     /// back to the pool when the lease is dropped.
-    pub(crate) fn take(&self) -> Result<Lease<'_, T>> {
+    pub(crate) fn take(self: &Arc<Self>) -> Result<Lease<T>> {
         let idle = lock(&self.idle).pop();
         let item = match idle {
             Some(item) => item,
@@ -52,7 +52,7 @@ impl<T> Pool<T> {
             }
         };
         Ok(Lease {
-            pool: self,
+            pool: self.clone(),
             item: Some(item),
         })
     }
@@ -64,25 +64,25 @@ impl<T> Pool<T> {
 }
 
 /// A model taken from a [`Pool`], returned to it on drop.
-pub(crate) struct Lease<'a, T> {
-    pool: &'a Pool<T>,
+pub(crate) struct Lease<T> {
+    pool: Arc<Pool<T>>,
     item: Option<T>,
 }
 
-impl<T> Deref for Lease<'_, T> {
+impl<T> Deref for Lease<T> {
     type Target = T;
     fn deref(&self) -> &T {
         self.item.as_ref().expect("invariant: held until drop")
     }
 }
 
-impl<T> DerefMut for Lease<'_, T> {
+impl<T> DerefMut for Lease<T> {
     fn deref_mut(&mut self) -> &mut T {
         self.item.as_mut().expect("invariant: held until drop")
     }
 }
 
-impl<T> Drop for Lease<'_, T> {
+impl<T> Drop for Lease<T> {
     fn drop(&mut self) {
         if let Some(item) = self.item.take() {
             lock(&self.pool.idle).push(item);
@@ -90,10 +90,13 @@ impl<T> Drop for Lease<'_, T> {
     }
 }
 
+/// One key's value in a [`Cache`]: `None` until built.
+type Slot<V> = Arc<Mutex<Option<Arc<V>>>>;
+
 /// Values built once per key and shared. A value that fails to build is
 /// not kept: the next call tries again.
 pub(crate) struct Cache<K, V> {
-    slots: Mutex<HashMap<K, Arc<Mutex<Option<Arc<V>>>>>>,
+    slots: Mutex<HashMap<K, Slot<V>>>,
 }
 
 impl<K: Eq + Hash, V> Cache<K, V> {
@@ -135,10 +138,10 @@ mod tests {
     fn a_pool_loads_another_model_only_when_all_are_in_use() {
         let made = Arc::new(AtomicUsize::new(1));
         let counter = made.clone();
-        let pool = Pool::new(
+        let pool = Arc::new(Pool::new(
             0usize,
             Box::new(move || Ok(counter.fetch_add(1, Ordering::SeqCst))),
-        );
+        ));
         {
             let a = pool.take().unwrap();
             assert_eq!(*a, 0);
