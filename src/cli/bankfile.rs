@@ -80,7 +80,7 @@ pub struct MergeArgs {
 
 /// `export`
 pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let path = ctx.home.bank_path(args.bank.as_deref());
+    let path = super::bank_path(ctx, args.bank.as_deref())?;
     let bank = catalog::open_existing(&path, "")?;
     let t = Instant::now();
     let names = (!args.classes.is_empty()).then_some(args.classes.as_slice());
@@ -91,6 +91,7 @@ pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
             .map_err(|err| err.to_string())
     };
     let ann: Option<&ovbank::AnnBuilder<'_>> = if args.ann { Some(&build) } else { None };
+    ovdiff_store::bank::check_output_file(&args.output)?;
     let stats = ovbank::export_with(&bank, names, &args.output, ann)?;
     if ctx.json {
         print_json(&serde_json::json!({
@@ -116,7 +117,8 @@ pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
 /// `import`
 pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let file = exchange::open_verified(&args.file)?;
-    let bank = Bank::open(&ctx.home.bank_path(args.into.as_deref()))?;
+    let into = super::bank_path(ctx, args.into.as_deref())?;
+    let bank = Bank::open(&into).map_err(|e| super::explain_open_error(&into, e))?;
     let stats = ovbank::import(&file, &bank, args.on_conflict.into())?;
     let wrote = exchange::wrote_classes(&stats);
     if wrote {
@@ -154,6 +156,7 @@ pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
 
 /// `merge`
 pub fn merge(ctx: &Context, args: &MergeArgs) -> anyhow::Result<ExitCode> {
+    ovdiff_store::bank::check_output_file(&args.output)?;
     let stats = exchange::merge_files(&args.inputs, &args.output, args.on_conflict.into())?;
     if ctx.json {
         print_json(&serde_json::json!({
@@ -264,7 +267,7 @@ pub fn verify(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
 /// class is printed with a content digest that leaves out timestamps and
 /// build ids, so two builds of the same inputs compare equal.
 pub fn verify_bank(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
-    let path = ctx.home.bank_path(bank);
+    let path = super::bank_path(ctx, bank)?;
     let opened = catalog::open_existing(&path, "; pass an existing bank with --bank NAME|PATH")?;
     let report = ovdiff_store::bank::verify_bank(&opened)?;
     let problems = report.all_problems();

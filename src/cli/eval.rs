@@ -145,7 +145,7 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             args.dataset.display()
         );
     }
-    let bank_path = ctx.home.bank_path(args.bank.as_deref());
+    let bank_path = super::bank_path(ctx, args.bank.as_deref())?;
     if !bank_path.exists() {
         bail!("bank {} does not exist", bank_path.display());
     }

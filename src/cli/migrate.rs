@@ -23,8 +23,13 @@ pub struct MigrateArgs {
 /// `migrate`
 pub fn run(ctx: &Context, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let report = match &args.file {
-        Some(file) => migrate_file(file, args.output.as_deref())?,
-        None => migrate_bank(&ctx.home.bank_path(args.bank.bank.as_deref()))?,
+        Some(file) => {
+            if let Some(out) = &args.output {
+                ovdiff_store::bank::check_output_file(out)?;
+            }
+            migrate_file(file, args.output.as_deref())?
+        }
+        None => migrate_bank(&super::bank_path(ctx, args.bank.bank.as_deref())?)?,
     };
     if ctx.json {
         print_json(&report)?;

@@ -13,7 +13,6 @@ use serde::Serialize;
 
 use super::{print_json, Context};
 use ovdiff_learn::support_set;
-use ovdiff_models::clip::ClipBundle;
 use ovdiff_models::features::preprocess;
 use ovdiff_segment::prefilter;
 use ovdiff_segment::query::{self, Matching};
@@ -243,13 +242,15 @@ fn stems(paths: &[PathBuf]) -> Vec<String> {
 /// Run `segment`.
 pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     let inputs = expand_inputs(&args.inputs)?;
-    let bank_path = ctx.home.bank_path(args.bank.as_deref());
+    let bank_path = super::bank_path(ctx, args.bank.as_deref())?;
     if !bank_path.exists() {
         bail!(
             "bank {} does not exist; build classes with `ovdiff-bank add CLASS --images DIR`",
             bank_path.display()
         );
     }
+    // Outputs never go inside a bank folder (the default `ovdiff-out` run in one, too).
+    ovdiff_store::bank::check_output_dir(&args.out)?;
     let names = (!args.all_classes).then(|| {
         args.classes
             .iter()

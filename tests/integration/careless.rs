@@ -262,3 +262,94 @@ fn unusable_support_entries_are_counted_and_named() {
         assert!(err.contains("pipe.png"), "{err}");
     }
 }
+
+#[test]
+fn outputs_go_only_to_absent_paths_or_regular_files_outside_banks() {
+    let Some((kit, red)) = kit_with_red() else {
+        return;
+    };
+    let b = bank_arg(&kit);
+    let good = kit.data.path().join("red.ovbank");
+    let out = kit
+        .sb
+        .run(&["export", "-o", good.to_str().unwrap(), "--bank", &b]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let fifo = kit.data.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let db = kit.bank().join("db");
+    let db_before = std::fs::read(&db).unwrap();
+    let inside = kit.bank().join("x.ovbank");
+    for target in [
+        Path::new("/dev/null"),
+        fifo.as_path(),
+        db.as_path(),
+        inside.as_path(),
+        kit.data.path(),
+    ] {
+        let t = target.to_str().unwrap();
+        for args in [
+            vec!["export", "-o", t, "--bank", &b],
+            vec![
+                "merge",
+                good.to_str().unwrap(),
+                good.to_str().unwrap(),
+                "-o",
+                t,
+            ],
+            vec!["migrate", good.to_str().unwrap(), "-o", t],
+        ] {
+            let out = kit.sb.run(&args);
+            let (_, err) = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(t),
+                "{args:?}: the message names the path: {err}"
+            );
+        }
+    }
+    assert!(Path::new("/dev/null")
+        .metadata()
+        .unwrap()
+        .file_type()
+        .is_char_device_like());
+    assert_eq!(std::fs::read(&db).unwrap(), db_before, "the bank is intact");
+    assert!(!inside.exists());
+    // segment never writes into a bank folder, whatever --out says
+    let img = kit.data.path().join("q.png");
+    crate::bank::disc_image(96, 80, [230, 40, 40], 1)
+        .save(&img)
+        .unwrap();
+    let _ = red;
+    for out_dir in [kit.bank(), kit.bank().join("ovdiff-out")] {
+        let out = kit.sb.run(&[
+            "segment",
+            img.to_str().unwrap(),
+            "--classes",
+            "red",
+            "--bank",
+            &b,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+    }
+    assert!(!kit.bank().join("ovdiff-out").exists());
+    assert!(kit.sb.run(&["verify", "--bank", &b]).status.success());
+}
+
+/// `/dev/null` stays a character device.
+trait CharDeviceLike {
+    fn is_char_device_like(&self) -> bool;
+}
+
+impl CharDeviceLike for std::fs::FileType {
+    fn is_char_device_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_char_device()
+    }
+}

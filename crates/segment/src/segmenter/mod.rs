@@ -51,11 +51,12 @@ use ovdiff_models::runtime::{Bundle, Runtime, RuntimeOptions};
 use ovdiff_store::class_store::{open_store, ClassStore};
 
 use crate::engine::{segment_image_ensemble, EnsembleMember, Fused, SegmentOptions};
-use crate::prefilter::{self, ClipBundle, Prefilter};
+use crate::prefilter::{self, Prefilter};
 use crate::query::{self, EnginePolicy, Matching, MemberPlan, ResolvedClasses, Restricted};
 use crate::segmentation::{PrefilterReport, SegmentTimings, Segmentation};
 use crate::window::WindowLayout;
 use crate::{Error, Home, Result};
+use ovdiff_models::clip::ClipBundle;
 use pool::{Cache, Lease, Pool};
 
 /// How a [`Segmenter`] loads and runs its models.
