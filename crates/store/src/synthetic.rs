@@ -168,3 +168,25 @@ pub fn new_bank(path: &Path, encoders: &[EncoderInfo]) -> Bank {
     }
     bank
 }
+
+/// The benchmarks' bank of `n` classes at `path`: one 384-d encoder
+/// ([`encoder`]`('e', 384)`, returned), 130 prototypes and one 15 KB
+/// thumbnail per class, every tenth class stuff.
+pub fn perf_bank(path: &Path, n: usize) -> (Bank, EncoderInfo) {
+    let enc = encoder('e', 384);
+    let bank = new_bank(path, std::slice::from_ref(&enc));
+    for i in 0..n {
+        let name = format!("class {i:04}");
+        let mut b = build(&name, &[], i as u64, i % 10 == 0, 4, &|_| Vec::new());
+        b.encoders = vec![(
+            enc.fingerprint.clone(),
+            protos(130, 384, 4, i as u64, i % 10 == 0),
+        )];
+        b.thumbnails = vec![noise(i as u64, 15_000)
+            .iter()
+            .map(|&x| (x * 127.0) as i8 as u8)
+            .collect()];
+        bank.put_class(&b, false).unwrap();
+    }
+    (bank, enc)
+}

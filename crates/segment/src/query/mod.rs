@@ -457,28 +457,13 @@ mod tests {
 
         use ovdiff_store::bank::{ClassRecord, EncoderInfo};
         use ovdiff_store::class_store::FileStore;
-        use ovdiff_store::synthetic::{build, encoder, new_bank, noise, protos};
 
         let n: usize = std::env::var("OVBANK_PERF_CLASSES")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(1000);
         let dir = tempfile::tempdir().unwrap();
-        let enc = encoder('e', 384);
-        let bank2 = new_bank(&dir.path().join("bank"), std::slice::from_ref(&enc));
-        for i in 0..n {
-            let name = format!("class {i:04}");
-            let mut b = build(&name, &[], i as u64, i % 10 == 0, 4, &|_| Vec::new());
-            b.encoders = vec![(
-                enc.fingerprint.clone(),
-                protos(130, 384, 4, i as u64, i % 10 == 0),
-            )];
-            b.thumbnails = vec![noise(i as u64, 15_000)
-                .iter()
-                .map(|&x| (x * 127.0) as i8 as u8)
-                .collect()];
-            bank2.put_class(&b, false).unwrap();
-        }
+        let (bank2, enc) = ovdiff_store::synthetic::perf_bank(&dir.path().join("bank"), n);
         // The same file with IVF lists in its `ann` section, then opened for an
         // `--all-classes` query: open, classes, vocabulary over the mapped
         // rows, lists from the file (everything `segment` does before the

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::synthetic::{noise, protos};
 
 fn proc_status(key: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
@@ -27,22 +26,8 @@ fn perf_thousand_classes() {
         .unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
     let bank_path = dir.path().join("bank");
-    let enc = encoder('e', 384);
-    let bank = new_bank(&bank_path, std::slice::from_ref(&enc));
     let t = Instant::now();
-    for i in 0..n {
-        let name = format!("class {i:04}");
-        let mut b = build(&name, &[], i as u64, i % 10 == 0, 4, &|_| Vec::new());
-        b.encoders = vec![(
-            enc.fingerprint.clone(),
-            protos(130, 384, 4, i as u64, i % 10 == 0),
-        )];
-        b.thumbnails = vec![noise(i as u64, 15_000)
-            .iter()
-            .map(|&x| (x * 127.0) as i8 as u8)
-            .collect()];
-        bank.put_class(&b, false).unwrap();
-    }
+    let (bank, enc) = crate::synthetic::perf_bank(&bank_path, n);
     let build_s = t.elapsed();
     println!(
         "perf: built a {n}-class bank through Bank::put_class in {build_s:.2?} (RSS {}, peak {})",
