@@ -19,9 +19,7 @@ use ovdiff_core::prototype::Prototype;
 use ovdiff_diffusion::attribution;
 use ovdiff_models::features::{preprocess, Encoder, PatchGrid};
 use ovdiff_store::bank::{BuildStats, ClassBuild, ClassRecordDraft, ClassSource, SupportImageInfo};
-
-/// Long side of the stored support thumbnails, in pixels.
-pub const THUMBNAIL_PX: u32 = 256;
+use ovdiff_store::ovbank::THUMBNAIL_MAX_PX;
 
 /// JPEG quality of the thumbnails.
 pub const THUMBNAIL_QUALITY: u8 = 85;
@@ -245,10 +243,10 @@ pub fn with_attribution_maps(images: Vec<PathBuf>) -> Vec<SupportImage> {
         .collect()
 }
 
-/// A JPEG thumbnail whose long side is at most [`THUMBNAIL_PX`].
+/// A JPEG thumbnail whose long side is at most [`THUMBNAIL_MAX_PX`].
 pub fn thumbnail(img: &RgbImage) -> Result<Vec<u8>> {
     let (w, h) = img.dimensions();
-    let s = (THUMBNAIL_PX as f64 / w.max(h) as f64).min(1.0);
+    let s = (THUMBNAIL_MAX_PX as f64 / w.max(h) as f64).min(1.0);
     let (tw, th) = (
         ((w as f64 * s).round() as u32).max(1),
         ((h as f64 * s).round() as u32).max(1),

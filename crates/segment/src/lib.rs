@@ -24,6 +24,7 @@
 pub mod engine;
 pub mod eval;
 mod font;
+pub mod fusion;
 #[cfg(test)]
 mod oracle;
 pub mod prefilter;
@@ -35,9 +36,10 @@ pub mod segmenter;
 pub mod window;
 
 pub use engine::{
-    segment_image, segment_image_ensemble, Accumulator, EnsembleMember, Fused, LabelMap,
-    SegmentOptions, Timings, WindowEncoder,
+    segment_image, segment_image_ensemble, EnsembleMember, Fused, SegmentOptions, Timings,
+    WindowEncoder,
 };
+pub use fusion::{Accumulator, LabelMap};
 pub use segmentation::{ImageReport, SegmentTimings, Segmentation, WriteOptions};
 pub use segmenter::{ImageInput, Query, Segmenter, SegmenterOptions};
 pub use window::{layout, resize_short_side, Window, WindowLayout};

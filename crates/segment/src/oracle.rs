@@ -66,7 +66,7 @@ pub(crate) fn oracle_fuse(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Accumulator;
+    use crate::fusion::Accumulator;
     use crate::window::layout;
     use ovdiff_match::oracle::{
         oracle_argmax, oracle_bank, oracle_score, random_bank, random_patches, Rng,

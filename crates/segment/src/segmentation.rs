@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::engine::{labels_u8, Timings};
+use crate::engine::Timings;
+use crate::fusion::labels_u8;
 use crate::prefilter::{PrefilterStats, Ranked};
 use crate::render::{self, ExplainOptions, ExplainRow, LabelDepth};
 use crate::window::Window;

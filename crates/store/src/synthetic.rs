@@ -100,6 +100,26 @@ pub fn jpeg(seed: u64) -> Vec<u8> {
     out
 }
 
+/// The side of [`perf_bank`]'s thumbnails: noise JPEGs of this side are
+/// about 15 KB, the size of a real 256 px support thumbnail.
+const NOISY_SIDE: u32 = 100;
+
+/// A real JPEG of `side`×`side` noise pixels (noise does not compress).
+/// Content checks decode thumbnails, so benchmark banks need real ones of a
+/// realistic size.
+pub fn noisy_jpeg(seed: u64, side: u32) -> Vec<u8> {
+    let px = noise(seed, (side * side * 3) as usize);
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
+        let k = ((y * side + x) * 3) as usize;
+        image::Rgb([0, 1, 2].map(|c| ((px[k + c] + 1.0) * 127.5) as u8))
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+        .encode_image(&img)
+        .unwrap();
+    out
+}
+
 /// A class build: `images` support images, thumbnails for all but the last.
 pub fn build(
     name: &str,
@@ -182,11 +202,22 @@ pub fn perf_bank(path: &Path, n: usize) -> (Bank, EncoderInfo) {
             enc.fingerprint.clone(),
             protos(130, 384, 4, i as u64, i % 10 == 0),
         )];
-        b.thumbnails = vec![noise(i as u64, 15_000)
-            .iter()
-            .map(|&x| (x * 127.0) as i8 as u8)
-            .collect()];
+        b.thumbnails = vec![noisy_jpeg(i as u64, NOISY_SIDE)];
         bank.put_class(&b, false).unwrap();
     }
     (bank, enc)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn benchmark_thumbnails_are_real_jpegs_of_about_15_kb() {
+        let j = super::noisy_jpeg(7, super::NOISY_SIDE);
+        assert!((10_000..25_000).contains(&j.len()), "{} bytes", j.len());
+        let img = image::load_from_memory_with_format(&j, image::ImageFormat::Jpeg).unwrap();
+        assert_eq!(
+            (img.width(), img.height()),
+            (super::NOISY_SIDE, super::NOISY_SIDE)
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::engine::LabelMap;
+use crate::fusion::LabelMap;
 use crate::query::{MemberPlan, Restricted};
 use crate::render::{ExplainMatch, ExplainRow, PatchMask};
 use crate::segmentation::{ClassFound, ProtoMatch, SupportMatch};

@@ -9,8 +9,9 @@ use ovdiff_core::prototype::Side;
 
 use super::{OvBankError, OvBankFile, Result};
 
-/// The longest side a thumbnail may declare: the builder writes at most
-/// 256 px (`ovdiff_learn::support_set::THUMBNAIL_PX`).
+/// The longest side of a stored support thumbnail: the builder
+/// (`ovdiff_learn::support_set`) scales thumbnails to it, and a file whose
+/// thumbnails declare more is refused.
 pub const THUMBNAIL_MAX_PX: u32 = 256;
 
 /// The longest side a support image may have: the builder's decoder limit.
