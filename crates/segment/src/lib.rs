@@ -11,8 +11,9 @@
 //!   explain sheet, JSON report);
 //! * [`window`]: which crops are encoded (448 and 336 windows, stride 224,
 //!   plus the whole image, at a working size with a 448 short side);
-//! * [`engine`]: late fusion of windows and encoders ([`Accumulator`]) into
-//!   a [`LabelMap`], and [`segment_image`];
+//! * [`engine`]: windows through encoders and matchers, [`segment_image`];
+//! * [`fusion`]: late fusion of windows and encoders ([`Accumulator`]) into
+//!   a [`LabelMap`];
 //! * [`query`]: from a bank and class names to encoders and matchers;
 //! * [`prefilter`]: the optional CLIP category pre-filter;
 //! * [`render`]: label PNGs, overlays and explain sheets;
