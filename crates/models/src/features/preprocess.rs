@@ -19,83 +19,133 @@ pub const MAX_ASPECT_STRETCH: u32 = 4;
 /// Decode an image file to 8-bit RGB, refusing empty, unknown, oversized or
 /// corrupt files with an error that names the file.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let err = |problem: String, source: Option<image::ImageError>| Error::Image {
-        path: path.to_path_buf(),
-        problem,
-        source: source.map(Into::into),
-    };
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
-    if meta.len() == 0 {
-        return Err(err("the file is empty (0 bytes)".into(), None));
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    decode_rgb(&bytes).map_err(|r| r.into_error(path))
+}
+
+/// Why [`decode_rgb`] refused an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// No bytes at all.
+    Empty,
+    /// Not a PNG or JPEG.
+    Unsupported,
+    /// More than [`MAX_PIXELS`] pixels, or none: refused from the header,
+    /// before decoding.
+    Size,
+    /// The header or the data cannot be decoded, or a JPEG is truncated.
+    Corrupt,
+}
+
+/// An image [`decode_rgb`] refused: what kind of refusal, and the message.
+#[derive(Debug)]
+pub struct ImageRefusal {
+    /// The kind (a server maps it to a status).
+    pub kind: RefusalKind,
+    /// What is wrong, in words.
+    pub problem: String,
+    /// The decoder's error, when there is one.
+    pub source: Option<image::ImageError>,
+}
+
+impl ImageRefusal {
+    fn new(kind: RefusalKind, problem: impl Into<String>) -> ImageRefusal {
+        ImageRefusal {
+            kind,
+            problem: problem.into(),
+            source: None,
+        }
     }
-    // Trust the bytes, not the extension: a PNG named .jpg still decodes.
-    let mut head = [0u8; 32];
-    let n = {
-        use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        f.read(&mut head)
-            .map_err(|e| Error::io("reading", path, e))?
-    };
-    let format = match image::guess_format(&head[..n]) {
+
+    /// The crate's error for the image named `path`.
+    pub fn into_error(self, path: &Path) -> Error {
+        Error::Image {
+            path: path.to_path_buf(),
+            problem: self.problem,
+            source: self.source.map(Into::into),
+        }
+    }
+}
+
+impl std::fmt::Display for ImageRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(e) => write!(f, "{}: {e}", self.problem),
+            None => f.write_str(&self.problem),
+        }
+    }
+}
+
+/// Decode PNG or JPEG bytes to 8-bit RGB with the limits every front-end
+/// shares: the format is read from the bytes (a PNG named .jpg still
+/// decodes), the size from the header before any pixel is decoded (at most
+/// [`MAX_PIXELS`]), and truncated JPEGs are refused rather than filled
+/// with grey.
+pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, ImageRefusal> {
+    use RefusalKind::*;
+    if bytes.is_empty() {
+        return Err(ImageRefusal::new(Empty, "the file is empty (0 bytes)"));
+    }
+    let format = match image::guess_format(&bytes[..bytes.len().min(32)]) {
         Ok(f @ (ImageFormat::Png | ImageFormat::Jpeg)) => f,
         Ok(other) => {
-            return Err(err(
+            return Err(ImageRefusal::new(
+                Unsupported,
                 format!("{other:?} images are not supported; convert it to PNG or JPEG"),
-                None,
             ))
         }
         Err(_) => {
-            return Err(err(
-                "not a PNG or JPEG image (unrecognised file contents)".into(),
-                None,
+            return Err(ImageRefusal::new(
+                Unsupported,
+                "not a PNG or JPEG image (unrecognised file contents)",
             ))
         }
     };
-    if format == ImageFormat::Jpeg {
-        let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
-        if jpeg_is_truncated(&bytes) {
-            return Err(err(
-                "the JPEG is truncated (its last scan has no end-of-image marker); \
-                 copy or export the file again"
-                    .into(),
-                None,
-            ));
-        }
+    if format == ImageFormat::Jpeg && jpeg_is_truncated(bytes) {
+        return Err(ImageRefusal::new(
+            Corrupt,
+            "the JPEG is truncated (its last scan has no end-of-image marker); \
+             copy or export the file again",
+        ));
     }
-    let open = || -> Result<ImageReader<std::io::BufReader<std::fs::File>>> {
-        let mut reader = ImageReader::open(path).map_err(|e| Error::io("opening", path, e))?;
-        reader.set_format(format);
-        Ok(reader)
+    let reader = || {
+        let mut r = ImageReader::new(std::io::Cursor::new(bytes));
+        r.set_format(format);
+        r
     };
     // Reading the header allocates nothing, so no limits apply to it.
-    let mut header = open()?;
+    let mut header = reader();
     header.no_limits();
-    let (w, h) = header
-        .into_dimensions()
-        .map_err(|e| err("cannot read the image header".into(), Some(e)))?;
+    let (w, h) = header.into_dimensions().map_err(|e| ImageRefusal {
+        kind: Corrupt,
+        problem: "cannot read the image header".into(),
+        source: Some(e),
+    })?;
     let pixels = u64::from(w) * u64::from(h);
     if pixels > MAX_PIXELS {
-        return Err(err(
+        return Err(ImageRefusal::new(
+            Size,
             format!(
                 "{w}×{h} is {pixels} pixels, over the limit of {MAX_PIXELS}; downscale it first"
             ),
-            None,
         ));
     }
     if w == 0 || h == 0 {
-        return Err(err(format!("image has no pixels ({w}×{h})"), None));
+        return Err(ImageRefusal::new(
+            Size,
+            format!("image has no pixels ({w}×{h})"),
+        ));
     }
-    let mut reader = open()?;
+    let mut r = reader();
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
     limits.max_alloc = Some(MAX_PIXELS * 8 + (64 << 20));
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| {
-        err(
-            "cannot decode the image (corrupt or truncated?)".into(),
-            Some(e),
-        )
+    r.limits(limits);
+    let img = r.decode().map_err(|e| ImageRefusal {
+        kind: Corrupt,
+        problem: "cannot decode the image (corrupt or truncated?)".into(),
+        source: Some(e),
     })?;
     Ok(img.to_rgb8())
 }

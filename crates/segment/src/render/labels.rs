@@ -137,7 +137,18 @@ fn png_encode_error(path: &Path, e: png::EncodingError) -> Error {
     }
 }
 
-/// Write a label map as a PNG, atomically.
+/// Write a label map as a PNG ([`encode_label_png`]), atomically.
+pub fn write_label_png(
+    path: &Path,
+    w: u32,
+    h: u32,
+    labels: &[u16],
+    depth: LabelDepth,
+) -> Result<()> {
+    write_atomic(path, &encode_label_png(path, w, h, labels, depth)?)
+}
+
+/// A label map as PNG bytes; `name` names it in errors (the file it goes to).
 ///
 /// - [`LabelDepth::Palette8`]: an 8-bit indexed PNG with the VOC palette,
 ///   like VOC's `SegmentationClass` files: viewers show the class colours,
@@ -149,13 +160,14 @@ fn png_encode_error(path: &Path, e: png::EncodingError) -> Error {
 ///   so look at the overlay.
 ///
 /// `labels` holds `w × h` labels, row-major.
-pub fn write_label_png(
-    path: &Path,
+pub fn encode_label_png(
+    name: &Path,
     w: u32,
     h: u32,
     labels: &[u16],
     depth: LabelDepth,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
+    let path = name;
     check_size(
         &format!("label map for {}", path.display()),
         w,
@@ -198,19 +210,25 @@ pub fn write_label_png(
             .map_err(|e| png_encode_error(path, e))?;
         writer.finish().map_err(|e| png_encode_error(path, e))?;
     }
-    write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
-/// Save an RGB image (an overlay or an explain sheet) as a PNG, atomically.
+/// Save an RGB image (an overlay or an explain sheet) as a PNG
+/// ([`encode_rgb_png`]), atomically.
 pub fn write_rgb_png(path: &Path, img: &RgbImage) -> Result<()> {
+    write_atomic(path, &encode_rgb_png(path, img)?)
+}
+
+/// An RGB image as PNG bytes; `name` names it in errors.
+pub fn encode_rgb_png(name: &Path, img: &RgbImage) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
         .map_err(|e| Error::Image {
-            path: path.to_path_buf(),
+            path: name.to_path_buf(),
             problem: "cannot encode the PNG".into(),
             source: Some(e.into()),
         })?;
-    write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 /// Read a label map PNG: returns `(width, height, labels)`.
