@@ -47,8 +47,22 @@ fn install_stdout_panic_hook() {
     }));
 }
 
+/// What SIGINT or SIGTERM removed before the process ends by it (a shell
+/// reports 130 or 143).
+fn report_signal(sig: i32, removed: &[std::path::PathBuf]) {
+    for p in removed {
+        eprintln!(
+            "ovdiff-bank: stopped by signal {sig}; removed the unfinished {}",
+            printable(&p.display().to_string())
+        );
+    }
+}
+
 fn main() -> ExitCode {
     install_stdout_panic_hook();
+    // Ctrl-C or SIGTERM mid-write leaves no `.NAME.tmp-PID-N` behind. If
+    // the handlers cannot be installed, the signals keep their default.
+    let _ = ovdiff_core::atomic::remove_temporary_files_on_signals(report_signal);
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -23,7 +23,9 @@ use super::format::{
     OVBANK_FORMAT_VERSION, OVBANK_OLDEST_READER, SECTION_FLAG_REQUIRED,
 };
 use super::read::OvClass;
-use crate::bank::{validate_class_name, ClassSource, EncoderInfo, DTYPE_F16};
+use crate::bank::{
+    validate_class_name, ClassSource, EncoderInfo, DTYPE_F16, FAILPOINT_ENV, FAILPOINT_PAUSE_ENV,
+};
 use ovdiff_core::prototype::{Prototype, Side};
 
 /// Sections this writer emits, in table order, with their flags: the six
@@ -454,6 +456,7 @@ impl Writer {
             .checked_add(1)
             .ok_or_else(|| unwritable(what(), "too many classes"))?;
         self.last_name = Some(class.name.clone());
+        after_class_fail_point();
         Ok(())
     }
 
@@ -640,6 +643,22 @@ impl Writer {
         self.stats.encoders = self.encoders.len();
         self.stats.bytes = end + FOOTER_LEN;
         Ok(self.stats)
+    }
+}
+
+/// The test hook after each class a [`Writer`] takes (signal and crash
+/// tests): pauses [`FAILPOINT_PAUSE_ENV`] milliseconds when set, and aborts
+/// the process when [`FAILPOINT_ENV`] is `ovbank-after-class`. Unset in
+/// normal use.
+fn after_class_fail_point() {
+    if let Some(ms) = std::env::var(FAILPOINT_PAUSE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+    }
+    if std::env::var_os(FAILPOINT_ENV).is_some_and(|v| v == "ovbank-after-class") {
+        std::process::abort();
     }
 }
 

@@ -7,8 +7,11 @@
 //! [`write_atomic_with`] for bytes streamed through a buffer, and
 //! [`AtomicFile`] for a file written piece by piece (and read back or
 //! patched before it is committed). A temporary file that is never committed
-//! is deleted; one left by a crash keeps the `.NAME.tmp-` prefix, so whoever
-//! owns the folder can recognise and remove it.
+//! is deleted: when its writer drops it, when the process is stopped by
+//! SIGINT or SIGTERM (once a front-end opted in with
+//! [`remove_temporary_files_on_signals`]), and, for one left by a process
+//! killed outright, by the next process's first atomic write into that
+//! folder ([`remove_stale_temporary_files`]; see [`live`] for the rules).
 //!
 //! ```
 //! use std::io::Write;
@@ -29,6 +32,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{Error, Result};
+
+pub mod live;
+
+pub use live::{
+    keep_on_signal, process_alive, remove_on_signal, remove_stale_temporary_files,
+    remove_temporary_files, remove_temporary_files_on_signals, temporary_file_pid,
+};
 
 /// Tells apart temporary files of concurrent writers in one process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -145,8 +155,11 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     /// Creates the temporary file `.NAME.tmp-PID-N` in the folder of `dest`
-    /// (the current folder when `dest` names none); `dest` itself is not
-    /// touched until [`AtomicFile::commit`].
+    /// (the current folder when `dest` names none), locked (`flock`) and
+    /// registered for removal on a signal; `dest` itself is not touched
+    /// until [`AtomicFile::commit`]. The first call of a process for a
+    /// folder first removes what dead writers left there
+    /// ([`remove_stale_temporary_files`]).
     pub fn create(dest: &Path) -> std::result::Result<AtomicFile, AtomicError> {
         let Some(name) = dest.file_name() else {
             return Err(AtomicError {
@@ -155,23 +168,40 @@ impl AtomicFile {
                 source: io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
             });
         };
-        let temp = parent_folder(dest).join(format!(
+        let folder = parent_folder(dest);
+        live::sweep_once(folder);
+        let temp = folder.join(format!(
             ".{}.tmp-{}-{}",
             name.to_string_lossy(),
             std::process::id(),
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
+        let create_err = |source| AtomicError {
+            step: AtomicStep::Create,
+            path: temp.clone(),
+            source,
+        };
+        // Created and registered under the registry's lock, so that a
+        // signal's clean-up sees either no file or a registered one.
+        let mut live = live::live();
+        if live.closing() {
+            return Err(create_err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the process is stopping on a signal",
+            )));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(&temp)
-            .map_err(|source| AtomicError {
-                step: AtomicStep::Create,
-                path: temp.clone(),
-                source,
-            })?;
+            .map_err(create_err)?;
+        // Tells a sweeping process that this writer is alive; a file system
+        // without locks leaves the PID to tell it.
+        let _ = file.try_lock();
+        live.add(temp.clone());
+        drop(live);
         Ok(AtomicFile {
             dest: dest.to_path_buf(),
             temp,
@@ -216,6 +246,7 @@ impl AtomicFile {
         if result.is_err() {
             let _ = std::fs::remove_file(&self.temp);
         }
+        live::live().forget(&self.temp);
         result
     }
 
@@ -230,6 +261,7 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.temp);
+            live::live().forget(&self.temp);
         }
     }
 }
