@@ -59,18 +59,25 @@ pub(super) fn index_after_write(ctx: &Context, bank: &Bank, choice: IndexChoice)
     }
 }
 
+const NO_BANK_HINT: &str = "; build one with `ovdiff-bank add CLASS --images DIR`";
+
+/// The bank of `--bank`, for a command that changes it.
 fn open_existing_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {
     let path = super::bank_path(ctx, arg)?;
-    catalog::open_existing(
-        &path,
-        "; build one with `ovdiff-bank add CLASS --images DIR`",
-    )
-    .map_err(|e| super::explain_open_error(&path, e))
+    catalog::open_existing(&path, NO_BANK_HINT).map_err(|e| super::explain_open_error(&path, e))
+}
+
+/// The bank of `--bank`, for a command that only reads it (read-only where
+/// it cannot be written).
+fn open_bank_to_read(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {
+    let path = super::bank_path(ctx, arg)?;
+    catalog::open_existing_read(&path, NO_BANK_HINT)
+        .map_err(|e| super::explain_open_error(&path, e))
 }
 
 /// `list`
 pub fn list(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
-    let bank = open_existing_bank(ctx, bank)?;
+    let bank = open_bank_to_read(ctx, bank)?;
     let rows = catalog::class_rows(&bank)?;
     if ctx.json {
         print_json(&rows)?;
@@ -113,7 +120,7 @@ pub(crate) fn unknown_class(bank: &Bank, name: &str) -> anyhow::Error {
 
 /// `show CLASS`
 pub fn show(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<ExitCode> {
-    let bank = open_existing_bank(ctx, bank)?;
+    let bank = open_bank_to_read(ctx, bank)?;
     let Some(report) = catalog::class_details(&bank, class)? else {
         return Err(unknown_class(&bank, class));
     };

@@ -81,7 +81,7 @@ pub struct MergeArgs {
 /// `export`
 pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let path = super::bank_path(ctx, args.bank.as_deref())?;
-    let bank = catalog::open_existing(&path, "")?;
+    let bank = catalog::open_existing_read(&path, "")?;
     let t = Instant::now();
     let names = (!args.classes.is_empty()).then_some(args.classes.as_slice());
     let build = |records: &[ovdiff_store::bank::ClassRecord],
@@ -268,7 +268,8 @@ pub fn verify(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
 /// build ids, so two builds of the same inputs compare equal.
 pub fn verify_bank(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
     let path = super::bank_path(ctx, bank)?;
-    let opened = catalog::open_existing(&path, "; pass an existing bank with --bank NAME|PATH")?;
+    let opened =
+        catalog::open_existing_read(&path, "; pass an existing bank with --bank NAME|PATH")?;
     let report = ovdiff_store::bank::verify_bank(&opened)?;
     let problems = report.all_problems();
     if ctx.json {
@@ -278,9 +279,17 @@ pub fn verify_bank(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode
     } else {
         let protos: u64 = report.classes.iter().map(|c| c.prototypes).sum();
         let thumbs: u64 = report.classes.iter().map(|c| u64::from(c.thumbnails)).sum();
+        let cleaned = if opened.is_read_only() {
+            "read-only here, so leftovers of interrupted writes were not looked for".to_string()
+        } else {
+            format!(
+                "{} leftover entries of interrupted writes removed on open",
+                report.leftovers_cleaned
+            )
+        };
         println!(
             "bank {}: {} (format v{}, {} encoders, {} classes, {} prototypes, {} thumbnails; \
-             {} leftover entries of interrupted writes removed on open)",
+             {cleaned})",
             path.display(),
             if report.ok() { "ok" } else { "PROBLEMS FOUND" },
             report.format_version,
@@ -288,7 +297,6 @@ pub fn verify_bank(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode
             report.classes.len(),
             protos,
             thumbs,
-            report.leftovers_cleaned
         );
         for c in &report.classes {
             println!(

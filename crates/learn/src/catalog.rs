@@ -17,13 +17,26 @@ use crate::{Error, Result};
 /// does not exist` followed by `hint` (what to do, e.g. `; build one with
 /// …`).
 pub fn open_existing(path: &Path, hint: &str) -> Result<Bank> {
+    require_existing(path, hint)?;
+    Ok(Bank::open(path)?)
+}
+
+/// [`open_existing`] for commands that only read the bank: one this process
+/// may not write (a read-only file system, another user's files) opens
+/// read-only ([`Bank::open_read`]).
+pub fn open_existing_read(path: &Path, hint: &str) -> Result<Bank> {
+    require_existing(path, hint)?;
+    Ok(Bank::open_read(path)?)
+}
+
+fn require_existing(path: &Path, hint: &str) -> Result<()> {
     if !path.exists() {
         return Err(Error::Invalid(format!(
             "bank {} does not exist{hint}",
             path.display()
         )));
     }
-    Ok(Bank::open(path)?)
+    Ok(())
 }
 
 /// Prototype counts per level and side, for one encoder of one class.

@@ -205,11 +205,12 @@ impl ClassStore for FileStore {
     }
 }
 
-/// Open what `path` names: a `.ovbank` file, or a bank folder.
+/// Open what `path` names, for reading: a `.ovbank` file, or a bank folder
+/// ([`Bank::open_read`]: read-only where this process may not write it).
 pub fn open_store(path: &Path) -> Result<Box<dyn ClassStore>> {
     if path.is_file() {
         Ok(Box::new(FileStore::open(path)?))
     } else {
-        Ok(Box::new(Bank::open(path)?))
+        Ok(Box::new(Bank::open_read(path)?))
     }
 }

@@ -86,6 +86,22 @@ pub enum BankError {
         /// Format version this build writes.
         current: u32,
     },
+    /// This process may not write the bank (a read-only file system, or
+    /// files of another user): commands that only read it work, through
+    /// [`Bank::open_read`](super::Bank::open_read).
+    #[error(
+        "bank {} is read-only here: {why}. Commands that only read it (list, show, segment, \
+         eval, export, verify --bank) work; to change it, {what_to_do}",
+        path.display()
+    )]
+    NotWritable {
+        /// The bank directory.
+        path: PathBuf,
+        /// Why: the file system, or the file and its owner.
+        why: String,
+        /// What to do instead.
+        what_to_do: String,
+    },
     /// A build file (bulk data of a class build) is damaged.
     #[error("build file {} is damaged: {reason}; remove the class and add it again, or restore the bank", path.display())]
     CorruptBuildFile {

@@ -16,6 +16,10 @@
 //! ([`Bank::leftovers_cleaned`]). The byte layout is in `schema/bank-v1.md`.
 //!
 //! Only one process may hold a bank open; a second gets [`BankError::Locked`].
+//! A bank this process may not write (a read-only mount, another user's
+//! files) is read through [`Bank::open_read`] (`read_only`: a private copy
+//! of sled's files); [`Bank::open`] and every write refuse it with
+//! [`BankError::NotWritable`].
 //!
 //! The code follows those concepts: `open` (the lock, format checks,
 //! creation, clean-up of leftovers), `read` and `write` (the operations on
@@ -32,6 +36,7 @@ mod guard;
 mod migrate;
 mod open;
 mod read;
+mod read_only;
 pub(crate) mod record;
 mod store;
 mod verify;
@@ -68,13 +73,15 @@ use store::{Store, TreeId};
 
 /// Environment variable naming a failure point at which [`Bank::put_class`]
 /// aborts the process (for crash tests): `bank-after-prototypes` or
-/// `bank-after-commit`.
+/// `bank-after-commit`; `ovbank-after-class` aborts a `.ovbank` writer
+/// after a class.
 pub const FAILPOINT_ENV: &str = "OVDIFF_FAILPOINT";
 
 /// Environment variable: milliseconds to pause at each failure point of
 /// [`Bank::put_class`] (after the build data is flushed, after the commit),
 /// so that a crash test's random SIGKILL lands in those windows often
-/// (`scripts/torture`). Unset in normal use.
+/// (`scripts/torture`), and after each class a `.ovbank` writer takes (so
+/// that a signal test catches an `export` mid-write). Unset in normal use.
 pub const FAILPOINT_PAUSE_ENV: &str = "OVDIFF_FAILPOINT_PAUSE_MS";
 
 /// Result type of bank operations.
@@ -99,6 +106,8 @@ pub struct Bank {
     store: Store,
     format_version: u32,
     leftovers_cleaned: u64,
+    /// `Some` (what a write gets) when opened read-only.
+    read_only: Option<read_only::Unwritable>,
 }
 
 impl fmt::Debug for Bank {

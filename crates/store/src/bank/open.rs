@@ -8,17 +8,68 @@ use super::format::{
 };
 use super::record::{self, meta_key};
 use super::store::{Store, TreeId};
-use super::{build_file, corrupt, Bank, BankError, Result};
+use super::{build_file, corrupt, read_only, Bank, BankError, Result};
 
 impl Bank {
-    /// Opens the bank at `path`, creating it if missing.
+    /// Opens the bank at `path` for reading and writing, creating it if
+    /// missing.
     ///
     /// Refuses banks of other format versions, directories that are not
-    /// banks, and banks another process holds. Deletes build data that no
-    /// class record references (left by an interrupted write); see
+    /// banks, banks another process holds, and banks this process may not
+    /// write ([`BankError::NotWritable`]: a read-only file system, another
+    /// user's files; [`Bank::open_read`] reads them). Deletes build data
+    /// that no class record references (left by an interrupted write); see
     /// [`Bank::leftovers_cleaned`].
     pub fn open(path: &Path) -> Result<Bank> {
-        let store = Store::open(path)?;
+        if let Some(why) = read_only::not_writable(path) {
+            return Err(why.error(path));
+        }
+        Bank::open_store(path, Store::open(path)?)
+    }
+
+    /// Opens the bank at `path` for commands that only read it (list,
+    /// show, segment, eval, export, verify). A bank this process may write
+    /// opens as with [`Bank::open`]. One it may not (a read-only file
+    /// system, another user's files) opens read-only, through a private
+    /// copy of its sled files (see `read_only`): it is read as it is, its
+    /// leftovers are not cleaned, and every write is refused with
+    /// [`BankError::NotWritable`].
+    pub fn open_read(path: &Path) -> Result<Bank> {
+        match read_only::not_writable(path) {
+            None => Bank::open(path),
+            Some(why) => Bank::open_read_only(path, why),
+        }
+    }
+
+    /// Opens the bank at `path` read-only, through a private copy of its
+    /// sled files; writes get `why`.
+    pub(super) fn open_read_only(path: &Path, why: read_only::Unwritable) -> Result<Bank> {
+        let store = Store::open_snapshot(path)?;
+        if store.get(TreeId::Meta, meta_key::FORMAT_VERSION)?.is_none() {
+            return Err(BankError::NotABank {
+                path: path.to_path_buf(),
+                reason: "it has no format version (its creation never finished), and a \
+                         read-only bank cannot be created",
+            });
+        }
+        let mut bank = Bank::open_store(path, store)?;
+        bank.read_only = Some(why);
+        Ok(bank)
+    }
+
+    /// Whether the bank was opened read-only ([`Bank::open_read`] of a bank
+    /// this process may not write).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.is_some()
+    }
+
+    /// A read-only bank's private copy of its sled files.
+    #[cfg(test)]
+    pub(super) fn store_snapshot_dir(&self) -> Option<std::path::PathBuf> {
+        self.store.snapshot_dir().map(Path::to_path_buf)
+    }
+
+    fn open_store(path: &Path, store: Store) -> Result<Bank> {
         let format_version = match store.get(TreeId::Meta, meta_key::FORMAT_VERSION)? {
             Some(bytes) => {
                 if store.get(TreeId::Meta, meta_key::MAGIC)?.as_deref() != Some(format::MAGIC) {
@@ -42,12 +93,14 @@ impl Bank {
                 BANK_FORMAT_VERSION
             }
         };
+        let read_only = store.is_snapshot();
         let mut bank = Bank {
             store,
             format_version,
             leftovers_cleaned: 0,
+            read_only: None,
         };
-        if bank.format_version == BANK_FORMAT_VERSION {
+        if bank.format_version == BANK_FORMAT_VERSION && !read_only {
             // Cleaning writes; an older or newer bank is left as it is.
             bank.leftovers_cleaned = bank.clean_leftovers()?;
         }
@@ -73,6 +126,9 @@ impl Bank {
     /// Fails unless this build may write the bank (its format is current).
     pub(super) fn require_writable(&self) -> Result<()> {
         use std::cmp::Ordering as O;
+        if let Some(why) = &self.read_only {
+            return Err(why.error(self.path()));
+        }
         match self.format_version.cmp(&BANK_FORMAT_VERSION) {
             O::Equal => Ok(()),
             O::Less => Err(BankError::NeedsMigration {

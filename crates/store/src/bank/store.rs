@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::format::{SLED_CACHE_CAPACITY, SLED_SEGMENT_SIZE};
+use super::read_only::Snapshot;
 use super::record::{decode_u64, encode_u64};
 use super::{BankError, Result};
 
@@ -127,6 +128,9 @@ pub(crate) struct Store {
     /// then waits forever in its flush-on-drop, so `drop` leaks the handles
     /// instead (see `Drop for Store`).
     io_failed: AtomicBool,
+    /// For a bank opened read-only: the private copy sled runs on (`path`
+    /// is still the bank's, where the build files are read).
+    snapshot: Option<Snapshot>,
 }
 
 impl Drop for Store {
@@ -150,13 +154,16 @@ impl Drop for Store {
         }
         // sled's background threads release the file lock a moment later
         // (sled issue #1234). Wait for that, so that another process can
-        // open the bank as soon as this one has closed it.
+        // open the bank as soon as this one has closed it (for a read-only
+        // bank: so that the copy is no longer written when it is removed).
+        let sled_dir = self.sled_dir().to_path_buf();
         let deadline = Instant::now() + LINGER_WAIT;
-        while matches!(check_not_locked(&self.path), Err(BankError::Locked { .. }))
+        while matches!(check_not_locked(&sled_dir), Err(BankError::Locked { .. }))
             && Instant::now() < deadline
         {
             std::thread::sleep(LINGER_POLL);
         }
+        drop(self.snapshot.take());
         if let Some(c) = self.canonical.take() {
             let mut closed = RECENTLY_CLOSED.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -216,10 +223,44 @@ impl Store {
         }
     }
 
+    /// Opens the bank at `path`, which this process may not write, through
+    /// a private copy of its sled files ([`Snapshot`]); writes to the
+    /// returned store change only the copy, and the bank refuses them
+    /// before they are tried.
+    pub(crate) fn open_snapshot(path: &Path) -> Result<Store> {
+        check_directory(path)?;
+        let snapshot = Snapshot::take(path)?;
+        let mut store = Store::open_at(path, &snapshot.dir)?;
+        store.snapshot = Some(snapshot);
+        Ok(store)
+    }
+
+    /// Whether this is a read-only bank's private copy.
+    pub(crate) fn is_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// A read-only bank's private copy.
+    #[cfg(test)]
+    pub(crate) fn snapshot_dir(&self) -> Option<&Path> {
+        self.snapshot.as_ref().map(|s| s.dir.as_path())
+    }
+
+    /// The folder sled runs on: the bank, or its private copy.
+    fn sled_dir(&self) -> &Path {
+        self.snapshot.as_ref().map_or(&self.path, |s| &s.dir)
+    }
+
     fn open_once(path: &Path) -> Result<Store> {
-        check_not_locked(path)?;
+        Store::open_at(path, path)
+    }
+
+    /// Opens sled on `sled_dir` for the bank at `path` (the same folder,
+    /// or a read-only bank's copy).
+    fn open_at(path: &Path, sled_dir: &Path) -> Result<Store> {
+        check_not_locked(sled_dir)?;
         let db = sled::Config::new()
-            .path(path)
+            .path(sled_dir)
             .segment_size(SLED_SEGMENT_SIZE)
             .cache_capacity(SLED_CACHE_CAPACITY)
             .mode(sled::Mode::LowSpace)
@@ -270,6 +311,7 @@ impl Store {
             foreign_trees,
             canonical: None,
             io_failed: AtomicBool::new(false),
+            snapshot: None,
         })
     }
 
