@@ -218,27 +218,6 @@ pub fn expand_inputs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// A unique output stem per input (`photo`, `photo-2`, …).
-fn stems(paths: &[PathBuf]) -> Vec<String> {
-    let mut used = HashSet::new();
-    paths
-        .iter()
-        .map(|p| {
-            let base = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "image".into());
-            let mut name = base.clone();
-            let mut i = 2;
-            while !used.insert(name.clone()) {
-                name = format!("{base}-{i}");
-                i += 1;
-            }
-            name
-        })
-        .collect()
-}
-
 /// Run `segment`.
 pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     let inputs = expand_inputs(&args.inputs)?;
@@ -251,6 +230,9 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     }
     // Outputs never go inside a bank folder (the default `ovdiff-out` run in one, too).
     ovdiff_store::bank::check_output_dir(&args.out)?;
+    // Every input's file names, chosen before anything is written: none
+    // overwrites another's.
+    let stems = ovdiff_segment::outputs::output_stems(&inputs, args.explain);
     let names = (!args.all_classes).then(|| {
         args.classes
             .iter()
@@ -264,7 +246,6 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
 
-    let stems = stems(&inputs);
     let pb = if ctx.json || inputs.len() == 1 {
         ProgressBar::hidden()
     } else {

@@ -9,6 +9,8 @@
 //!   [`Segmentation`]s;
 //! * [`segmentation`]: the result and its files (label PNG, overlay,
 //!   explain sheet, JSON report);
+//! * [`outputs`]: the names of those files, chosen for a whole run so that
+//!   no input's files overwrite another's;
 //! * [`window`]: which crops are encoded (448 and 336 windows, stride 224,
 //!   plus the whole image, at a working size with a 448 short side);
 //! * [`engine`]: windows through encoders and matchers, [`segment_image`];
@@ -28,6 +30,7 @@ mod font;
 pub mod fusion;
 #[cfg(test)]
 mod oracle;
+pub mod outputs;
 pub mod prefilter;
 pub mod query;
 pub mod render;

@@ -231,17 +231,22 @@ impl Segmentation {
 
     /// Write `STEM.png` (labels), `STEM.overlay.png`, `STEM.explain.png`
     /// (with explanations, unless `opts` says not to) and `STEM.json` (the
-    /// returned report) into `out_dir`, in that order, each atomically.
+    /// returned report) into `out_dir`, in that order, each atomically
+    /// ([`output_files`](crate::outputs::output_files)). Several images
+    /// written into one folder take their stems from
+    /// [`output_stems`](crate::outputs::output_stems), so that none
+    /// overwrites another's files.
     pub fn write(&self, out_dir: &Path, stem: &str, opts: &WriteOptions) -> Result<ImageReport> {
+        use crate::outputs::{EXPLAIN_SUFFIX, LABELS_SUFFIX, OVERLAY_SUFFIX, REPORT_SUFFIX};
         let started = Instant::now();
-        let labels_path = out_dir.join(format!("{stem}.png"));
-        let overlay_path = out_dir.join(format!("{stem}.overlay.png"));
-        let report_path = out_dir.join(format!("{stem}.json"));
+        let labels_path = out_dir.join(format!("{stem}{LABELS_SUFFIX}"));
+        let overlay_path = out_dir.join(format!("{stem}{OVERLAY_SUFFIX}"));
+        let report_path = out_dir.join(format!("{stem}{REPORT_SUFFIX}"));
         self.write_labels(&labels_path)?;
         render::write_rgb_png(&overlay_path, &self.overlay(opts.overlay_alpha))?;
         let explain = match self.explain_sheet().filter(|_| opts.explain_sheet) {
             Some(sheet) => {
-                let p = out_dir.join(format!("{stem}.explain.png"));
+                let p = out_dir.join(format!("{stem}{EXPLAIN_SUFFIX}"));
                 render::write_rgb_png(&p, &sheet)?;
                 Some(p)
             }
