@@ -154,6 +154,9 @@ pub(crate) fn refuse_comma(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where `add --classes-file` reports failed classes without `--error-report`.
+const DEFAULT_ERROR_REPORT: &str = "add-errors.json";
+
 /// `add`: one class, or every class of `--classes-file`.
 pub fn run(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     let mut learner = learner(ctx, args);
@@ -172,6 +175,13 @@ pub fn run(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
             args.index,
         );
     };
+    // The error report is checked before any class is built: it must not
+    // replace a device, FIFO or socket, nor land inside a bank (case 1).
+    let report = args
+        .error_report
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ERROR_REPORT));
+    ovdiff_store::bank::check_output_file(&report)?;
     let lines = read_classes_file(file)?;
     let overall = if ctx.json {
         ProgressBar::hidden()
@@ -213,15 +223,11 @@ pub fn run(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         index_after_write(ctx, &bank, args.index);
     }
     if !failures.is_empty() {
-        let report = args
-            .error_report
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("add-errors.json"));
-        std::fs::write(
+        ovdiff_core::atomic::write_atomic(
             &report,
-            serde_json::to_vec_pretty(&serde_json::json!({ "failed": failures }))?,
+            &serde_json::to_vec_pretty(&serde_json::json!({ "failed": failures }))?,
         )
-        .with_context(|| format!("writing {}", report.display()))?;
+        .with_context(|| format!("writing the error report {}", report.display()))?;
         eprintln!(
             "ovdiff-bank: {} of {} classes failed; see {}",
             failures.len(),
