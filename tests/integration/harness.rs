@@ -46,6 +46,15 @@ pub fn require(path: &Path, what: &str) -> bool {
     false
 }
 
+/// A test that cannot run here (no permission to mount, a missing tool):
+/// under CI, a failure; elsewhere, a message (the caller then returns).
+pub fn skip(why: &str) {
+    if in_ci() {
+        panic!("CI=true and this test cannot run: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 /// A temporary `<home>` whose `lib/` points at the installed ONNX Runtime.
 pub struct Sandbox {
     /// The temporary home folder.

@@ -504,10 +504,10 @@ fn readers_during_a_write_see_old_or_new_or_a_clear_refusal() {
 }
 
 /// Mounts a tmpfs of `size` at `dir`, or says why it cannot.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "ovdiff-test"])
@@ -516,6 +516,22 @@ impl Tmpfs {
             .map_err(|e| format!("cannot run mount: {e}"))?;
         if out.status.success() {
             Ok(Tmpfs(dir.to_path_buf()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Tmpfs {
+    /// Remounts it read-only, or says why it cannot.
+    pub(crate) fn remount_read_only(&self) -> Result<(), String> {
+        let out = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(())
         } else {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
         }
