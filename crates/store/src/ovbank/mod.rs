@@ -37,7 +37,7 @@ pub use format::{
 };
 pub use read::{
     AnnEntry, Header, OvBankFile, OvClass, PrototypeMeta, SectionInfo, VectorsView, VerifyReport,
-    NORM_TOLERANCE, SUPPORT_IMAGE_MAX_PX, THUMBNAIL_MAX_PX,
+    MAX_GRID_PATCHES, MAX_GRID_SIDE, NORM_TOLERANCE, SUPPORT_IMAGE_MAX_PX, THUMBNAIL_MAX_PX,
 };
 pub use untrusted::exercise_untrusted;
 #[doc(hidden)]

@@ -4,9 +4,11 @@
 //! merge) and by [`FileStore::open`](crate::class_store::FileStore::open).
 
 use half::f16;
-use ovdiff_core::codec::u16_at;
+use ovdiff_core::codec::{u16_at, u32_at};
 use ovdiff_core::prototype::Side;
 
+use super::super::format::{Cursor, META_LEN};
+use super::index::{region_bits, Block};
 use super::{OvBankError, OvBankFile, Result};
 
 /// The longest side of a stored support thumbnail: the builder
@@ -20,11 +22,26 @@ pub const SUPPORT_IMAGE_MAX_PX: u32 = 16384;
 /// How far a stored prototype's L2 norm may lie from 1 (f16 rounding).
 pub const NORM_TOLERANCE: f32 = 1e-2;
 
+/// The longest side of a region's patch grid. A region is a mask over the
+/// patch grid of its support image as the encoder saw it: the image resized
+/// as the bundle's manifest says (`dinov2-s14`: short side to 448 px, long
+/// side at most 4× that, `MAX_ASPECT_STRETCH`; rounded to the patch size),
+/// divided by the patch size (14). So the grid does not follow the support
+/// image's size (a 1×1 image gives 32×32 patches) but the encoder's input:
+/// `dinov2-s14` gives at most 32×128. The limits leave 8× (per side) and
+/// 16× (in patches) of room for larger encoders.
+pub const MAX_GRID_SIDE: u32 = 1024;
+
+/// The most patches a region's grid may have (see [`MAX_GRID_SIDE`]): a
+/// region's bitset is at most 8 KiB, and expands to 64 Ki booleans.
+pub const MAX_GRID_PATCHES: u64 = 1 << 16;
+
 impl OvBankFile {
     /// Checks what the open does not: every prototype vector finite and of
     /// unit length (within [`NORM_TOLERANCE`]; no zero vectors), the support
     /// counts (`images_used` within the listed images, at least one when the
-    /// class has prototypes), support image sizes (1 ..= 16384 px); stuff
+    /// class has prototypes), support image sizes (1 ..= 16384 px), region
+    /// grids and pooled patch counts (`check_regions`); stuff
     /// classes without background prototypes and block dimensions are
     /// checked at open, thumbnails by [`OvBankFile::check_thumbnails`].
     ///
@@ -94,12 +111,56 @@ impl OvBankFile {
                     )));
                 }
             }
+            self.check_regions(b, &refuse)?;
             if class.stuff {
                 if let Ok(view) = self.vectors(&class.name, &encoder.fingerprint) {
                     if view.metas().any(|m| m.side == Side::Background) {
                         return Err(refuse("a stuff class has background prototypes".into()));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The regions and pooled patch counts of a block, as the builder
+    /// records them (`ovdiff_learn::builder`): a region is at least 1×1 and
+    /// within [`MAX_GRID_SIDE`] and [`MAX_GRID_PATCHES`]; a prototype pools
+    /// at least one patch (its `support`), and never more than its class's
+    /// images can have (`images_used` × [`MAX_GRID_PATCHES`]). (Not checked:
+    /// that the region's set patches are at most `support`, which the
+    /// builder guarantees but the committed synthetic fixtures do not keep.)
+    fn check_regions(&self, b: &Block, refuse: &dyn Fn(String) -> OvBankError) -> Result<()> {
+        let class = &self.classes[b.class as usize];
+        let encoder = &self.encoders[b.encoder as usize];
+        let regions = self.block_region_bytes(b)?;
+        let sec = &self.provenance_sec;
+        let mut c = Cursor::new(regions, "provenance", sec.offset + b.provenance_offset);
+        let most = u64::from(class.images_used) * MAX_GRID_PATCHES;
+        for (p, m) in self
+            .block_meta_bytes(b)
+            .chunks_exact(META_LEN as usize)
+            .enumerate()
+        {
+            let (h, w, _) = region_bits(&mut c)?;
+            let (h, w) = (u32::from(h), u32::from(w));
+            let patches = u64::from(h) * u64::from(w);
+            if h == 0 || w == 0 || h.max(w) > MAX_GRID_SIDE || patches > MAX_GRID_PATCHES {
+                return Err(refuse(format!(
+                    "the region of prototype {p} for encoder {} is a {h}×{w} patch grid; a \
+                     region covers its image's patch grid, at least 1×1 and at most \
+                     {MAX_GRID_SIDE} patches a side and {MAX_GRID_PATCHES} in all",
+                    encoder.name
+                )));
+            }
+            let support = u64::from(u32_at(m, 4).unwrap_or_default());
+            if support == 0 || support > most {
+                return Err(refuse(format!(
+                    "prototype {p} for encoder {} says it pooled {support} patches; a prototype \
+                     pools at least 1 and at most {most} ({} images of at most \
+                     {MAX_GRID_PATCHES} patches)",
+                    encoder.name, class.images_used
+                )));
             }
         }
         Ok(())
@@ -195,7 +256,48 @@ fn jpeg_frame_size(t: &[u8]) -> std::result::Result<Option<(u32, u32)>, String> 
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use super::super::OvBankFile;
     use super::jpeg_frame_size;
+
+    fn fixture(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(rel)
+    }
+
+    /// Issue #20, cases 11b and 11c: region grids and pooled patch counts
+    /// that no build writes are refused; the committed format fixtures and
+    /// the kit's base keep passing.
+    #[test]
+    fn region_grids_and_patch_counts_are_checked() {
+        for ok in [
+            "ovbank/v1/small.ovbank",
+            "ovbank/v2/small.ovbank",
+            "hostile/00-base-dinov2.ovbank",
+        ] {
+            let f = OvBankFile::open(&fixture(ok)).unwrap();
+            f.check_content().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, part) in [
+            (
+                "hostile/11b-region-grids.ovbank",
+                "is a 1000×1000 patch grid",
+            ),
+            (
+                "hostile/11c-patch-counts.ovbank",
+                "says it pooled 0 patches",
+            ),
+        ] {
+            let f = OvBankFile::open(&fixture(bad)).unwrap();
+            let msg = f.check_content().unwrap_err().to_string();
+            assert!(
+                msg.contains(part) && msg.contains("class \"cat\""),
+                "{bad}: {msg}"
+            );
+        }
+    }
 
     #[test]
     fn jpeg_headers_are_parsed_without_decoding() {

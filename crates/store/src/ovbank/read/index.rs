@@ -260,7 +260,9 @@ pub(super) fn skip_region(c: &mut Cursor<'_>) -> Result<()> {
     region_bits(c).map(drop)
 }
 
-fn region_bits<'a>(c: &mut Cursor<'a>) -> Result<(u16, u16, &'a [u8])> {
+/// One region record: its grid height and width and its bitset (exactly
+/// `ceil(h·w / 8)` bytes, padding bits checked).
+pub(super) fn region_bits<'a>(c: &mut Cursor<'a>) -> Result<(u16, u16, &'a [u8])> {
     let h = c.u16("a grid height")?;
     let w = c.u16("a grid width")?;
     let n = u64::from(h) * u64::from(w);

@@ -32,7 +32,9 @@ use super::format::{
     FOOTER_LEN, INDEX_HEADER_LEN, META_LEN,
 };
 use crate::bank::{ClassEncoderEntry, EncoderInfo};
-pub use content::{NORM_TOLERANCE, SUPPORT_IMAGE_MAX_PX, THUMBNAIL_MAX_PX};
+pub use content::{
+    MAX_GRID_PATCHES, MAX_GRID_SIDE, NORM_TOLERANCE, SUPPORT_IMAGE_MAX_PX, THUMBNAIL_MAX_PX,
+};
 use header::{checked_section, missing, parse_header};
 pub use header::{Header, SectionInfo};
 pub(crate) use index::Block;
