@@ -12,6 +12,7 @@
 //! `index` (blocks, meta records, regions); `views` holds what an open file
 //! hands out.
 
+mod bus;
 mod content;
 mod header;
 mod index;
@@ -43,18 +44,20 @@ use metadata::{parse_ann, parse_classes, parse_encoders, parse_stats, ThumbLoc};
 pub use views::{AnnEntry, OvClass, PrototypeMeta, VectorsView, VerifyReport};
 
 enum Storage {
-    Mapped(memmap2::Mmap),
-    /// 8-byte aligned copy of caller-provided bytes.
-    Owned {
-        words: Vec<u64>,
-        len: usize,
+    /// A mapped file; `_guard` (dropped first) turns a bus error on the map
+    /// into a message naming the file (see `bus`).
+    Mapped {
+        _guard: bus::BusGuard,
+        map: memmap2::Mmap,
     },
+    /// 8-byte aligned copy of caller-provided bytes.
+    Owned { words: Vec<u64>, len: usize },
 }
 
 impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
-            Storage::Mapped(m) => m,
+            Storage::Mapped { map, .. } => map,
             Storage::Owned { words, len } => &bytemuck::cast_slice(words)[..*len],
         }
     }
@@ -129,10 +132,13 @@ impl OvBankFile {
         // SAFETY: the map is read-only and private to this handle. Writers of
         // `.ovbank` files never modify a file in place (they write a temporary
         // file and rename it), so the mapped bytes do not change under us
-        // unless another program truncates or rewrites the file in place.
+        // unless another program truncates or rewrites the file in place;
+        // a read of a page lost that way faults (SIGBUS), and the guard makes
+        // that an error message naming the file and exit code 2.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| OvBankError::io(path, "memory-map", e))?;
-        OvBankFile::parse(Storage::Mapped(map))
+        let guard = bus::BusGuard::register(map.as_ptr(), map.len(), path);
+        OvBankFile::parse(Storage::Mapped { _guard: guard, map })
     }
 
     /// Opens an `.ovbank` file held in memory (e.g. for fuzzing). The bytes
