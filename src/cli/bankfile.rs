@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use super::{print_json, Context};
-use ovdiff_learn::{catalog, exchange};
+use ovdiff_learn::{bundles, catalog, exchange};
 use ovdiff_store::bank::Bank;
 use ovdiff_store::ovbank::{self, OnConflict};
 
@@ -116,7 +116,7 @@ pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
 
 /// `import`
 pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
-    let file = exchange::open_verified(&args.file)?;
+    let file = exchange::open_verified(&args.file, &bundles::installed_encoders(&ctx.home))?;
     let into = super::bank_path(ctx, args.into.as_deref())?;
     let bank = Bank::open(&into).map_err(|e| super::explain_open_error(&into, e))?;
     let stats = ovbank::import(&file, &bank, args.on_conflict.into())?;
@@ -157,7 +157,12 @@ pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
 /// `merge`
 pub fn merge(ctx: &Context, args: &MergeArgs) -> anyhow::Result<ExitCode> {
     ovdiff_store::bank::check_output_file(&args.output)?;
-    let stats = exchange::merge_files(&args.inputs, &args.output, args.on_conflict.into())?;
+    let stats = exchange::merge_files(
+        &args.inputs,
+        &args.output,
+        args.on_conflict.into(),
+        &bundles::installed_encoders(&ctx.home),
+    )?;
     if ctx.json {
         print_json(&serde_json::json!({
             "file": args.output, "classes": stats.file.classes, "bytes": stats.file.bytes,
@@ -188,7 +193,7 @@ pub fn inspect(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
     }
     println!(
         "{}: .ovbank format v{} (readable by v{}+), {} bytes, checksum {}",
-        report.file.display(),
+        super::printable(&report.file.display().to_string()),
         report.format_version,
         report.oldest_reader_version,
         report.bytes,
@@ -205,10 +210,10 @@ pub fn inspect(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
     for e in &report.encoders {
         println!(
             "  {} {} (dim {}, {})",
-            e.name,
+            super::printable(&e.name),
             &e.fingerprint[..12.min(e.fingerprint.len())],
             e.dim,
-            e.dtype
+            super::printable(&e.dtype)
         );
     }
     if !report.ann.is_empty() {
@@ -232,7 +237,7 @@ pub fn inspect(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
     for c in &report.classes {
         println!(
             "  {:<20} {:>4} images {:>6} prototypes{}",
-            c.name,
+            super::printable(&c.name),
             c.images,
             c.prototypes,
             if c.stuff { " (stuff)" } else { "" }
@@ -243,7 +248,7 @@ pub fn inspect(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
 
 /// `verify FILE`: every checksum; exit 0 when all match, 2 otherwise.
 pub fn verify(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
-    let report = ovbank::verify(file)?;
+    let report = exchange::verify(file, &bundles::installed_encoders(&ctx.home))?;
     if ctx.json {
         print_json(&serde_json::json!({
             "file": file, "ok": true, "bytes": report.file_len, "sections": report.sections.len(),
@@ -265,16 +270,35 @@ pub fn verify(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
 /// `verify --bank B`: read back every class of a bank folder and check it
 /// (see [`ovdiff_store::bank::verify_bank`]); exit 0 when sound, 2 otherwise. Each
 /// class is printed with a content digest that leaves out timestamps and
-/// build ids, so two builds of the same inputs compare equal.
-pub fn verify_bank(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode> {
+/// build ids, so two builds of the same inputs compare equal. Encoder
+/// records that no class uses are warnings (exit 0); with `repair` they are
+/// removed first.
+pub fn verify_bank(ctx: &Context, bank: Option<&str>, repair: bool) -> anyhow::Result<ExitCode> {
     let path = super::bank_path(ctx, bank)?;
-    let opened =
-        catalog::open_existing_read(&path, "; pass an existing bank with --bank NAME|PATH")?;
+    let hint = "; pass an existing bank with --bank NAME|PATH";
+    // --repair writes; a plain verify only reads (read-only banks too).
+    let opened = if repair {
+        catalog::open_existing(&path, hint)?
+    } else {
+        catalog::open_existing_read(&path, hint)?
+    };
+    let removed = if repair {
+        opened.drop_unused_encoders()?
+    } else {
+        Vec::new()
+    };
     let report = ovdiff_store::bank::verify_bank(&opened)?;
     let problems = report.all_problems();
     if ctx.json {
+        let removed: Vec<_> = removed
+            .iter()
+            .map(
+                |e| serde_json::json!({"fingerprint": e.fingerprint, "name": e.name, "dim": e.dim}),
+            )
+            .collect();
         print_json(&serde_json::json!({
             "bank": path, "ok": report.ok(), "report": report, "problems": problems,
+            "warnings": report.warnings, "unused_encoders_removed": removed,
         }))?;
     } else {
         let protos: u64 = report.classes.iter().map(|c| c.prototypes).sum();
@@ -303,6 +327,17 @@ pub fn verify_bank(ctx: &Context, bank: Option<&str>) -> anyhow::Result<ExitCode
                 "  {}  {:>6} prototypes {:>4} thumbnails  {}",
                 c.digest, c.prototypes, c.thumbnails, c.name
             );
+        }
+        for e in &removed {
+            println!(
+                "  removed encoder record {} ({}, dim {}): no class used it",
+                super::printable(&e.name),
+                e.fingerprint,
+                e.dim
+            );
+        }
+        for w in &report.warnings {
+            eprintln!("ovdiff-bank: warning: {}", super::printable(w));
         }
         for p in &problems {
             eprintln!("ovdiff-bank: {p}");

@@ -111,6 +111,10 @@ pub enum Command {
         /// Check a bank folder instead: a name under <home>/banks, or a path.
         #[arg(long, value_name = "NAME|PATH")]
         bank: Option<String>,
+        /// With --bank: first remove the encoder records that no class uses
+        /// (leftovers that `verify --bank` warns about).
+        #[arg(long, requires = "bank")]
+        repair: bool,
     },
     /// List or check installed model bundles.
     #[command(subcommand)]
@@ -191,7 +195,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify {
             file: Some(file), ..
         } => bankfile::verify(&ctx, &file),
-        Command::Verify { file: None, bank } => bankfile::verify_bank(&ctx, bank.as_deref()),
+        Command::Verify {
+            file: None,
+            bank,
+            repair,
+        } => bankfile::verify_bank(&ctx, bank.as_deref(), repair),
         Command::List(b) => bank::list(&ctx, b.bank.as_deref()),
         Command::Show { class, bank: b } => bank::show(&ctx, b.bank.as_deref(), &class),
         Command::Remove {

@@ -11,6 +11,8 @@ use ovdiff_models::features::{preprocess, Encoder};
 use ovdiff_models::runtime::manifest::{Manifest, Role, MANIFEST_FILE};
 use ovdiff_models::runtime::{Bundle, Runtime, VerifyMode};
 
+use ovdiff_store::bank::{EncoderInfo, DTYPE_F16};
+
 use crate::{Error, Result};
 
 /// The bundle folders under `<home>/models` (those holding a manifest),
@@ -28,6 +30,30 @@ pub fn installed(home: &Home) -> Result<Vec<PathBuf>> {
     };
     out.sort();
     Ok(out)
+}
+
+/// The installed encoder bundles (see [`installed`]) as the records a bank
+/// keeps for them — fingerprint (from the manifest and its recorded hashes;
+/// no file is hashed), manifest name, feature dimension — against which the
+/// encoder records of untrusted files are checked
+/// ([`ovdiff_store::ovbank::check_encoder_record`]). Bundles whose manifest
+/// cannot be read, and bundles of other roles, are left out.
+pub fn installed_encoders(home: &Home) -> Vec<EncoderInfo> {
+    installed(home)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|dir| Bundle::open(dir, VerifyMode::Off, &home.cache_dir()).ok())
+        .filter(|b| b.manifest().role == Role::FeatureEncoder)
+        .filter_map(|b| {
+            let spec = b.manifest().encoder.as_ref()?;
+            Some(EncoderInfo {
+                fingerprint: b.fingerprint().to_string(),
+                name: b.name().to_string(),
+                dim: spec.feature_dim,
+                dtype: DTYPE_F16.into(),
+            })
+        })
+        .collect()
 }
 
 /// Bytes in the files directly in `dir`.

@@ -7,18 +7,31 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use ovdiff_store::ovbank::{self, ImportStats, MergeStats, OnConflict, OvBankFile};
+use ovdiff_store::bank::EncoderInfo;
+use ovdiff_store::ovbank::{self, ImportStats, MergeStats, OnConflict, OvBankFile, VerifyReport};
 
 use crate::Result;
 
 /// Open the `.ovbank` file at `path` and check every checksum and its
-/// content (see [`OvBankFile::verify`] and [`OvBankFile::check_thumbnails`])
-/// before anything is read from it.
-pub fn open_verified(path: &Path) -> Result<OvBankFile> {
+/// content (see [`OvBankFile::verify`] and [`OvBankFile::check_thumbnails`]),
+/// and its encoder records against the `installed` encoder bundles
+/// ([`bundles::installed_encoders`](crate::bundles::installed_encoders);
+/// see [`OvBankFile::check_encoders`]), before anything is read from it.
+pub fn open_verified(path: &Path, installed: &[EncoderInfo]) -> Result<OvBankFile> {
+    verified(path, installed).map(|(file, _)| file)
+}
+
+/// [`open_verified`], with what the verification found: `verify FILE`.
+pub fn verify(path: &Path, installed: &[EncoderInfo]) -> Result<VerifyReport> {
+    verified(path, installed).map(|(_, report)| report)
+}
+
+fn verified(path: &Path, installed: &[EncoderInfo]) -> Result<(OvBankFile, VerifyReport)> {
     let file = OvBankFile::open(path)?;
-    file.verify()?;
+    let report = file.verify()?;
     file.check_thumbnails()?;
-    Ok(file)
+    file.check_encoders(installed)?;
+    Ok((file, report))
 }
 
 /// True when an import wrote a class (added, replaced or renamed), so the
@@ -28,9 +41,15 @@ pub fn wrote_classes(stats: &ImportStats) -> bool {
 }
 
 /// Merge the `.ovbank` files `inputs` (in priority order) into `out`:
-/// every input is opened, then every input is verified, before the merged
-/// file is written (atomically; see [`ovbank::merge`]).
-pub fn merge_files(inputs: &[PathBuf], out: &Path, on_conflict: OnConflict) -> Result<MergeStats> {
+/// every input is opened, then every input is verified (as
+/// [`open_verified`] does, against the `installed` encoders), before the
+/// merged file is written (atomically; see [`ovbank::merge`]).
+pub fn merge_files(
+    inputs: &[PathBuf],
+    out: &Path,
+    on_conflict: OnConflict,
+    installed: &[EncoderInfo],
+) -> Result<MergeStats> {
     let files = inputs
         .iter()
         .map(|p| OvBankFile::open(p))
@@ -38,6 +57,7 @@ pub fn merge_files(inputs: &[PathBuf], out: &Path, on_conflict: OnConflict) -> R
     for f in &files {
         f.verify()?;
         f.check_thumbnails()?;
+        f.check_encoders(installed)?;
     }
     let refs: Vec<&OvBankFile> = files.iter().collect();
     Ok(ovbank::merge(&refs, out, on_conflict)?)
@@ -204,9 +224,9 @@ mod tests {
         assert_eq!(report.format_version, ovbank::OVBANK_FORMAT_VERSION);
         assert!(report.classes.is_empty() && report.ann.is_empty());
         assert_eq!(report.file_checksum.len(), 16);
-        assert!(open_verified(&file).is_ok());
+        assert!(open_verified(&file, &[]).is_ok());
         let merged = dir.path().join("merged.ovbank");
-        let stats = merge_files(&[file.clone(), file], &merged, OnConflict::Skip).unwrap();
+        let stats = merge_files(&[file.clone(), file], &merged, OnConflict::Skip, &[]).unwrap();
         assert_eq!(stats.file.classes, 0);
         assert!(merged.is_file());
     }

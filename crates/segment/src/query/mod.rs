@@ -379,6 +379,20 @@ pub fn query_bundles(
             bundles.push(b);
         }
     }
+    // A record of the bank or file that disagrees with the bundle of its
+    // fingerprint (a spoofed record) is refused as import refuses it.
+    for b in &bundles {
+        let record = known.iter().find(|e| e.fingerprint == b.fingerprint());
+        if let (Some(record), Some(spec)) = (record, &b.manifest().encoder) {
+            let bundle = EncoderInfo {
+                fingerprint: b.fingerprint().to_string(),
+                name: b.name().to_string(),
+                dim: spec.feature_dim,
+                dtype: record.dtype.clone(),
+            };
+            ovdiff_store::ovbank::check_encoder_record(record, &[bundle])?;
+        }
+    }
     Ok(bundles)
 }
 

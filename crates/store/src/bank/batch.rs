@@ -120,6 +120,8 @@ impl ClassBatch<'_> {
         }
         if deleted {
             bank.store.flush()?;
+            // A replaced build may have been the last user of an encoder.
+            bank.drop_unused_encoders()?;
         }
         Ok(std::mem::take(&mut self.staged)
             .into_iter()

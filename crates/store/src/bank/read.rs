@@ -29,6 +29,22 @@ impl Bank {
             .transpose()
     }
 
+    /// The registered encoders that no class uses, sorted by fingerprint:
+    /// leftovers that [`Bank::drop_unused_encoders`] deletes (every write of
+    /// classes does), and that `verify --bank` reports.
+    pub fn unused_encoders(&self) -> Result<Vec<EncoderInfo>> {
+        let used: std::collections::HashSet<String> = self
+            .classes()?
+            .into_iter()
+            .flat_map(|c| c.encoders.into_iter().map(|e| e.fingerprint))
+            .collect();
+        Ok(self
+            .encoders()?
+            .into_iter()
+            .filter(|e| !used.contains(&e.fingerprint))
+            .collect())
+    }
+
     /// All classes, sorted by name (byte order).
     pub fn classes(&self) -> Result<Vec<ClassRecord>> {
         self.store

@@ -33,6 +33,10 @@ pub struct BankVerifyReport {
     pub classes: Vec<ClassVerifyReport>,
     /// Problems that concern no single class.
     pub problems: Vec<String>,
+    /// What is not wrong but should be cleaned up: encoder records that no
+    /// class uses ([`Bank::unused_encoders`]; banks written before issue #20
+    /// kept them), each with how to remove it.
+    pub warnings: Vec<String>,
 }
 
 /// One class as [`verify_bank`] read it.
@@ -95,12 +99,28 @@ pub fn verify_bank(bank: &Bank) -> Result<BankVerifyReport> {
     for rec in bank.classes()? {
         classes.push(verify_class(bank, &rec, &encoders)?);
     }
+    let warnings = bank
+        .unused_encoders()?
+        .iter()
+        .map(|e| {
+            format!(
+                "encoder record {:?} ({}, dim {}) is used by no class (left by an older \
+                 ovdiff-bank, or by a write that failed); `ovdiff-bank verify --bank {} --repair` \
+                 removes it, as does the next removal or replacement of a class",
+                e.name,
+                e.fingerprint,
+                e.dim,
+                bank.path().display()
+            )
+        })
+        .collect();
     Ok(BankVerifyReport {
         format_version: bank.format_version(),
         leftovers_cleaned: bank.leftovers_cleaned(),
         encoders: encoders.len(),
         classes,
         problems,
+        warnings,
     })
 }
 

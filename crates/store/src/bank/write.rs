@@ -40,7 +40,10 @@ impl FailPoint {
 impl Bank {
     /// Registers an encoder. Registering the same fingerprint again is a
     /// no-op (the first name is kept) unless its dimension differs:
-    /// [`BankError::DimensionMismatch`].
+    /// [`BankError::DimensionMismatch`] while a class uses the registered
+    /// record; a record that no class uses (a leftover, see
+    /// [`Bank::unused_encoders`]) and differs in name or dimension is
+    /// replaced instead.
     pub fn register_encoder(&self, info: &EncoderInfo) -> Result<()> {
         self.require_writable()?;
         let invalid = |reason| BankError::InvalidEncoder {
@@ -64,6 +67,11 @@ impl Bank {
         if let Some(existing) = self.store.insert_new(TreeId::Meta, &key, &value)? {
             let existing = record::decode_encoder(&existing)
                 .map_err(|e| corrupt(&self.store, TreeId::Meta, &key, e))?;
+            let differs = existing.dim != info.dim || existing.name != info.name;
+            if differs && !self.encoder_in_use(&info.fingerprint)? {
+                self.store.insert(TreeId::Meta, &key, &value)?;
+                return self.store.flush();
+            }
             if existing.dim != info.dim {
                 return Err(BankError::DimensionMismatch {
                     fingerprint: info.fingerprint.clone(),
@@ -128,6 +136,8 @@ impl Bank {
             if old.build_id != build_id {
                 self.delete_build(old.build_id)?;
                 self.store.flush()?;
+                // The replaced build may have been the last user of an encoder.
+                self.drop_unused_encoders()?;
             }
         }
         Ok(record)
@@ -287,7 +297,9 @@ impl Bank {
         Ok(entries)
     }
 
-    /// Removes a class and its data; returns whether it existed.
+    /// Removes a class and its data, and the records of encoders no class
+    /// uses any more ([`Bank::drop_unused_encoders`]); returns whether it
+    /// existed.
     pub fn remove_class(&self, name: &str) -> Result<bool> {
         self.require_writable()?;
         let Some(old) = self.store.remove(TreeId::Classes, name.as_bytes())? else {
@@ -298,7 +310,39 @@ impl Bank {
             self.delete_build(old.build_id)?;
             self.store.flush()?;
         }
+        self.drop_unused_encoders()?;
         Ok(true)
+    }
+
+    /// Deletes the records of encoders that no class uses (after the last
+    /// class built with one is removed or replaced, after an import or `add`
+    /// that failed once its encoders were registered, or left by a version
+    /// before issue #20 that kept them); returns them. Every write that
+    /// removes or replaces a class ([`Bank::remove_class`], and
+    /// [`Bank::put_class`] or a committed [`ClassBatch`](super::ClassBatch)
+    /// that replaced one) ends with it, and [`Bank::register_encoder`]
+    /// replaces a stale record of another dimension, so that no leftover can
+    /// block a later `add` with the real encoder.
+    pub fn drop_unused_encoders(&self) -> Result<Vec<EncoderInfo>> {
+        self.require_writable()?;
+        let unused = self.unused_encoders()?;
+        if unused.is_empty() {
+            return Ok(unused);
+        }
+        let keys: Vec<Vec<u8>> = unused
+            .iter()
+            .map(|e| record::encoder_key(&e.fingerprint))
+            .collect();
+        self.store.remove_keys(TreeId::Meta, &keys)?;
+        self.store.flush()?;
+        Ok(unused)
+    }
+
+    fn encoder_in_use(&self, fingerprint: &str) -> Result<bool> {
+        Ok(self
+            .classes()?
+            .iter()
+            .any(|c| c.encoders.iter().any(|e| e.fingerprint == fingerprint)))
     }
 
     /// Renames a class in one transaction. Fails if `old` is missing

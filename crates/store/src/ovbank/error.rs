@@ -147,6 +147,24 @@ pub enum OvBankError {
         /// What is wrong.
         problem: String,
     },
+    /// An encoder record of the file disagrees with the installed bundle,
+    /// or with the bank's record, of the same fingerprint (issue #20: a
+    /// fingerprint names one bundle, so one of the two is spoofed or damaged).
+    #[error(
+        "encoder record {name:?} ({fingerprint}, dim {dim}) {problem}; a fingerprint names one \
+         bundle, so the file's record is spoofed or damaged and the file is refused (ask its \
+         sender to export it again)"
+    )]
+    EncoderRecord {
+        /// The record's name in the file.
+        name: String,
+        /// Its fingerprint.
+        fingerprint: String,
+        /// Its dimension in the file.
+        dim: u32,
+        /// What it disagrees with, and how.
+        problem: String,
+    },
     /// The file has no class of that name.
     #[error("class {name:?} is not in the ovbank file")]
     ClassNotFound {

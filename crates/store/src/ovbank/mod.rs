@@ -21,6 +21,7 @@
 mod error;
 pub mod format;
 mod read;
+mod trust;
 mod untrusted;
 mod write;
 
@@ -39,6 +40,7 @@ pub use read::{
     AnnEntry, Header, OvBankFile, OvClass, PrototypeMeta, SectionInfo, VectorsView, VerifyReport,
     MAX_GRID_PATCHES, MAX_GRID_SIDE, NORM_TOLERANCE, SUPPORT_IMAGE_MAX_PX, THUMBNAIL_MAX_PX,
 };
+pub use trust::check_encoder_record;
 pub use untrusted::exercise_untrusted;
 #[doc(hidden)]
 pub use untrusted::fuzz_repair_checksums;
@@ -204,43 +206,27 @@ pub fn verify(path: &Path) -> Result<VerifyReport> {
 
 /// Imports every class of `file` into `into`.
 ///
-/// First the file's encoders are checked against the bank's (a fingerprint
-/// the bank has with another dimension is refused before anything changes)
-/// and registered. Then every class is stored in one batch that commits
-/// **all or nothing**: if the import fails or is killed half-way, none of the
-/// file's classes are in the bank (their data is removed). Conflicts with classes
-/// already in the bank follow `on_conflict`; a renamed class gets the first
-/// `name (k)`, k ≥ 2, that neither the bank nor the file uses.
+/// First every class's fate is decided (conflicts with classes already in
+/// the bank follow `on_conflict`; a renamed class gets the first `name (k)`,
+/// k ≥ 2, that neither the bank nor the file uses). Then the encoders the
+/// imported classes use (and only those: a record no imported class uses is
+/// not taken in) are checked against the bank's records of the same
+/// fingerprint — another name or dimension is refused
+/// ([`OvBankError::EncoderRecord`]) before anything changes, unless the
+/// bank's record is a leftover that no class uses, which is replaced — and
+/// registered. Then every class is stored in one batch that commits **all or
+/// nothing**: if the import fails or is killed half-way, none of the file's
+/// classes are in the bank (their data is removed, and so are the encoder
+/// records it registered when it can).
+///
+/// Checking the file's records against the *installed* bundles is the
+/// caller's part ([`OvBankFile::check_encoders`]), since this crate does not
+/// know them.
 ///
 /// Classes keep the file's `created_unix` and build statistics, so
 /// `export → import → export` gives the same bytes.
 pub fn import(file: &OvBankFile, into: &Bank, on_conflict: OnConflict) -> Result<ImportStats> {
     let mut stats = ImportStats::default();
-    let mut new_encoders = Vec::new();
-    for e in file.encoders() {
-        match into
-            .encoder(&e.fingerprint)
-            .map_err(OvBankError::bank("reading the bank's encoders"))?
-        {
-            Some(have) if have.dim != e.dim => {
-                return Err(OvBankError::DimensionMismatch {
-                    fingerprint: e.fingerprint.clone(),
-                    existing_in: format!("bank {}", into.path().display()),
-                    expected: have.dim,
-                    found: e.dim,
-                })
-            }
-            Some(_) => {}
-            None => new_encoders.push(e),
-        }
-    }
-    for e in new_encoders {
-        into.register_encoder(e).map_err(OvBankError::bank(format!(
-            "registering encoder {}",
-            e.fingerprint
-        )))?;
-        stats.encoders_registered += 1;
-    }
     let mut taken: HashSet<String> = into
         .classes()
         .map_err(OvBankError::bank("listing the classes"))?
@@ -274,8 +260,58 @@ pub fn import(file: &OvBankFile, into: &Bank, on_conflict: OnConflict) -> Result
         taken.insert(target.clone());
         plan.push((c, target, replace));
     }
-    stats.prototypes = store_classes(file, into, &plan)?;
+    let used: BTreeSet<&str> = plan
+        .iter()
+        .flat_map(|(c, _, _)| c.encoders.iter().map(|e| e.fingerprint.as_str()))
+        .collect();
+    let in_use = bank_encoders_in_use(into)?;
+    let mut to_register = Vec::new();
+    for e in file.encoders() {
+        if !used.contains(e.fingerprint.as_str()) {
+            continue;
+        }
+        match into
+            .encoder(&e.fingerprint)
+            .map_err(OvBankError::bank("reading the bank's encoders"))?
+        {
+            Some(have) if have == *e => {}
+            Some(have) if in_use.contains(&have.fingerprint) => {
+                let what = format!("encoder {:?} in bank {}", have.name, into.path().display());
+                trust::check_against(e, &have, &what)?;
+            }
+            // A leftover record that no class uses is replaced.
+            Some(_) => to_register.push(e),
+            None => {
+                stats.encoders_registered += 1;
+                to_register.push(e);
+            }
+        }
+    }
+    for e in to_register {
+        into.register_encoder(e).map_err(OvBankError::bank(format!(
+            "registering encoder {}",
+            e.fingerprint
+        )))?;
+    }
+    match store_classes(file, into, &plan) {
+        Ok(n) => stats.prototypes = n,
+        Err(e) => {
+            // Best effort: the next removal or replacement drops them too.
+            let _ = into.drop_unused_encoders();
+            return Err(e);
+        }
+    }
     Ok(stats)
+}
+
+/// The fingerprints that at least one class of `bank` uses.
+fn bank_encoders_in_use(bank: &Bank) -> Result<HashSet<String>> {
+    Ok(bank
+        .classes()
+        .map_err(OvBankError::bank("listing the classes"))?
+        .into_iter()
+        .flat_map(|c| c.encoders.into_iter().map(|e| e.fingerprint))
+        .collect())
 }
 
 /// Stores the planned classes in one [`ClassBatch`](crate::bank::ClassBatch):

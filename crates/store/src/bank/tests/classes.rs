@@ -148,6 +148,13 @@ fn encoder_registration_and_dimension_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let bank = open_with(dir.path(), &[encoder('a', 8)]);
     bank.register_encoder(&encoder('a', 8)).unwrap(); // idempotent
+                                                      // While no class uses it, a record of another dimension is a leftover
+                                                      // and is replaced (issue #20: a stale record must not lock the bank).
+    bank.register_encoder(&encoder('a', 16)).unwrap();
+    assert_eq!(bank.encoders().unwrap(), vec![encoder('a', 16)]);
+    bank.register_encoder(&encoder('a', 8)).unwrap();
+    bank.put_class(&build("used", &[('a', 2, 8)], 1), false)
+        .unwrap();
     let err = bank.register_encoder(&encoder('a', 16)).unwrap_err();
     assert!(
         matches!(
@@ -195,6 +202,45 @@ fn encoder_registration_and_dimension_mismatch() {
         Err(BankError::InvalidEncoder { .. })
     ));
     assert_eq!(bank.encoders().unwrap(), vec![encoder('a', 8)]);
+}
+
+/// Issue #20, case 4: an encoder record that no class uses is dropped when
+/// the last class using it goes, and reported until then.
+#[test]
+fn removing_the_last_class_of_an_encoder_drops_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = open_with(dir.path(), &[encoder('a', 8), encoder('b', 4)]);
+    bank.put_class(&build("one", &[('a', 2, 8), ('b', 2, 4)], 1), false)
+        .unwrap();
+    bank.put_class(&build("two", &[('a', 2, 8)], 2), false)
+        .unwrap();
+    assert!(bank.unused_encoders().unwrap().is_empty());
+    // Replacing "one" with a build of `a` only leaves `b` unused: dropped.
+    bank.put_class(&build("one", &[('a', 3, 8)], 3), true)
+        .unwrap();
+    assert_eq!(bank.encoders().unwrap(), vec![encoder('a', 8)]);
+    assert!(bank.remove_class("one").unwrap());
+    assert_eq!(bank.encoders().unwrap(), vec![encoder('a', 8)]);
+    assert!(bank.remove_class("two").unwrap());
+    assert!(bank.encoders().unwrap().is_empty());
+    // A leftover (registered, never used) is reported by verify, with the
+    // fix-up, and the fix-up removes it.
+    bank.register_encoder(&encoder('c', 16)).unwrap();
+    let report = crate::bank::verify_bank(&bank).unwrap();
+    assert!(report.ok());
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].contains("is used by no class"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        report.warnings[0].contains("--repair"),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(bank.drop_unused_encoders().unwrap(), vec![encoder('c', 16)]);
+    assert!(crate::bank::verify_bank(&bank).unwrap().warnings.is_empty());
 }
 
 #[test]

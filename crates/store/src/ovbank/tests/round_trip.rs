@@ -158,20 +158,47 @@ fn import_refuses_a_dimension_mismatch_before_changing_anything() {
     export(&bank, None, &out).unwrap();
     let file = OvBankFile::open(&out).unwrap();
     let other = new_bank(&dir.path().join("other"), &[encoder('b', 9)]);
+    let user = crate::synthetic::build("user", &[('b', 2, 9)], 5, false, 2, &|_| Vec::new());
+    other.put_class(&user, false).unwrap();
     let err = import(&file, &other, OnConflict::Skip).unwrap_err();
+    let msg = err.to_string();
     assert!(
-        matches!(
-            err,
-            OvBankError::DimensionMismatch {
-                expected: 9,
-                found: 8,
-                ..
-            }
-        ),
+        matches!(err, OvBankError::EncoderRecord { dim: 8, .. }),
         "{err}"
     );
-    assert!(other.classes().unwrap().is_empty());
-    assert_eq!(other.encoders().unwrap().len(), 1);
+    assert!(msg.contains("whose dimension is 9, not 8"), "{msg}");
+    assert_eq!(other.classes().unwrap().len(), 1);
+    assert_eq!(other.encoders().unwrap(), vec![encoder('b', 9)]);
+}
+
+/// Issue #20, case 4: a record that no class of the bank uses (a leftover)
+/// does not block an import of the real encoder, and a file's records that
+/// no imported class uses are not taken in.
+#[test]
+fn import_replaces_leftover_records_and_takes_in_only_used_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = small_bank(&dir.path().join("bank"));
+    let out = dir.path().join("f.ovbank");
+    export(&bank, None, &out).unwrap();
+    let file = OvBankFile::open(&out).unwrap();
+    let other = new_bank(&dir.path().join("other"), &[encoder('b', 9)]);
+    let st = import(&file, &other, OnConflict::Skip).unwrap();
+    assert_eq!(st.added.len(), 3);
+    assert_eq!(other.encoders().unwrap(), bank.encoders().unwrap());
+    // Skipping every class takes in no encoder.
+    let third = new_bank(&dir.path().join("third"), &[]);
+    for c in file.classes() {
+        let b = crate::synthetic::build(&c.name, &[], 1, false, 1, &|_| Vec::new());
+        let b = ClassBuild {
+            encoders: vec![(fp('f'), crate::synthetic::protos(1, 2, 1, 1, false))],
+            ..b
+        };
+        third.register_encoder(&encoder('f', 2)).unwrap();
+        third.put_class(&b, false).unwrap();
+    }
+    let st = import(&file, &third, OnConflict::Skip).unwrap();
+    assert_eq!(st.skipped.len(), 3);
+    assert_eq!(third.encoders().unwrap(), vec![encoder('f', 2)]);
 }
 
 #[test]
