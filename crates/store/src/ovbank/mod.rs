@@ -43,7 +43,9 @@ pub use read::{
 pub use trust::check_encoder_record;
 pub use untrusted::exercise_untrusted;
 #[doc(hidden)]
-pub use untrusted::fuzz_repair_checksums;
+pub use untrusted::{
+    dir_bytes, exercise_import, fuzz_import_overhead, fuzz_repair_checksums, FuzzImport,
+};
 pub use write::ExportStats;
 
 use crate::bank::{Bank, ClassBuild, ClassRecord, EncoderInfo};

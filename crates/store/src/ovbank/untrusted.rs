@@ -1,13 +1,16 @@
 //! Fuzzing support: walking every accessor of untrusted bytes, and repairing
 //! the checksums of mutated files so that mutations reach the parsers behind
-//! them (the `fuzz/` target and `ovbank::tests::fuzz` use both).
+//! them, and importing what passes the checks into a fresh bank (the `fuzz/`
+//! target and `ovbank::tests::fuzz` use all three).
+
+use std::path::Path;
 
 use ovdiff_core::codec::{u32_at, u64_at, write_u64_at};
 
 use super::format::{
     checksum, header_len, END_MAGIC, FOOTER_LEN, HEADER_FIXED_LEN, MAX_SECTIONS, SECTION_ENTRY_LEN,
 };
-use super::OvBankFile;
+use super::{Bank, OnConflict, OvBankFile};
 
 /// Opens `data` as an `.ovbank` file and walks every accessor and
 /// [`OvBankFile::verify`], ignoring their errors: for fuzzing. Returns the
@@ -80,4 +83,91 @@ pub fn fuzz_repair_checksums(bytes: &mut [u8]) {
     bytes[footer + 16..].copy_from_slice(&END_MAGIC);
     let sum = checksum(&bytes[..footer]);
     write_u64_at(bytes, footer + 8, sum);
+}
+
+/// What [`exercise_import`] did with one input that passed the checks.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FuzzImport {
+    /// The import succeeded (it may still fail cleanly, e.g. on a class name
+    /// the bank refuses).
+    pub imported: bool,
+    /// Bytes the bank folder holds after the import, the bank closed.
+    pub bank_bytes: u64,
+    /// What `verify_bank` found wrong with the bank after the import: content
+    /// that the file's checks let through (issue #20, case 3).
+    pub bank_problems: Vec<String>,
+}
+
+/// Fuzzing entry point: opens `data` as `import` does (open, then
+/// [`OvBankFile::verify`], whose content check runs, then
+/// [`OvBankFile::check_thumbnails`]), and when that passes imports every
+/// class into a new bank at `bank_dir` (a path that does not exist yet; the
+/// caller removes it), closes the bank, measures its folder and checks it
+/// with [`verify_bank`](crate::bank::verify_bank). Returns `None` when the
+/// file is refused before the import. Never panics, whatever `data` holds.
+/// **Not** an import for real use: errors are dropped.
+#[doc(hidden)]
+pub fn exercise_import(data: Vec<u8>, bank_dir: &Path) -> Option<FuzzImport> {
+    let file = OvBankFile::from_bytes(data).ok()?;
+    file.verify().ok()?;
+    file.check_thumbnails().ok()?;
+    let mut out = FuzzImport::default();
+    {
+        let bank = Bank::open(bank_dir).ok()?;
+        out.imported = super::import(&file, &bank, OnConflict::Rename).is_ok();
+    }
+    if out.imported {
+        // Reopen, as `verify --bank` does, and check what a reader sees.
+        if let Ok(bank) = Bank::open(bank_dir) {
+            match crate::bank::verify_bank(&bank) {
+                Ok(report) => out.bank_problems = report.all_problems(),
+                Err(e) => out.bank_problems.push(format!("verify_bank failed: {e}")),
+            }
+        }
+    }
+    out.bank_bytes = dir_bytes(bank_dir);
+    Some(out)
+}
+
+/// Fuzzing support: the bytes a bank folder holds after [`exercise_import`]
+/// of an exported file with no classes — sled's `conf`, a snapshot and its
+/// first log segment (`SLED_SEGMENT_SIZE`, 64 KiB), about 65 KB in all: the
+/// fixed overhead beyond which an import's writes are measured. Uses and
+/// removes `tmp/empty-bank`, `tmp/empty.ovbank` and `tmp/overhead-bank`.
+#[doc(hidden)]
+pub fn fuzz_import_overhead(tmp: &Path) -> Option<u64> {
+    let (empty, file, bank) = (
+        tmp.join("empty-bank"),
+        tmp.join("empty.ovbank"),
+        tmp.join("overhead-bank"),
+    );
+    let bytes = {
+        let b = Bank::open(&empty).ok()?;
+        super::export(&b, None, &file).ok()?;
+        std::fs::read(&file).ok()?
+    };
+    let out = exercise_import(bytes, &bank).filter(|o| o.imported);
+    let size = dir_bytes(&bank);
+    for d in [&empty, &bank] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_file(&file);
+    out.map(|_| size)
+}
+
+/// Bytes under `dir` (the apparent size of every file), 0 when unreadable.
+#[doc(hidden)]
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
