@@ -60,10 +60,13 @@ fn report_signal(sig: i32, removed: &[std::path::PathBuf]) {
 
 fn main() -> ExitCode {
     install_stdout_panic_hook();
+    let cli = Cli::parse();
     // Ctrl-C or SIGTERM mid-write leaves no `.NAME.tmp-PID-N` behind. If
     // the handlers cannot be installed, the signals keep their default.
-    let _ = ovdiff_core::atomic::remove_temporary_files_on_signals(report_signal);
-    let cli = Cli::parse();
+    // `serve` handles both itself: it stops accepting and drains.
+    if !matches!(cli.command, cli::Command::Serve(_)) {
+        let _ = ovdiff_core::atomic::remove_temporary_files_on_signals(report_signal);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -9,6 +9,7 @@ mod migrate;
 mod models;
 mod progress;
 mod segment;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -121,6 +122,8 @@ pub enum Command {
     Models(ModelsCommand),
     /// Encode one image and print its patch-grid statistics.
     Encode(encode::EncodeArgs),
+    /// Serve segmentation and bank files over HTTP (see docs/serve.md).
+    Serve(serve::ServeArgs),
 }
 
 /// `--bank NAME|PATH`
@@ -186,6 +189,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Encode(args) => encode::run(&ctx, &args),
         Command::Add(args) => add::run(&ctx, &args),
         Command::Segment(args) => segment::run(&ctx, &args),
+        Command::Serve(args) => serve::run(&ctx, &args),
         Command::Eval(args) => eval::run(&ctx, &args),
         Command::Export(args) => bankfile::export(&ctx, &args),
         Command::Import(args) => bankfile::import(&ctx, &args),

@@ -10,6 +10,8 @@ use ovdiff_store::bank::{
     Bank, BuildStats, ClassRecord, ClassSource, EncoderInfo, PrototypeCounts,
 };
 
+use ovdiff_store::class_store::ClassStore;
+
 use crate::{Error, Result};
 
 /// Open the bank at `path`, which must exist: opening a missing path would
@@ -142,8 +144,8 @@ pub fn class_row(rec: &ClassRecord, encoders: &[EncoderInfo]) -> ClassRow {
     }
 }
 
-/// Every class of `bank`, in the bank's order.
-pub fn class_rows(bank: &Bank) -> Result<Vec<ClassRow>> {
+/// Every class of `bank` (a folder or a `.ovbank` file), in the bank's order.
+pub fn class_rows(bank: &dyn ClassStore) -> Result<Vec<ClassRow>> {
     let encoders = bank.encoders()?;
     Ok(bank
         .classes()?
@@ -190,7 +192,7 @@ pub struct ClassDetails {
 }
 
 /// Describe the class `name` of `bank`; `None` when there is no such class.
-pub fn class_details(bank: &Bank, name: &str) -> Result<Option<ClassDetails>> {
+pub fn class_details(bank: &dyn ClassStore, name: &str) -> Result<Option<ClassDetails>> {
     let Some(rec) = bank.class(name)? else {
         return Ok(None);
     };

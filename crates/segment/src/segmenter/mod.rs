@@ -349,6 +349,14 @@ struct Planned {
     report: PlanReport,
 }
 
+/// Class sets whose plans a [`Segmenter`] keeps (vocabularies, matchers);
+/// past it the least recently used are rebuilt when asked for again, so a
+/// service that sees many class sets stays bounded.
+pub const MAX_PLANS: usize = 64;
+
+/// Pre-filter subsets whose narrowed matchers a [`Segmenter`] keeps.
+pub const MAX_NARROWED: usize = 256;
+
 /// A bank opened for queries, with the models and plans they need; see
 /// the [module docs](self).
 pub struct Segmenter {
@@ -395,8 +403,8 @@ impl Segmenter {
             options,
             encoders: Cache::new(),
             clips: Cache::new(),
-            plans: Cache::new(),
-            narrowed: Cache::new(),
+            plans: Cache::bounded(MAX_PLANS),
+            narrowed: Cache::bounded(MAX_NARROWED),
         })
     }
 

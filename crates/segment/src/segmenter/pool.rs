@@ -94,16 +94,52 @@ impl<T> Drop for Lease<T> {
 type Slot<V> = Arc<Mutex<Option<Arc<V>>>>;
 
 /// Values built once per key and shared. A value that fails to build is
-/// not kept: the next call tries again.
+/// not kept: the next call tries again. With a capacity, the keys used
+/// longest ago are forgotten past it (a caller still holding a value keeps
+/// it), so a long-lived process that sees many class sets stays bounded.
 pub(crate) struct Cache<K, V> {
     slots: Mutex<HashMap<K, Slot<V>>>,
+    /// Keys, least recently used first, when bounded.
+    order: Mutex<std::collections::VecDeque<K>>,
+    capacity: usize,
 }
 
-impl<K: Eq + Hash, V> Cache<K, V> {
-    /// An empty cache.
+impl<K: Eq + Hash + Clone, V> Cache<K, V> {
+    /// An empty cache that keeps every key.
     pub(crate) fn new() -> Cache<K, V> {
+        Cache::bounded(usize::MAX)
+    }
+
+    /// An empty cache that keeps at most `capacity` keys (at least 1).
+    pub(crate) fn bounded(capacity: usize) -> Cache<K, V> {
         Cache {
             slots: Mutex::new(HashMap::new()),
+            order: Mutex::new(std::collections::VecDeque::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// How many keys it holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.slots).len()
+    }
+
+    /// Mark `key` as just used, forgetting the least recently used keys
+    /// past the capacity.
+    fn touch(&self, key: &K) {
+        if self.capacity == usize::MAX {
+            return;
+        }
+        let mut order = lock(&self.order);
+        if let Some(i) = order.iter().position(|k| k == key) {
+            order.remove(i);
+        }
+        order.push_back(key.clone());
+        while order.len() > self.capacity {
+            if let Some(old) = order.pop_front() {
+                lock(&self.slots).remove(&old);
+            }
         }
     }
 
@@ -111,6 +147,7 @@ impl<K: Eq + Hash, V> Cache<K, V> {
     /// Calls for the same key wait for the one building it; calls for other
     /// keys do not.
     pub(crate) fn get_or_build(&self, key: K, build: impl FnOnce() -> Result<V>) -> Result<Arc<V>> {
+        self.touch(&key);
         let slot = lock(&self.slots).entry(key).or_default().clone();
         let mut value = lock(&slot);
         if let Some(v) = &*value {
@@ -133,6 +170,27 @@ impl<K: Eq + Hash, V> Cache<K, V> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_bounded_cache_forgets_the_least_recently_used_keys() {
+        let c: Cache<u32, u32> = Cache::bounded(2);
+        let built = AtomicUsize::new(0);
+        let get = |k: u32| {
+            *c.get_or_build(k, || {
+                built.fetch_add(1, Ordering::SeqCst);
+                Ok(k * 10)
+            })
+            .unwrap()
+        };
+        assert_eq!((get(1), get(2), get(1)), (10, 20, 10));
+        assert_eq!(built.load(Ordering::SeqCst), 2);
+        let held = c.get_or_build(3, || Ok(30)).unwrap(); // forgets 2, the least recent
+        assert_eq!(c.len(), 2);
+        assert!(c.get(&2).is_none() && c.get(&1).is_some());
+        assert_eq!(get(2), 20);
+        assert_eq!(built.load(Ordering::SeqCst), 3);
+        assert_eq!(*held, 30, "a value held by a caller outlives its slot");
+    }
 
     #[test]
     fn a_pool_loads_another_model_only_when_all_are_in_use() {
