@@ -14,3 +14,4 @@ mod prefilter;
 mod real_model;
 mod reliability;
 mod segment;
+mod serve;
