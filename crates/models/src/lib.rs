@@ -25,6 +25,8 @@ pub mod clip;
 pub mod features;
 pub mod fingerprint;
 pub mod runtime;
+#[doc(hidden)]
+pub mod testing;
 pub mod tokenizer;
 
 use ovdiff_core::{Error, Home, Result};

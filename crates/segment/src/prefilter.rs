@@ -513,34 +513,14 @@ mod tests {
 
     use std::path::PathBuf;
 
-    use ovdiff_core::Home;
-    use ovdiff_models::runtime::RuntimeOptions;
-
     fn fixture() -> PathBuf {
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/fixtures/clip-tiny")
+        ovdiff_models::testing::fixture("clip-tiny")
     }
 
     /// The runtime, or `None` (with a message) when ONNX Runtime is not
     /// installed; under CI=true that fails the test.
     fn runtime() -> Option<Runtime> {
-        match Runtime::init(
-            &Home::from_env(),
-            RuntimeOptions {
-                threads: 1,
-                ..RuntimeOptions::default()
-            },
-        ) {
-            Ok(rt) => Some(rt),
-            Err(e) => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "CI=true but ONNX Runtime is missing: {}",
-                    e.report()
-                );
-                eprintln!("skipping: {}", e.report());
-                None
-            }
-        }
+        ovdiff_models::testing::runtime_or_skip()
     }
 
     /// A copy of the fixture's export files (not `variants/`) in a temp dir.

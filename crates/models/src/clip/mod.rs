@@ -84,15 +84,13 @@ pub const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
-    use ovdiff_core::Home;
-
-    use crate::runtime::{Runtime, RuntimeOptions};
+    use crate::runtime::Runtime;
 
     /// `tests/fixtures/clip-tiny`.
     pub(super) fn fixture() -> PathBuf {
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/fixtures/clip-tiny")
+        crate::testing::fixture("clip-tiny")
     }
 
     /// A copy of the fixture's export files (not `variants/`) in a temp dir.
@@ -109,23 +107,6 @@ mod tests {
     /// The runtime, or `None` (with a message) when ONNX Runtime is not
     /// installed; under CI=true that fails the test.
     pub(super) fn runtime() -> Option<Runtime> {
-        match Runtime::init(
-            &Home::from_env(),
-            RuntimeOptions {
-                threads: 1,
-                ..RuntimeOptions::default()
-            },
-        ) {
-            Ok(rt) => Some(rt),
-            Err(e) => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "CI=true but ONNX Runtime is missing: {}",
-                    e.report()
-                );
-                eprintln!("skipping: {}", e.report());
-                None
-            }
-        }
+        crate::testing::runtime_or_skip()
     }
 }
