@@ -569,6 +569,15 @@ fn a_bank_changed_on_disk_is_served_without_a_restart() {
     }
     let a = post(&s.at("/v1/segment?classes=green,red"), &image, &[]);
     assert_eq!(a.status, 200, "{}", a.text());
+    // one snapshot file per version served: the old one is gone
+    let snapshots = || {
+        std::fs::read_dir(sb.home.path().join("cache/serve"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".ovbank"))
+            .count()
+    };
+    assert_eq!(snapshots(), 1);
 
     // A served .ovbank file replaced by rename is reopened.
     let file = data.path().join("shared.ovbank");

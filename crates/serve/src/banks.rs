@@ -60,6 +60,16 @@ pub fn discover(home: &Home) -> Result<Vec<BankSpec>> {
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(w) = out.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(Error::Invalid(format!(
+            "two banks under {} would both be served as `{}`: {} and {}; name the one to \
+             serve with --bank",
+            dir.display(),
+            w[0].name,
+            w[0].path.display(),
+            w[1].path.display()
+        )));
+    }
     if out.is_empty() {
         return Err(Error::Invalid(format!(
             "no bank to serve: {} holds no bank folder or .ovbank file; build one with \
@@ -150,6 +160,9 @@ fn db_content_hash(path: &Path, key: (u64, u128, u64), cache: &Mutex<DbHash>) ->
 pub struct Version {
     /// The segmenter over [`file`](Self::file), encoders loaded.
     pub segmenter: Segmenter,
+    /// Whether [`file`](Self::file) is this version's own snapshot, removed
+    /// with it (a download or query still holding it keeps reading it).
+    snapshot: bool,
     /// The shareable file: the snapshot of a folder, or the served file.
     pub file: PathBuf,
     /// Its SHA-256, hex (the download's ETag).
@@ -161,10 +174,20 @@ pub struct Version {
     stamp: Stamp,
 }
 
+impl Drop for Version {
+    fn drop(&mut self) {
+        if self.snapshot {
+            let _ = std::fs::remove_file(&self.file);
+        }
+    }
+}
+
 /// A bank being served.
 pub struct ServedBank {
     spec: BankSpec,
+    /// `<home>/cache/serve/NAME-KEY`: versions are `STEM.N.ovbank`.
     snapshot: PathBuf,
+    next_snapshot: std::sync::atomic::AtomicU64,
     options: SegmenterOptions,
     current: RwLock<Option<Arc<Version>>>,
     /// The stamp of the last state that failed to load, so that it is
@@ -179,8 +202,11 @@ impl ServedBank {
     /// A bank to serve from `spec`, snapshots (of folders) under
     /// `snapshots`; nothing is loaded yet.
     pub fn new(spec: BankSpec, snapshots: &Path, options: SegmenterOptions) -> ServedBank {
+        let snapshot = crate::snapshot_stem(snapshots, &spec.name, &spec.path);
+        remove_old_snapshots(&snapshot);
         ServedBank {
-            snapshot: crate::snapshot_path(snapshots, &spec.name, &spec.path),
+            snapshot,
+            next_snapshot: std::sync::atomic::AtomicU64::new(0),
             spec,
             options,
             current: RwLock::new(None),
@@ -244,16 +270,26 @@ impl ServedBank {
     }
 
     fn load(&self, stamp: Stamp) -> Result<Version> {
-        let file = if self.spec.is_file() {
-            self.spec.path.clone()
-        } else {
-            let bank = ovdiff_learn::catalog::open_existing_read(&self.spec.path, "")?;
-            if let Some(dir) = self.snapshot.parent() {
+        let snapshot = !self.spec.is_file();
+        let file = if snapshot {
+            // Each version its own file, so that a download's ETag and bytes
+            // always belong to one version.
+            let n = self
+                .next_snapshot
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let file = PathBuf::from(format!("{}.{n}.ovbank", self.snapshot.display()));
+            if let Some(dir) = file.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
             }
-            ovdiff_store::ovbank::export(&bank, None, &self.snapshot)?;
-            self.snapshot.clone()
+            let bank = ovdiff_learn::catalog::open_existing_read(&self.spec.path, "")?;
+            ovdiff_store::ovbank::export(&bank, None, &file)?;
+            drop(bank);
+            file
+        } else {
+            self.spec.path.clone()
         };
+        // A version that fails below removes its snapshot.
+        let cleanup = RemoveOnError(snapshot.then(|| file.clone()));
         let sha256 = ovdiff_models::fingerprint::sha256_file(&file)?;
         let bytes = std::fs::metadata(&file)
             .map_err(|e| Error::io("reading", &file, e))?
@@ -264,13 +300,54 @@ impl ServedBank {
             // Encoders and the all-classes plan, loaded before it is served.
             segmenter.prepare(&Query::all_classes())?;
         }
+        cleanup.disarm();
         Ok(Version {
             segmenter,
+            snapshot,
             file,
             sha256,
             bytes,
             classes,
             stamp,
         })
+    }
+}
+
+/// Removes a file on drop unless disarmed.
+struct RemoveOnError(Option<PathBuf>);
+
+impl RemoveOnError {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnError {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Snapshots `STEM.N.ovbank` an earlier server left (it stopped without
+/// dropping its versions).
+fn remove_old_snapshots(stem: &Path) {
+    let (Some(dir), Some(prefix)) = (stem.parent(), stem.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.", prefix.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if let Some(rest) = name.strip_prefix(&prefix) {
+            let n = rest.strip_suffix(".ovbank").unwrap_or("");
+            if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }

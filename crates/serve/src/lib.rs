@@ -121,6 +121,13 @@ async fn serve(options: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> 
     } else {
         options.banks.clone()
     };
+    if let Some(origin) = &options.cors {
+        if origin.parse::<axum::http::HeaderValue>().is_err() || origin.is_empty() {
+            return Err(Error::Invalid(format!(
+                "--cors {origin:?} is not an origin like https://app.example.org"
+            )));
+        }
+    }
     let snapshots = options.home.cache_dir().join("serve");
     let banks: Vec<Arc<ServedBank>> = specs
         .into_iter()
@@ -173,19 +180,17 @@ async fn serve(options: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> 
             tick.tick().await;
             let st = loader.clone();
             let all = tokio::task::spawn_blocking(move || {
-                let mut all = true;
                 for b in &st.banks {
                     match b.reload_if_changed() {
                         Ok(true) => tracing::info!(bank = b.name(), "reloaded: it changed on disk"),
                         Ok(false) => {}
-                        Err(e) => {
-                            all &= b.current().is_some();
-                            tracing::warn!(bank = b.name(), error = %e,
-                                "the bank changed but cannot be loaded; still serving the version before")
-                        }
+                        Err(e) => tracing::warn!(bank = b.name(), error = %e,
+                            "the bank changed but cannot be loaded; still serving the version before"),
                     }
                 }
-                all
+                // Ready once every bank has a version (not before: a bank
+                // that failed to load is not served).
+                st.banks.iter().all(|b| b.current().is_some())
             })
             .await
             .unwrap_or(false);
@@ -227,8 +232,10 @@ async fn shutdown_signal() {
     tracing::info!("stopping: no new connections; finishing the requests in flight");
 }
 
-/// A file under `<home>/cache/serve` for the snapshot of the bank at `path`.
-pub(crate) fn snapshot_path(dir: &std::path::Path, name: &str, path: &std::path::Path) -> PathBuf {
+/// The stem of the snapshot files of the bank at `path` under
+/// `<home>/cache/serve`: `NAME-KEY`, KEY from the bank's path. Each version
+/// is `STEM.N.ovbank`.
+pub(crate) fn snapshot_stem(dir: &std::path::Path, name: &str, path: &std::path::Path) -> PathBuf {
     use sha2::{Digest, Sha256};
     let key = hex::encode(&Sha256::digest(path.to_string_lossy().as_bytes())[..8]);
     let safe: String = name
@@ -241,5 +248,5 @@ pub(crate) fn snapshot_path(dir: &std::path::Path, name: &str, path: &std::path:
             }
         })
         .collect();
-    dir.join(format!("{safe}-{key}.ovbank"))
+    dir.join(format!("{safe}-{key}"))
 }

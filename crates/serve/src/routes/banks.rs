@@ -188,7 +188,7 @@ pub(crate) async fn thumbnail(
     Ok((
         [
             (header::CONTENT_TYPE, "image/jpeg"),
-            (header::CACHE_CONTROL, "max-age=3600"),
+            (header::CACHE_CONTROL, "no-cache"),
         ],
         jpeg,
     )

@@ -59,12 +59,26 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked));
     if let Some(origin) = &state.options.cors {
+        // Checked by the caller (`ServeOptions::cors` is a header value).
         if let Ok(origin) = origin.parse::<HeaderValue>() {
             app = app.layer(
                 tower_http::cors::CorsLayer::new()
                     .allow_origin(origin)
                     .allow_methods([Method::GET, Method::POST])
-                    .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT]),
+                    .allow_headers([
+                        header::AUTHORIZATION,
+                        header::CONTENT_TYPE,
+                        header::ACCEPT,
+                        header::RANGE,
+                        header::IF_NONE_MATCH,
+                        header::IF_RANGE,
+                    ])
+                    .expose_headers([
+                        header::ETAG,
+                        header::RETRY_AFTER,
+                        header::CONTENT_LENGTH,
+                        header::CONTENT_RANGE,
+                    ]),
             );
         }
     }

@@ -82,12 +82,14 @@ pub(crate) async fn segment(
             )))
         }
     };
-    let body = image_body(req, st.options.max_body).await?;
-
+    // A place in the queue before the body is read, so that uploads in
+    // memory are bounded by the queue too, and the timeout covers them.
     let ticket = st.queue.admit().ok_or_else(|| {
         ApiError::busy("the server is busy: the work queue is full; retry after a moment")
     })?;
+    let max_body = st.options.max_body;
     let work = async {
+        let body = image_body(req, max_body).await?;
         let permit = ticket.worker().await;
         let st = st.clone();
         let bank = bank.clone();
@@ -96,6 +98,13 @@ pub(crate) async fn segment(
             run(&st, &version, &bank, &body, &query, format)
         })
         .await
+        .map_err(|join| {
+            tracing::error!(error = %join, "a segmentation panicked; answered 500, still serving");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error while segmenting (the server logged it); please report it",
+            )
+        })?
     };
     match tokio::time::timeout(st.options.timeout, work).await {
         Err(_) => Err(ApiError::new(
@@ -105,14 +114,7 @@ pub(crate) async fn segment(
                 st.options.timeout.as_secs_f64()
             ),
         )),
-        Ok(Err(join)) => {
-            tracing::error!(error = %join, "a segmentation panicked; answered 500, still serving");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error while segmenting (the server logged it); please report it",
-            ))
-        }
-        Ok(Ok(answer)) => answer,
+        Ok(answer) => answer,
     }
 }
 
@@ -245,6 +247,7 @@ fn run(
     query: &Query,
     format: Format,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let image = decode_rgb(bytes).map_err(|r| {
         let status = match r.kind {
             RefusalKind::Empty | RefusalKind::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -252,6 +255,7 @@ fn run(
         };
         ApiError::new(status, format!("image: {r}"))
     })?;
+    let decode = started.elapsed();
     let seg = v.segmenter.segment(image, query).map_err(|e| {
         let status = match e {
             ovdiff_core::Error::Invalid(_) | ovdiff_core::Error::Image { .. } => {
@@ -261,6 +265,8 @@ fn run(
         };
         ApiError::new(status, chain(&e))
     })?;
+    let mut seg = seg;
+    seg.timings.decode = decode;
     st.metrics.segmented(seg.timings.engine.encode);
     let size = ImageSize(seg.width, seg.height);
     let mut r = match format {
