@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use super::{print_json, Context};
-use ovdiff_learn::{bundles, catalog, exchange};
+use ovdiff_learn::{bundles, catalog, exchange, fetch};
 use ovdiff_store::bank::Bank;
 use ovdiff_store::ovbank::{self, OnConflict};
 
@@ -51,8 +51,16 @@ pub struct ExportArgs {
 /// Arguments of `import`.
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// The `.ovbank` file.
+    /// The `.ovbank` file, or an http:// URL of one
+    /// (`http://HOST:PORT/v1/banks/NAME.ovbank` from `ovdiff-bank serve`):
+    /// downloaded to a temporary file (resumed after a broken transfer),
+    /// checked against the server's ETag, then imported as a local file.
+    #[arg(value_name = "FILE|URL")]
     pub file: PathBuf,
+    /// With a URL: a file whose first line is the server's bearer token
+    /// (the token in the server's --token-file).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// The bank to import into [default: default].
     #[arg(long, value_name = "NAME|PATH")]
     pub into: Option<String>,
@@ -114,9 +122,19 @@ pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `import`
+/// `import FILE|URL`
 pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
-    let file = exchange::open_verified(&args.file, &bundles::installed_encoders(&ctx.home))?;
+    let url = args.file.to_str().filter(|s| fetch::is_url(s));
+    if url.is_none() && args.token_file.is_some() {
+        anyhow::bail!("--token-file is for a URL (import http://HOST:PORT/v1/banks/NAME.ovbank); {} is a file", args.file.display());
+    }
+    // A download lives (in a private folder under <home>/cache/downloads)
+    // until the import is done, and is removed with it on every path.
+    let download = url
+        .map(|u| download(ctx, u, args.token_file.as_deref()))
+        .transpose()?;
+    let path = download.as_ref().map_or(args.file.as_path(), |d| d.path());
+    let file = exchange::open_verified(path, &bundles::installed_encoders(&ctx.home))?;
     let into = super::bank_path(ctx, args.into.as_deref())?;
     let bank = Bank::open(&into).map_err(|e| super::explain_open_error(&into, e))?;
     let stats = ovbank::import(&file, &bank, args.on_conflict.into())?;
@@ -124,13 +142,34 @@ pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
     if wrote {
         super::bank::index_after_write(ctx, &bank, args.index);
     }
+    drop(file);
     if ctx.json {
-        print_json(&serde_json::json!({
+        let mut out = serde_json::json!({
             "added": stats.added, "replaced": stats.replaced, "renamed": stats.renamed,
             "skipped": stats.skipped, "prototypes": stats.prototypes,
             "encoders_registered": stats.encoders_registered,
-        }))?;
+        });
+        if let Some(d) = &download {
+            out["download"] = serde_json::json!({
+                "url": d.url, "bytes": d.bytes, "sha256": d.sha256,
+                "etag_checked": d.etag_checked, "resumes": d.resumes, "restarts": d.restarts,
+            });
+        }
+        print_json(&out)?;
     } else {
+        if let Some(d) = &download {
+            println!(
+                "downloaded {} ({} bytes, sha256 {}{})",
+                d.url,
+                d.bytes,
+                d.sha256,
+                if d.etag_checked {
+                    ", matches the server's ETag"
+                } else {
+                    ""
+                }
+            );
+        }
         println!(
             "imported into {}: {} added, {} replaced, {} renamed, {} skipped ({} prototypes)",
             bank.path().display(),
@@ -151,6 +190,35 @@ pub fn import(ctx: &Context, args: &ImportArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// Downloads `url` for `import` (see [`fetch::download`]).
+fn download(
+    ctx: &Context,
+    url: &str,
+    token_file: Option<&Path>,
+) -> anyhow::Result<fetch::Download> {
+    let mut options = fetch::FetchOptions::new(ctx.home.cache_dir().join("downloads"));
+    options.token = token_file.map(super::serve::read_token).transpose()?;
+    let mut bar = super::progress::DownloadBar::new(ctx.json);
+    let result = fetch::download(url, &options, &mut |e| bar.event(e));
+    bar.finish();
+    result.map_err(|e| match &e {
+        fetch::FetchError::Unauthorized {
+            token_sent: false, ..
+        } => anyhow::Error::new(e).context(
+            "the server asks for a bearer token: pass --token-file FILE, a file whose first line \
+             is the token of the server's --token-file",
+        ),
+        fetch::FetchError::Unauthorized {
+            token_sent: true, ..
+        } => anyhow::Error::new(e).context(format!(
+            "the server refused the token in --token-file {}: it must hold the token of the \
+                 server's --token-file on its first line",
+            token_file.map_or(String::new(), |p| p.display().to_string())
+        )),
+        _ => anyhow::Error::new(e),
     })
 }
 

@@ -101,7 +101,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The first line of the token file.
-fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+pub(crate) fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;
     let token = text.lines().next().unwrap_or("").trim().to_string();

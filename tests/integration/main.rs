@@ -9,6 +9,7 @@ mod generator;
 mod golden;
 mod harness;
 mod hostile;
+mod import_http;
 mod models;
 mod prefilter;
 mod real_model;

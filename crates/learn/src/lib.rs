@@ -18,6 +18,8 @@
 //!
 //! * [`catalog`]: the classes of a bank, listed and described;
 //! * [`exchange`]: `.ovbank` files verified, merged and inspected;
+//! * [`fetch`]: `.ovbank` files downloaded over HTTP (resumed, checked
+//!   against the server's `ETag`) before they are verified like local ones;
 //! * [`migrate`]: banks and files brought up to the current format;
 //! * [`bundles`]: installed model bundles listed and checked, and one image
 //!   through an encoder.
@@ -28,6 +30,7 @@ pub mod builder;
 pub mod bundles;
 pub mod catalog;
 pub mod exchange;
+pub mod fetch;
 pub mod learner;
 pub mod migrate;
 pub mod parts;
