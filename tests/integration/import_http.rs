@@ -516,6 +516,7 @@ fn ctrl_c_mid_download_removes_the_partial_file() {
         .unwrap();
     assert!(st.success());
     let o = client.wait_with_output().unwrap();
+    proxy.gate.store(true, Ordering::SeqCst); // (lets the proxy's thread end)
     assert!(!o.status.success(), "{:?}", text(&o));
     assert!(
         downloads_left(&kit).is_empty(),
