@@ -1,5 +1,5 @@
 //! Benchmarks that print figures (not timed tests):
-//! `cargo run --release --example bench -- [add|segment|generate|generate-memory N SIZE|in-place|all|lookup ENCODER_MS|prefilter CLIP_DIR]`.
+//! `cargo run --release --example bench -- [add|segment|serve [quick]|generate|generate-memory N SIZE|in-place|all|lookup ENCODER_MS|prefilter CLIP_DIR]`.
 //! `scripts/bench` runs these and the timing tests and writes `docs/benchmarks.md`.
 //!
 //! `add`: a class from 32 real images with `dinov2-s14` on this machine,
@@ -19,6 +19,7 @@ mod in_place;
 mod prefilter;
 mod sample;
 mod segment;
+mod serve;
 
 use ovdiff_core::Home;
 
@@ -27,6 +28,7 @@ use crate::generate::{bench_generate, bench_generate_memory};
 use crate::in_place::bench_in_place;
 use crate::prefilter::bench_prefilter;
 use crate::segment::{bench_segment, lookup_at_scale};
+use crate::serve::bench_serve;
 
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -57,6 +59,11 @@ fn main() {
     if what == "segment" || what == "all" {
         // the 10-class bank must not be open while the binary runs
         bench_segment(&home);
+    }
+    if what == "serve" {
+        // `bench serve quick`: no 5-minute soak
+        let quick = std::env::args().nth(2).as_deref() == Some("quick");
+        bench_serve(&home, quick);
     }
     if what == "lookup" {
         // only the lookup rows of `segment`, against a bare encoder time

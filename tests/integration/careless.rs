@@ -743,15 +743,25 @@ fn signals_mid_write_leave_no_temporary_file_and_stale_ones_are_swept() {
         ("TERM", 143, vec!["migrate", &t, "-o", &m]),
     ];
     for (sig, code, args) in cases {
-        let child = kit
-            .sb
-            .cmd()
+        let mut child = kit.sb.cmd();
+        child
             .args(&args)
             .env("OVDIFF_FAILPOINT_PAUSE_MS", "8000")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        // A test run in the background (`cmd &`, nohup) inherits SIGINT
+        // ignored, and the tool keeps an ignored signal ignored: give the
+        // child the default dispositions, as a terminal would.
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            child.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let child = child.spawn().unwrap();
         let started = Instant::now();
         while temporaries(&out_dir).is_empty() && started.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(5));

@@ -25,6 +25,7 @@
 pub mod atomic;
 pub mod codec;
 pub mod error;
+pub mod failpoint;
 pub mod grid;
 pub mod home;
 pub mod map;

@@ -33,10 +33,6 @@ use ovdiff_models::runtime::manifest::{Dtype, Role, MANIFEST_FILE};
 use ovdiff_models::runtime::tensor::{f16_tensor, float_view, FloatSlice};
 use ovdiff_models::runtime::{ModelSession, Runtime};
 
-/// Environment variable for crash tests: `generate-after-batch` aborts the
-/// process after the first batch of images is cached.
-pub const FAILPOINT_ENV: &str = "OVDIFF_FAILPOINT";
-
 /// OVDiff's prompt template (`{}` is the class name).
 pub const DEFAULT_PROMPT: &str = "A good picture of a {}";
 
@@ -425,10 +421,8 @@ impl Generator {
                 first,
                 count: chunk.len(),
             });
-            if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == "generate-after-batch") {
-                // crash tests: die as a kill would, after a batch is cached
-                std::process::abort();
-            }
+            // crash tests: die as a kill would, after a batch is cached
+            ovdiff_core::failpoint::abort_at("generate-after-batch");
         }
         Ok(paths)
     }

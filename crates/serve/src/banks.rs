@@ -298,7 +298,13 @@ impl ServedBank {
         let classes = segmenter.store().classes()?.len();
         if classes > 0 {
             // Encoders and the all-classes plan, loaded before it is served.
-            segmenter.prepare(&Query::all_classes())?;
+            // A bank whose encoders are not installed here is still served
+            // (its classes, thumbnails and file); segmenting with it says
+            // what is missing.
+            if let Err(e) = segmenter.prepare(&Query::all_classes()) {
+                tracing::warn!(bank = %self.spec.name, error = %e,
+                    "serving the bank's file and classes, but it cannot segment here");
+            }
         }
         cleanup.disarm();
         Ok(Version {

@@ -247,6 +247,10 @@ fn run(
     query: &Query,
     format: Format,
 ) -> Result<Response, ApiError> {
+    // Fault tests: a panic inside a request must be a 500, not a crash.
+    if ovdiff_core::failpoint::is("serve-panic") {
+        panic!("failpoint serve-panic");
+    }
     let started = std::time::Instant::now();
     let image = decode_rgb(bytes).map_err(|r| {
         let status = match r.kind {

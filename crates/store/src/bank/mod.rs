@@ -71,19 +71,6 @@ pub use write::FailPoint;
 use ovdiff_core::prototype::Prototype;
 use store::{Store, TreeId};
 
-/// Environment variable naming a failure point at which [`Bank::put_class`]
-/// aborts the process (for crash tests): `bank-after-prototypes` or
-/// `bank-after-commit`; `ovbank-after-class` aborts a `.ovbank` writer
-/// after a class.
-pub const FAILPOINT_ENV: &str = "OVDIFF_FAILPOINT";
-
-/// Environment variable: milliseconds to pause at each failure point of
-/// [`Bank::put_class`] (after the build data is flushed, after the commit),
-/// so that a crash test's random SIGKILL lands in those windows often
-/// (`scripts/torture`), and after each class a `.ovbank` writer takes (so
-/// that a signal test catches an `export` mid-write). Unset in normal use.
-pub const FAILPOINT_PAUSE_ENV: &str = "OVDIFF_FAILPOINT_PAUSE_MS";
-
 /// Result type of bank operations.
 pub type Result<T> = std::result::Result<T, BankError>;
 

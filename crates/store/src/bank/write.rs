@@ -7,8 +7,7 @@ use super::record::{self, meta_key};
 use super::store::{CommitOutcome, RenameOutcome, TreeId};
 use super::{
     build_file, corrupt, is_valid_fingerprint, validate_class_name, Bank, BankError, ClassBuild,
-    ClassEncoderEntry, ClassRecord, EncoderInfo, PrototypeCounts, Result, DTYPE_F16, FAILPOINT_ENV,
-    FAILPOINT_PAUSE_ENV,
+    ClassEncoderEntry, ClassRecord, EncoderInfo, PrototypeCounts, Result, DTYPE_F16,
 };
 
 /// Where [`Bank::put_class_with`] stops early, to test crash safety.
@@ -93,7 +92,7 @@ impl Bank {
 
     /// [`Bank::put_class`] with a failure point, for crash-safety tests.
     ///
-    /// Also honours [`FAILPOINT_ENV`]: when it names the point reached, the
+    /// Also honours [`ovdiff_core::failpoint::ENV`]: when it names the point reached, the
     /// process aborts there.
     pub fn put_class_with(
         &self,
@@ -378,16 +377,9 @@ impl Bank {
     }
 
     fn fail_point(&self, here: FailPoint, requested: FailPoint) -> Result<()> {
-        if let Some(ms) = std::env::var(FAILPOINT_PAUSE_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
-        }
+        ovdiff_core::failpoint::pause();
         if let Some(name) = here.env_name() {
-            if std::env::var_os(FAILPOINT_ENV).is_some_and(|v| v == name) {
-                std::process::abort();
-            }
+            ovdiff_core::failpoint::abort_at(name);
         }
         if here == requested {
             return Err(BankError::InjectedFailure { point: here });

@@ -23,9 +23,7 @@ use super::format::{
     OVBANK_FORMAT_VERSION, OVBANK_OLDEST_READER, SECTION_FLAG_REQUIRED,
 };
 use super::read::OvClass;
-use crate::bank::{
-    validate_class_name, ClassSource, EncoderInfo, DTYPE_F16, FAILPOINT_ENV, FAILPOINT_PAUSE_ENV,
-};
+use crate::bank::{validate_class_name, ClassSource, EncoderInfo, DTYPE_F16};
 use ovdiff_core::prototype::{Prototype, Side};
 
 /// Sections this writer emits, in table order, with their flags: the six
@@ -647,19 +645,11 @@ impl Writer {
 }
 
 /// The test hook after each class a [`Writer`] takes (signal and crash
-/// tests): pauses [`FAILPOINT_PAUSE_ENV`] milliseconds when set, and aborts
-/// the process when [`FAILPOINT_ENV`] is `ovbank-after-class`. Unset in
-/// normal use.
+/// tests): pauses ([`ovdiff_core::failpoint::pause`]), and aborts the
+/// process at `ovbank-after-class`. Does nothing in normal use.
 fn after_class_fail_point() {
-    if let Some(ms) = std::env::var(FAILPOINT_PAUSE_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
-    }
-    if std::env::var_os(FAILPOINT_ENV).is_some_and(|v| v == "ovbank-after-class") {
-        std::process::abort();
-    }
+    ovdiff_core::failpoint::pause();
+    ovdiff_core::failpoint::abort_at("ovbank-after-class");
 }
 
 /// A failed step of writing the file to `dest`, as `.ovbank` errors say it.

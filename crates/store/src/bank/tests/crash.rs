@@ -74,7 +74,7 @@ fn env_failpoint_aborts_the_process_and_reopen_cleans() {
         ])
         .args(["--test-threads", "1", "--nocapture"])
         .env("OVDIFF_BANK_TEST_CHILD", &path)
-        .env(FAILPOINT_ENV, "bank-after-prototypes")
+        .env(ovdiff_core::failpoint::ENV, "bank-after-prototypes")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
