@@ -26,7 +26,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -253,16 +252,16 @@ impl Download {
 
     /// The private folder holding it.
     pub fn dir(&self) -> &Path {
-        &self.dir.0
+        self.dir.path()
     }
 }
 
-/// The private folder of one download.
+/// The private folder of one download (folders of dead processes are
+/// swept when one is made).
 #[derive(Debug)]
-struct TempDir(PathBuf);
+struct TempDir(ovdiff_core::atomic::PrivateDir);
 
 const DIR_PREFIX: &str = "dl-";
-static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl TempDir {
     fn new(parent: &Path) -> Result<TempDir, FetchError> {
@@ -275,47 +274,13 @@ impl TempDir {
             }
         };
         fs::create_dir_all(parent).map_err(io("cannot create the download folder", parent))?;
-        sweep_stale(parent);
-        let dir = parent.join(format!(
-            "{DIR_PREFIX}{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&dir).map_err(io("cannot create the temporary download folder", &dir))?;
-        ovdiff_core::atomic::remove_on_signal(dir.clone());
-        Ok(TempDir(dir))
+        ovdiff_core::atomic::PrivateDir::create(parent, DIR_PREFIX)
+            .map(TempDir)
+            .map_err(|(dir, e)| io("cannot create the temporary download folder", &dir)(e))
     }
-}
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-        ovdiff_core::atomic::keep_on_signal(&self.0);
-    }
-}
-
-/// Removes the folders that downloads of processes which are gone left.
-fn sweep_stale(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
-            continue;
-        };
-        let Some(pid) = rest
-            .split_once('-')
-            .and_then(|(pid, n)| n.parse::<u64>().ok().and(pid.parse::<u32>().ok()))
-        else {
-            continue;
-        };
-        if pid != std::process::id()
-            && !ovdiff_core::atomic::process_alive(pid)
-            && e.path().is_dir()
-        {
-            let _ = fs::remove_dir_all(e.path());
-        }
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
@@ -482,7 +447,7 @@ pub fn download(
 ) -> Result<Download, FetchError> {
     let name = check_url(url)?;
     let dir = TempDir::new(&options.dir)?;
-    let path = dir.0.join(&name);
+    let path = dir.path().join(&name);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -809,7 +774,7 @@ mod tests {
     fn the_private_folder_goes_with_the_download() {
         let parent = tempfile::tempdir().unwrap();
         let d = TempDir::new(parent.path()).unwrap();
-        let p = d.0.clone();
+        let p = d.path().to_path_buf();
         assert!(p.is_dir());
         drop(d);
         assert!(!p.exists());

@@ -95,6 +95,63 @@ pub fn keep_on_signal(path: &Path) {
     live().forget(path);
 }
 
+/// A private folder of this process, `PARENT/PREFIX{pid}-{n}`: removed on
+/// drop, and on SIGINT/SIGTERM ([`remove_on_signal`]); creating one first
+/// removes the folders of that prefix left by processes that are gone.
+#[derive(Debug)]
+pub struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    /// Create one under `parent` (which must exist). The error carries the
+    /// folder it could not create.
+    pub fn create(parent: &Path, prefix: &str) -> Result<PrivateDir, (PathBuf, std::io::Error)> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        remove_stale_private_dirs(parent, prefix);
+        let dir = parent.join(format!(
+            "{prefix}{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir).map_err(|e| (dir.clone(), e))?;
+        remove_on_signal(dir.clone());
+        Ok(PrivateDir(dir))
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        keep_on_signal(&self.0);
+    }
+}
+
+/// Removes the folders `PARENT/PREFIX{pid}-{n}` whose process is gone.
+fn remove_stale_private_dirs(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(pid, n)| n.parse::<u64>().ok().and(pid.parse::<u32>().ok()))
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !process_alive(pid) && e.path().is_dir() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Whether a process with this PID lives on this machine (when that cannot
 /// be told, it is taken as alive): what the sweeps of stale temporary files
 /// go by.

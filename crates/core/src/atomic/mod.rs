@@ -37,7 +37,7 @@ pub mod live;
 
 pub use live::{
     keep_on_signal, process_alive, remove_on_signal, remove_stale_temporary_files,
-    remove_temporary_files, remove_temporary_files_on_signals, temporary_file_pid,
+    remove_temporary_files, remove_temporary_files_on_signals, temporary_file_pid, PrivateDir,
 };
 
 /// Tells apart temporary files of concurrent writers in one process.

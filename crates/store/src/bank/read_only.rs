@@ -17,8 +17,7 @@
 
 use std::fs::{self, File, TryLockError};
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use super::build_file::BUILDS_DIR;
 use super::store::is_sled_entry;
@@ -147,15 +146,13 @@ fn access_write(p: &Path, _dir: bool) -> io::Result<()> {
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     /// The copy.
-    pub(crate) dir: PathBuf,
+    pub(crate) dir: ovdiff_core::atomic::PrivateDir,
     /// The shared lock on the bank's `db` (released when dropped).
     _lock: File,
 }
 
 /// Name prefix of the copies under the temporary folder.
 const SNAPSHOT_PREFIX: &str = "ovdiff-bank-read-";
-
-static SNAPSHOT_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Snapshot {
     /// Takes the shared lock on `bank`'s `db` and copies its sled files.
@@ -188,19 +185,12 @@ impl Snapshot {
             // No locks on this file system: read without one.
             Err(TryLockError::Error(_)) => {}
         }
-        let tmp = std::env::temp_dir();
-        sweep_stale(&tmp);
-        let dir = tmp.join(format!(
-            "{SNAPSHOT_PREFIX}{}-{}",
-            std::process::id(),
-            SNAPSHOT_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
         let io_err = |path: &Path, op| {
             let path = path.to_path_buf();
             move |source| BankError::Io { path, op, source }
         };
-        fs::create_dir(&dir).map_err(io_err(&dir, "create a private copy in"))?;
-        ovdiff_core::atomic::remove_on_signal(dir.clone());
+        let dir = ovdiff_core::atomic::PrivateDir::create(&std::env::temp_dir(), SNAPSHOT_PREFIX)
+            .map_err(|(dir, e)| io_err(&dir, "create a private copy in")(e))?;
         let snapshot = Snapshot { dir, _lock: lock };
         let entries = fs::read_dir(bank).map_err(io_err(bank, "list"))?;
         for e in entries {
@@ -210,17 +200,10 @@ impl Snapshot {
             if !is_sled_entry(name) || name == BUILDS_DIR || name.ends_with(".generating") {
                 continue;
             }
-            copy_tree(&e.path(), &snapshot.dir.join(name))
+            copy_tree(&e.path(), &snapshot.dir.path().join(name))
                 .map_err(io_err(&e.path(), "copy (to read it read-only)"))?;
         }
         Ok(snapshot)
-    }
-}
-
-impl Drop for Snapshot {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-        ovdiff_core::atomic::keep_on_signal(&self.dir);
     }
 }
 
@@ -234,29 +217,6 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         Ok(())
     } else {
         fs::copy(from, to).map(drop)
-    }
-}
-
-/// Removes the copies that processes which are gone left in `tmp`.
-fn sweep_stale(tmp: &Path) {
-    let Ok(entries) = fs::read_dir(tmp) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(SNAPSHOT_PREFIX)) else {
-            continue;
-        };
-        let Some(pid) = rest
-            .split_once('-')
-            .and_then(|(pid, n)| n.parse::<u64>().ok().and(pid.parse::<u32>().ok()))
-        else {
-            continue;
-        };
-        let mine = pid == std::process::id();
-        if !mine && !ovdiff_core::atomic::process_alive(pid) && e.path().is_dir() {
-            let _ = fs::remove_dir_all(e.path());
-        }
     }
 }
 

@@ -230,7 +230,7 @@ impl Store {
     pub(crate) fn open_snapshot(path: &Path) -> Result<Store> {
         check_directory(path)?;
         let snapshot = Snapshot::take(path)?;
-        let mut store = Store::open_at(path, &snapshot.dir)?;
+        let mut store = Store::open_at(path, snapshot.dir.path())?;
         store.snapshot = Some(snapshot);
         Ok(store)
     }
@@ -243,12 +243,14 @@ impl Store {
     /// A read-only bank's private copy.
     #[cfg(test)]
     pub(crate) fn snapshot_dir(&self) -> Option<&Path> {
-        self.snapshot.as_ref().map(|s| s.dir.as_path())
+        self.snapshot.as_ref().map(|s| s.dir.path())
     }
 
     /// The folder sled runs on: the bank, or its private copy.
     fn sled_dir(&self) -> &Path {
-        self.snapshot.as_ref().map_or(&self.path, |s| &s.dir)
+        self.snapshot
+            .as_ref()
+            .map_or(self.path.as_path(), |s| s.dir.path())
     }
 
     fn open_once(path: &Path) -> Result<Store> {
