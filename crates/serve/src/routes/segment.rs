@@ -130,9 +130,14 @@ fn query_of(v: &Version, p: &SegmentParams) -> Result<Query, ApiError> {
         Query::all_classes()
     } else {
         let names: Vec<String> = classes.split(',').map(|c| c.trim().to_string()).collect();
-        let known = store.classes().map_err(|e| ApiError::internal(&e))?;
         for n in &names {
-            if !known.iter().any(|r| &r.name == n) {
+            if store
+                .class(n)
+                .map_err(|e| ApiError::internal(&e))?
+                .is_none()
+            {
+                // Only a miss lists the bank, for the closest names.
+                let known = store.classes().map_err(|e| ApiError::internal(&e))?;
                 let near = closest_names(n, known.iter().map(|r| r.name.as_str()));
                 let hint = if near.is_empty() {
                     "GET /v1/banks/{bank}/classes lists them".to_string()
