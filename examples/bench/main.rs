@@ -16,6 +16,7 @@ mod add;
 mod generate;
 mod heap;
 mod in_place;
+mod memory;
 mod prefilter;
 mod sample;
 mod segment;
@@ -26,9 +27,10 @@ use ovdiff_core::Home;
 use crate::add::bench_add;
 use crate::generate::{bench_generate, bench_generate_memory};
 use crate::in_place::bench_in_place;
+use crate::memory::bench_segment_memory;
 use crate::prefilter::bench_prefilter;
 use crate::segment::{bench_segment, lookup_at_scale};
-use crate::serve::bench_serve;
+use crate::serve::{bench_serve, bench_serve_soak};
 
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -59,6 +61,21 @@ fn main() {
     if what == "segment" || what == "all" {
         // the 10-class bank must not be open while the binary runs
         bench_segment(&home);
+    }
+    if what == "segment-memory" {
+        let n = std::env::args()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        bench_segment_memory(&home, n);
+    }
+    if what == "serve-soak" {
+        // only the serve soak, for SECONDS (default 300)
+        let secs = std::env::args()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        bench_serve_soak(&home, std::time::Duration::from_secs(secs));
     }
     if what == "serve" {
         // `bench serve quick`: no 5-minute soak

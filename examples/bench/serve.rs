@@ -114,7 +114,8 @@ struct Level {
     latencies: Vec<f64>,
     ok: usize,
     busy: usize,
-    other: Vec<u16>,
+    /// Answers other than 200 and 503: the status, or the client's error.
+    other: Vec<String>,
     wall: f64,
     cpu: f64,
 }
@@ -122,7 +123,7 @@ struct Level {
 fn load(server: &Server, url: &str, image: &[u8], clients: usize, per_client: usize) -> Level {
     let (cpu0, _, _) = server.usage();
     let t = Instant::now();
-    let results: Vec<(f64, u16)> = std::thread::scope(|s| {
+    let results: Vec<(f64, u16, String)> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..clients)
             .map(|_| {
                 s.spawn(|| {
@@ -130,16 +131,8 @@ fn load(server: &Server, url: &str, image: &[u8], clients: usize, per_client: us
                     (0..per_client)
                         .map(|_| {
                             let t = Instant::now();
-                            let st = a
-                                .post(url)
-                                .header("Accept", "image/png")
-                                .send(image)
-                                .map(|mut r| {
-                                    let _ = r.body_mut().read_to_vec();
-                                    r.status().as_u16()
-                                })
-                                .unwrap_or(0);
-                            (t.elapsed().as_secs_f64(), st)
+                            let (st, what) = post(&a, url, image);
+                            (t.elapsed().as_secs_f64(), st, what)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -157,11 +150,47 @@ fn load(server: &Server, url: &str, image: &[u8], clients: usize, per_client: us
         other: results
             .iter()
             .filter(|r| r.1 != 200 && r.1 != 503)
-            .map(|r| r.1)
+            .map(|r| r.2.clone())
             .collect(),
         latencies,
         wall,
         cpu: cpu1 - cpu0,
+    }
+}
+
+/// POST the image for a label PNG: the status (0 when no answer came) and
+/// what it was, `HTTP 504: message` or the client's error.
+fn post(a: &ureq::Agent, url: &str, image: &[u8]) -> (u16, String) {
+    match a.post(url).header("Accept", "image/png").send(image) {
+        Ok(mut r) => {
+            let st = r.status().as_u16();
+            let body = r.body_mut().read_to_vec().unwrap_or_default();
+            let what = if st == 200 {
+                String::new()
+            } else {
+                let text = String::from_utf8_lossy(&body);
+                format!("HTTP {st}: {}", text.chars().take(160).collect::<String>())
+            };
+            (st, what)
+        }
+        Err(e) => (0, format!("no answer: {e}")),
+    }
+}
+
+/// `n × what` for each distinct entry.
+fn tally(items: &[String]) -> String {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for i in items {
+        match seen.iter_mut().find(|(s, _)| s == i) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((i.clone(), 1)),
+        }
+    }
+    let parts: Vec<String> = seen.iter().map(|(s, n)| format!("{n} × {s}")).collect();
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join("; ")
     }
 }
 
@@ -263,10 +292,13 @@ pub(crate) fn bench_serve(home: &Home, quick: bool) {
             yes(cores >= 1.8)
         );
     }
-    let errors: usize = rows.iter().map(|(_, l)| l.other.len()).sum();
+    let others: Vec<String> = rows.iter().flat_map(|(_, l)| l.other.clone()).collect();
+    let busy: usize = rows.iter().map(|(_, l)| l.busy).sum();
     println!(
-        "| serve, concurrency 1 to 32 with a queue of 64: answers other than 200 | {errors} | 0 | {} |",
-        yes(errors == 0)
+        "| serve, concurrency 1 to 32 with a queue of 64: answers other than 200 and 503 ({busy} × 503, refused at admission) | {} ({}) | 0 | {} |",
+        others.len(),
+        tally(&others),
+        yes(others.is_empty())
     );
     drop(server);
 
@@ -276,17 +308,17 @@ pub(crate) fn bench_serve(home: &Home, quick: bool) {
     let l = load(&server, &url, &image, 16, 1);
     let recovered = load(&server, &url, &image, 1, 1).ok == 1;
     println!(
-        "| overload (1 worker, queue 2, 16 clients at once): {} answered, {} × 503, other errors {:?}; a request after the burst {} | only 503s | only 503s, then recovery | {} |",
+        "| overload (1 worker, queue 2, 16 clients at once): {} answered, {} × 503, other answers: {}; a request after the burst {} | only 503s | only 503s, then recovery | {} |",
         l.ok,
         l.busy,
-        l.other,
+        tally(&l.other),
         if recovered { "succeeds" } else { "fails" },
         yes(l.other.is_empty() && l.busy > 0 && recovered)
     );
 
     drop(server);
     if !quick {
-        soak(home, &bank_dir, &image);
+        soak(home, &bank_dir, &image, Duration::from_secs(300));
     }
 
     download_rate(home, data.path());
@@ -299,40 +331,47 @@ fn server_soak(home: &Home, bank: &Path) -> (Server, String) {
     (s, url)
 }
 
-fn soak(home: &Home, bank: &Path, image: &[u8]) {
+/// `bench serve-soak SECONDS`: only the soak, for as long as asked.
+pub(crate) fn bench_serve_soak(home: &Home, length: Duration) {
+    let data = tempfile::tempdir().unwrap();
+    let bank_dir = data.path().join("bank");
+    {
+        let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
+        let dir = home.models_dir().join("dinov2-s14");
+        let mut enc = Encoder::load(&runtime, runtime.open_bundle(&dir).unwrap()).unwrap();
+        drop(sample_bank(home, &mut enc, &bank_dir));
+    }
+    let (_, img_path) = q448(home, data.path());
+    let image = std::fs::read(&img_path).unwrap();
+    soak(home, &bank_dir, &image, length);
+}
+
+fn soak(home: &Home, bank: &Path, image: &[u8], length: Duration) {
     let (server, url) = server_soak(home, bank);
     let t = Instant::now();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut samples: Vec<(f64, u64)> = Vec::new();
     let mut done = 0usize;
-    let mut other = 0usize;
+    let mut other: Vec<String> = Vec::new();
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..8)
             .map(|_| {
                 s.spawn(|| {
                     let a = agent();
-                    let (mut n, mut bad) = (0usize, 0usize);
+                    let (mut n, mut bad) = (0usize, Vec::new());
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let st = a
-                            .post(&url)
-                            .header("Accept", "image/png")
-                            .send(image)
-                            .map(|mut r| {
-                                let _ = r.body_mut().read_to_vec();
-                                r.status().as_u16()
-                            })
-                            .unwrap_or(0);
+                        let (st, what) = post(&a, &url, image);
                         if st == 200 {
                             n += 1;
                         } else {
-                            bad += 1;
+                            bad.push(what);
                         }
                     }
                     (n, bad)
                 })
             })
             .collect();
-        while t.elapsed() < Duration::from_secs(300) {
+        while t.elapsed() < length {
             std::thread::sleep(Duration::from_secs(10));
             samples.push((t.elapsed().as_secs_f64(), server.usage().1));
         }
@@ -340,7 +379,7 @@ fn soak(home: &Home, bank: &Path, image: &[u8]) {
         for h in hs {
             let (n, bad) = h.join().unwrap();
             done += n;
-            other += bad;
+            other.extend(bad);
         }
     });
     let after_warmup = samples.iter().find(|(s, _)| *s >= 60.0).map_or(0, |x| x.1);
@@ -352,12 +391,21 @@ fn soak(home: &Home, bank: &Path, image: &[u8]) {
         .max()
         .unwrap_or(0);
     let growth = 100.0 * (most as f64 - after_warmup as f64) / after_warmup.max(1) as f64;
+    // The path, to tell a leak (steady growth) from settling (a plateau).
+    let path: Vec<String> = samples
+        .iter()
+        .filter(|(s, _)| (*s as u64) % 30 < 10)
+        .map(|(s, kib)| format!("{:.0}s {}", s, kib / 1024))
+        .collect();
+    println!("soak: server RSS (MiB) every 30 s: {}", path.join(", "));
     println!(
-        "| 5-minute soak at concurrency 8 ({done} images, {other} errors): server RSS after the first minute {} MiB, at most {} MiB after, {} MiB at the end | {growth:+.1}% | ≤ +5% | {} |",
+        "| {:.0}-minute soak at concurrency 8 ({done} images, errors: {}): server RSS after the first minute {} MiB, at most {} MiB after, {} MiB at the end | {growth:+.1}% | ≤ +5% | {} |",
+        length.as_secs_f64() / 60.0,
+        tally(&other),
         after_warmup / 1024,
         most / 1024,
         end / 1024,
-        yes(growth <= 5.0 && other == 0)
+        yes(growth <= 5.0 && other.is_empty())
     );
 }
 

@@ -5,7 +5,8 @@
 //! The points: `bank-after-prototypes`, `bank-after-commit` (a bank
 //! write), `ovbank-after-class` (a `.ovbank` writer), `generate-after-batch`
 //! (sampling a support set) abort the process as a kill would;
-//! `serve-panic` makes a segment request of the server panic.
+//! `serve-panic` makes a segment request of the server panic, and
+//! `serve-slow` makes each of its segmentations pause first (load tests).
 
 /// Names the failure point to act at.
 pub const ENV: &str = "OVDIFF_FAILPOINT";

@@ -12,7 +12,8 @@
 //! * [`atomic`]: atomic file writes;
 //! * [`codec`]: little-endian field codecs;
 //! * [`rng`]: the seeded [`SplitMix64`](rng::SplitMix64) generator;
-//! * [`threads`]: thread counts.
+//! * [`threads`]: thread counts;
+//! * [`heap`]: the C allocator of long-lived processes (arenas, trim).
 //!
 //! ```
 //! use ovdiff_core::threads::threads_or_cores;
@@ -27,6 +28,7 @@ pub mod codec;
 pub mod error;
 pub mod failpoint;
 pub mod grid;
+pub mod heap;
 pub mod home;
 pub mod map;
 pub mod prototype;

@@ -40,9 +40,10 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, chain(e))
     }
 
-    pub fn busy(message: impl Into<String>) -> ApiError {
+    /// A 503 with `Retry-After: retry_after_s`.
+    pub fn busy(message: impl Into<String>, retry_after_s: u32) -> ApiError {
         ApiError {
-            retry_after: Some(1),
+            retry_after: Some(retry_after_s.max(1)),
             ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
         }
     }

@@ -106,6 +106,10 @@ impl AppState {
 /// port 0) before any bank is loaded; `/readyz` answers 200 once every bank
 /// and its encoders are loaded.
 pub fn run(options: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<()> {
+    // Before any thread allocates: two arenas for the I/O threads, the
+    // workers and ONNX Runtime's threads (measured: 42 MiB less RSS under
+    // load than glibc's default of 8 per core, same throughput).
+    ovdiff_core::heap::limit_arenas(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("serve-io")
@@ -146,7 +150,7 @@ async fn serve(options: ServeOptions, on_listening: impl FnOnce(SocketAddr)) -> 
         .map_err(|e| Error::Invalid(format!("cannot read the listening address: {e}")))?;
     let state = Arc::new(AppState {
         banks,
-        queue: WorkQueue::new(options.workers, options.queue),
+        queue: WorkQueue::new(options.workers, options.queue, options.timeout),
         metrics: metrics::Metrics::default(),
         ready: AtomicBool::new(false),
         options,

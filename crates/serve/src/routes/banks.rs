@@ -33,9 +33,10 @@ pub(crate) fn version_of(
     };
     match bank.current() {
         Some(v) => Ok((bank.clone(), v)),
-        None => Err(ApiError::busy(format!(
-            "bank `{name}` is still loading (or failed to; see the server's log)"
-        ))),
+        None => Err(ApiError::busy(
+            format!("bank `{name}` is still loading (or failed to; see the server's log)"),
+            1,
+        )),
     }
 }
 

@@ -84,18 +84,23 @@ pub(crate) async fn segment(
     };
     // A place in the queue before the body is read, so that uploads in
     // memory are bounded by the queue too, and the timeout covers them.
-    let ticket = st.queue.admit().ok_or_else(|| {
-        ApiError::busy("the server is busy: the work queue is full; retry after a moment")
+    let ticket = st.queue.admit().map_err(|refusal| {
+        ApiError::busy(refusal.message(st.options.timeout), refusal.retry_after_s())
     })?;
     let max_body = st.options.max_body;
     let work = async {
         let body = image_body(req, max_body).await?;
-        let permit = ticket.worker().await;
+        let worker = ticket.worker().await;
         let st = st.clone();
         let bank = bank.clone();
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            run(&st, &version, &bank, &body, &query, format)
+            let _worker = worker;
+            let answer = run(&st, &version, &bank, &body, &query, format);
+            drop(body);
+            // The request's buffers are free now: hand their pages back,
+            // so that the server's memory stays at one request's level.
+            ovdiff_core::heap::trim();
+            answer
         })
         .await
         .map_err(|join| {
@@ -255,6 +260,10 @@ fn run(
     // Fault tests: a panic inside a request must be a 500, not a crash.
     if ovdiff_core::failpoint::is("serve-panic") {
         panic!("failpoint serve-panic");
+    }
+    // Load tests: every segmentation takes at least the pause.
+    if ovdiff_core::failpoint::is("serve-slow") {
+        ovdiff_core::failpoint::pause();
     }
     let started = std::time::Instant::now();
     let image = decode_rgb(bytes).map_err(|r| {
