@@ -520,14 +520,15 @@ fn a_request_that_would_wait_past_the_timeout_is_refused_at_once_with_503() {
         return;
     };
     let image = std::fs::read(&img).unwrap();
-    // Each segmentation takes at least 1 s and the timeout is 1.5 s: one
-    // running fits, and one waiting behind it (about 2 s) would not.
+    // Each segmentation takes at least 1 s and the timeout is 2 s, of which
+    // the queue fills at most 80%: one running fits (about 1.1 s), one
+    // waiting behind it (about 2.2 s) would not.
     let mut cmd = sb.cmd();
     cmd.env(ovdiff_core::failpoint::ENV, "serve-slow")
         .env(ovdiff_core::failpoint::PAUSE_ENV, "1000");
     let s = Server::spawn(
         cmd,
-        &["--workers", "1", "--queue", "64", "--timeout", "1500ms"],
+        &["--workers", "1", "--queue", "64", "--timeout", "2s"],
         None,
     );
     let url = s.at("/v1/segment?classes=red");

@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// The share of the timeout that the expected wait and run may fill: the
+/// rest is room for segmentations slower than the recent average (a busy
+/// machine), so that admitted requests do not end in 504s.
+const HEADROOM: f64 = 0.8;
+
 /// The queue; see the [module docs](self).
 #[derive(Debug)]
 pub struct WorkQueue {
@@ -165,9 +170,10 @@ impl WorkQueue {
                 });
             }
             if let Some(wait) = self.wait_behind(now) {
-                // Waiting plus its own run must fit in the timeout.
+                // Waiting plus its own run must fit in the timeout, with
+                // room for runs slower than the average.
                 let own = self.service_time().unwrap_or_default();
-                if wait + own > self.timeout {
+                if (wait + own).as_secs_f64() > self.timeout.as_secs_f64() * HEADROOM {
                     return Err(Refusal::WouldTimeOut {
                         expected_wait: wait,
                     });
@@ -230,7 +236,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_would_wait_past_the_timeout_is_refused_at_once() {
-        let q = WorkQueue::new(2, 64, Duration::from_millis(250));
+        let q = WorkQueue::new(2, 64, Duration::from_millis(300));
         assert!(q.service_time().is_none());
         {
             let t = q.admit().unwrap();
@@ -242,8 +248,8 @@ mod tests {
         assert!(s >= Duration::from_millis(20), "{s:?}");
         // Pin the average so the arithmetic below does not depend on timing.
         q.service_us.store(100_000, Ordering::SeqCst);
-        // Two run at once; with 2 ahead a new one waits one round (≈100 ms)
-        // and runs ≈100 ms: it fits in 250 ms; with 4 ahead it does not.
+        // Two run at once; with 2 ahead a new one waits one round (100 ms)
+        // and runs 100 ms: it fits in 80% of 300 ms; with 4 ahead it does not.
         let held: Vec<Ticket> = (0..2).map(|_| q.admit().unwrap()).collect();
         let third = q.admit().unwrap();
         let fourth = q.admit().unwrap();
@@ -254,7 +260,7 @@ mod tests {
                     "{expected_wait:?}"
                 );
                 assert_eq!(r.retry_after_s(), 1);
-                assert!(r.message(Duration::from_millis(250)).contains("--workers"));
+                assert!(r.message(Duration::from_millis(300)).contains("--workers"));
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
