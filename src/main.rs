@@ -61,6 +61,7 @@ fn report_signal(sig: i32, removed: &[std::path::PathBuf]) {
 fn main() -> ExitCode {
     install_stdout_panic_hook();
     let cli = Cli::parse();
+    let json = cli.global.json;
     // Ctrl-C or SIGTERM mid-write leaves no `.NAME.tmp-PID-N` behind. If
     // the handlers cannot be installed, the signals keep their default.
     // `serve` handles both itself: it stops accepting and drains.
@@ -82,12 +83,20 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let message = format!("{err:#}");
-            let lines: Vec<_> = message.split('\n').map(printable).collect();
-            eprintln!("ovdiff-bank: {}", lines.join("\n"));
             let disk_full = err.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>()
                     .is_some_and(|e| e.kind() == ErrorKind::StorageFull)
             });
+            if json {
+                // Under --json, errors are JSON objects on stderr too.
+                eprintln!(
+                    "{}",
+                    serde_json::json!({ "error": message, "exit_code": 2, "disk_full": disk_full })
+                );
+                return ExitCode::from(2);
+            }
+            let lines: Vec<_> = message.split('\n').map(printable).collect();
+            eprintln!("ovdiff-bank: {}", lines.join("\n"));
             if disk_full {
                 eprintln!(
                     "ovdiff-bank: the disk is full: free some space on it and run the command \

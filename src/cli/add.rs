@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::bank::{index_after_write, IndexChoice};
 use super::progress::Bars;
-use super::{outln, print_json, Context};
+use super::{count, outln, print_json, Context};
 use ovdiff_core::home::DEFAULT_ENCODER;
 use ovdiff_diffusion::generate::{SampleOptions, DEFAULT_NEGATIVE, DEFAULT_PROMPT};
 use ovdiff_diffusion::scheduler::SchedulerKind;
@@ -35,16 +35,23 @@ pub struct AddArgs {
     /// [default: add-errors.json, written only when a class failed].
     #[arg(long, value_name = "FILE", requires = "classes_file")]
     pub error_report: Option<PathBuf>,
-    /// A folder of support images (PNG or JPEG) showing the class. Without
-    /// it, the support set is sampled from a diffusion generator.
-    #[arg(long, value_name = "DIR", conflicts_with = "generator")]
+    /// A folder of support images (PNG or JPEG) showing the class, or one
+    /// image file. Without it, the support set is sampled from a diffusion
+    /// generator.
+    #[arg(long, value_name = "DIR|FILE", conflicts_with = "generator")]
     pub images: Option<PathBuf>,
     /// Options of the diffusion-sampled support set.
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// The bank: a name under <home>/banks, or a path.
+    /// The bank: a name under <home>/banks, or a path [default: default].
+    /// A bank that does not exist is created when it is the default one,
+    /// a path, or with --create.
     #[arg(long, value_name = "NAME|PATH")]
     pub bank: Option<String>,
+    /// Create the bank NAME when it does not exist (a typo in --bank NAME
+    /// otherwise is an error that suggests the closest bank).
+    #[arg(long)]
+    pub create: bool,
     /// Encoder bundle(s): names under <home>/models, or folders. Repeatable.
     #[arg(long = "encoder", value_name = "BUNDLE", default_value = DEFAULT_ENCODER)]
     pub encoders: Vec<String>,
@@ -137,9 +144,35 @@ fn learner(ctx: &Context, args: &AddArgs) -> Learner {
         .progress(Arc::new(Bars::new(ctx.json)))
 }
 
-fn open_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {
+/// The path of `--bank`, refused when it names a bank that does not exist
+/// and may not be created (a name other than the default, without `create`).
+fn check_bank(
+    ctx: &Context,
+    arg: Option<&str>,
+    create: bool,
+) -> anyhow::Result<std::path::PathBuf> {
     let path = super::bank_path(ctx, arg)?;
-    Bank::open(&path).map_err(|e| super::explain_open_error(&path, e))
+    let is_name = arg.is_some_and(|a| {
+        !a.contains(std::path::MAIN_SEPARATOR) && a != ovdiff_core::home::DEFAULT_BANK
+    });
+    if !path.exists() && is_name && !create {
+        let err = ovdiff_learn::banks::missing_bank(&ctx.home, arg.unwrap_or_default());
+        anyhow::bail!("{err}; pass --create to make a new bank of that name");
+    }
+    Ok(path)
+}
+
+/// The bank of `--bank`, created when it does not exist and is the
+/// default one, a path, or `create` says so; a new bank is reported on
+/// stderr ("created bank X").
+fn open_bank(ctx: &Context, arg: Option<&str>, create: bool) -> anyhow::Result<Bank> {
+    let path = check_bank(ctx, arg, create)?;
+    let new = !path.exists();
+    let bank = Bank::open(&path).map_err(|e| super::explain_open_error(&path, e))?;
+    if new {
+        eprintln!("created bank {}", path.display());
+    }
+    Ok(bank)
 }
 
 /// Refuses a new class name with a comma: `--classes a,b` could not select it.
@@ -182,6 +215,7 @@ pub fn run(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ERROR_REPORT));
     ovdiff_store::bank::check_output_file(&report)?;
+    check_bank(ctx, args.bank.as_deref(), args.create)?;
     let lines = read_classes_file(file)?;
     let overall = if ctx.json {
         ProgressBar::hidden()
@@ -219,7 +253,7 @@ pub fn run(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     overall.finish_and_clear();
     let done = lines.len() - failures.len();
     if done > 0 && args.index != IndexChoice::Never {
-        let bank = open_bank(ctx, args.bank.as_deref())?;
+        let bank = open_bank(ctx, args.bank.as_deref(), args.create)?;
         index_after_write(ctx, &bank, args.index);
     }
     if !failures.is_empty() {
@@ -236,7 +270,7 @@ pub fn run(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if !ctx.json {
-        outln!("{done} of {} classes added", lines.len());
+        outln!("{done} of {} added", count(lines.len(), "class", "classes"));
     }
     Ok(if failures.is_empty() {
         ExitCode::SUCCESS
@@ -258,29 +292,39 @@ fn add_one(
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     refuse_comma(&class)?;
+    check_bank(ctx, args.bank.as_deref(), args.create)?;
     let class = NewClass::new(class, images)?.stuff(stuff);
-    let bank = open_bank(ctx, args.bank.as_deref())?;
+    let bank = open_bank(ctx, args.bank.as_deref(), args.create)?;
+    let existed = bank.class(class.name())?.is_some();
     let mut report = learner.add(&bank, class)?;
     index_after_write(ctx, &bank, index);
     // the command's time, indexing included
     report.seconds = started.elapsed().as_secs_f64();
-    print_report(ctx, &report)?;
+    print_report(ctx, &report, existed)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(ctx: &Context, report: &AddReport) -> anyhow::Result<()> {
+fn print_report(ctx: &Context, report: &AddReport, replaced: bool) -> anyhow::Result<()> {
     if ctx.json {
         return print_json(report);
     }
     outln!(
-        "added `{}` to {}: {} images used, {} skipped, {} split with {} fallback splits, \
+        "{} `{}` {} {}: {} used, {} skipped, {} split{}, \
          {:.1} s (encoder {:.1} s, pooling {:.1} s)",
+        if replaced { "replaced" } else { "added" },
         report.class,
+        if replaced { "in" } else { "to" },
         report.bank.display(),
-        report.images_used,
+        count(report.images_used, "image", "images"),
         report.images_skipped.len(),
         report.split,
-        report.fallback_splits,
+        match report.fallback_splits {
+            0 => String::new(),
+            n => format!(
+                " ({} with a fallback split: no clear foreground or background, so the top and bottom 20% of patches were taken)",
+                count(n as usize, "image", "images")
+            ),
+        },
         report.seconds,
         report.encode_seconds,
         report.pool_seconds

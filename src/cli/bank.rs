@@ -38,7 +38,7 @@ pub(super) fn index_after_write(ctx: &Context, bank: &Bank, choice: IndexChoice)
                     |e| e.name,
                 );
                 eprintln!(
-                    "ovdiff-bank: index of {} for {name}: IVF lists over {} rows in {} lists, {} \
+                    "info: index of {} for {name}: IVF lists over {} rows in {} lists, {} \
                      ({:.1} s)",
                     bank.path().display(),
                     st.rows,
@@ -63,14 +63,14 @@ const NO_BANK_HINT: &str = "; build one with `ovdiff-bank add CLASS --images DIR
 
 /// The bank of `--bank`, for a command that changes it.
 fn open_existing_bank(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {
-    let path = super::bank_path(ctx, arg)?;
+    let path = super::existing_bank_path(ctx, arg)?;
     catalog::open_existing(&path, NO_BANK_HINT).map_err(|e| super::explain_open_error(&path, e))
 }
 
 /// The bank of `--bank`, for a command that only reads it (read-only where
 /// it cannot be written).
 fn open_bank_to_read(ctx: &Context, arg: Option<&str>) -> anyhow::Result<Bank> {
-    let path = super::bank_path(ctx, arg)?;
+    let path = super::existing_bank_path(ctx, arg)?;
     catalog::open_existing_read(&path, NO_BANK_HINT)
         .map_err(|e| super::explain_open_error(&path, e))
 }
@@ -139,9 +139,10 @@ pub fn show(ctx: &Context, bank: Option<&str>, class: &str) -> anyhow::Result<Ex
         outln!("           {} = {}", printable(k), printable(v));
     }
     outln!(
-        "split      {} ({} fallback splits)",
+        "split      {} ({} with a fallback split: no clear foreground or background, so \
+         the top and bottom 20% of patches by saliency were taken)",
         printable(&r.split),
-        report.fallback_splits
+        super::count(report.fallback_splits as usize, "image", "images")
     );
     outln!(
         "images     {} used, {} skipped",
@@ -229,6 +230,17 @@ pub fn rename(
         return Err(unknown_class(&bank, old));
     }
     super::add::refuse_comma(new)?;
+    if bank.class(new)?.is_some() {
+        anyhow::bail!(
+            "cannot rename `{}` to `{}`: the bank {} already has a class `{}`; remove it first \
+             (`ovdiff-bank remove {}`), or pick another name",
+            printable(old),
+            printable(new),
+            bank.path().display(),
+            printable(new),
+            printable(new)
+        );
+    }
     bank.rename_class(old, new)?;
     index_after_write(ctx, &bank, index);
     if !ctx.json {

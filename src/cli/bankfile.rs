@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::{print_json, Context};
+use super::{count, print_json, Context};
 use ovdiff_learn::{bundles, catalog, exchange, fetch};
 use ovdiff_store::bank::Bank;
 use ovdiff_store::ovbank::{self, OnConflict};
@@ -88,7 +88,7 @@ pub struct MergeArgs {
 
 /// `export`
 pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let path = super::bank_path(ctx, args.bank.as_deref())?;
+    let path = super::existing_bank_path(ctx, args.bank.as_deref())?;
     let bank = catalog::open_existing_read(&path, "")?;
     let t = Instant::now();
     let names = (!args.classes.is_empty()).then_some(args.classes.as_slice());
@@ -109,11 +109,11 @@ pub fn export(ctx: &Context, args: &ExportArgs) -> anyhow::Result<ExitCode> {
         }))?;
     } else {
         println!(
-            "exported {} classes ({} prototypes, {} thumbnails, {} encoders) to {} ({} bytes) in {:.2} s",
-            stats.classes,
-            stats.prototypes,
-            stats.thumbnails,
-            stats.encoders,
+            "exported {} ({}, {}, {}) to {} ({} bytes) in {:.2} s",
+            count(stats.classes, "class", "classes"),
+            count(stats.prototypes as usize, "prototype", "prototypes"),
+            count(stats.thumbnails as usize, "thumbnail", "thumbnails"),
+            count(stats.encoders, "encoder", "encoders"),
             args.output.display(),
             stats.bytes,
             t.elapsed().as_secs_f64()
@@ -324,12 +324,12 @@ pub fn verify(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
         }))?;
     } else {
         println!(
-            "{}: ok ({} sections, {} classes, {} prototypes, {} thumbnails; every checksum matches)",
+            "{}: ok ({}, {}, {}, {}; every checksum matches)",
             file.display(),
-            report.sections.len(),
-            report.classes,
-            report.prototypes,
-            report.thumbnails
+            count(report.sections.len(), "section", "sections"),
+            count(report.classes as usize, "class", "classes"),
+            count(report.prototypes as usize, "prototype", "prototypes"),
+            count(report.thumbnails as usize, "thumbnail", "thumbnails")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -342,7 +342,7 @@ pub fn verify(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
 /// records that no class uses are warnings (exit 0); with `repair` they are
 /// removed first.
 pub fn verify_bank(ctx: &Context, bank: Option<&str>, repair: bool) -> anyhow::Result<ExitCode> {
-    let path = super::bank_path(ctx, bank)?;
+    let path = super::existing_bank_path(ctx, bank)?;
     let hint = "; pass an existing bank with --bank NAME|PATH";
     // --repair writes; a plain verify only reads (read-only banks too).
     let opened = if repair {
@@ -375,20 +375,23 @@ pub fn verify_bank(ctx: &Context, bank: Option<&str>, repair: bool) -> anyhow::R
             "read-only here, so leftovers of interrupted writes were not looked for".to_string()
         } else {
             format!(
-                "{} leftover entries of interrupted writes removed on open",
-                report.leftovers_cleaned
+                "{} of interrupted writes removed on open",
+                count(
+                    report.leftovers_cleaned as usize,
+                    "leftover entry",
+                    "leftover entries"
+                )
             )
         };
         println!(
-            "bank {}: {} (format v{}, {} encoders, {} classes, {} prototypes, {} thumbnails; \
-             {cleaned})",
+            "bank {}: {} (format v{}, {}, {}, {}, {}; {cleaned})",
             path.display(),
             if report.ok() { "ok" } else { "PROBLEMS FOUND" },
             report.format_version,
-            report.encoders,
-            report.classes.len(),
-            protos,
-            thumbs,
+            count(report.encoders, "encoder", "encoders"),
+            count(report.classes.len(), "class", "classes"),
+            count(protos as usize, "prototype", "prototypes"),
+            count(thumbs as usize, "thumbnail", "thumbnails"),
         );
         for c in &report.classes {
             println!(
@@ -404,6 +407,28 @@ pub fn verify_bank(ctx: &Context, bank: Option<&str>, repair: bool) -> anyhow::R
                 e.dim
             );
         }
+        // Whether this run changed the bank.
+        let changed = report.leftovers_cleaned > 0 || !removed.is_empty();
+        println!(
+            "{}",
+            if opened.is_read_only() || !changed {
+                "nothing in the bank was changed".to_string()
+            } else {
+                format!(
+                    "changed: {} removed, {} removed",
+                    count(
+                        report.leftovers_cleaned as usize,
+                        "leftover entry",
+                        "leftover entries"
+                    ),
+                    count(
+                        removed.len(),
+                        "unused encoder record",
+                        "unused encoder records"
+                    )
+                )
+            }
+        );
         for w in &report.warnings {
             eprintln!("ovdiff-bank: warning: {}", super::printable(w));
         }
@@ -416,10 +441,10 @@ pub fn verify_bank(ctx: &Context, bank: Option<&str>, repair: bool) -> anyhow::R
     } else {
         if !ctx.json {
             eprintln!(
-                "ovdiff-bank: bank {} has {} problems; rebuild the classes named above \
+                "ovdiff-bank: bank {} has {}; rebuild the classes named above \
                  (`ovdiff-bank add CLASS --images DIR --replace`) or remove them",
                 path.display(),
-                problems.len()
+                count(problems.len(), "problem", "problems")
             );
         }
         Ok(ExitCode::from(2))

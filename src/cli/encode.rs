@@ -25,7 +25,7 @@ pub fn run(ctx: &Context, args: &EncodeArgs) -> anyhow::Result<ExitCode> {
         print_json(&report)?;
     } else {
         outln!(
-            "{}: encoded at {}×{} by {} in {:.0} ms → {}×{} patches × {} dims; \
+            "{}: encoded at {}×{} (width×height) by {} in {:.0} ms → {}×{} patches × {} dims; \
              mean neighbour cosine {:.3}{}",
             report.image.display(),
             report.input_size[0],

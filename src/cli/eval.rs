@@ -37,6 +37,15 @@ pub struct EvalArgs {
     /// Write the confusion matrix (ground truth × prediction) as CSV here.
     #[arg(long, value_name = "FILE")]
     pub confusion: Option<PathBuf>,
+    /// Evaluate the classes the bank has and ignore the pixels of those it
+    /// lacks (without it, classes missing from the bank are an error that
+    /// names them all).
+    #[arg(long)]
+    pub skip_missing: bool,
+    /// Keep the predicted label PNGs here (ID.png, labels in classes-file
+    /// order from 1, VOC palette) with the run's labels.json and labels.txt.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// The matcher, as for `segment`.
     #[command(flatten)]
     pub engine: EngineArg,
@@ -120,10 +129,50 @@ struct EvalReport {
 pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let text = std::fs::read_to_string(&args.classes_file)
-        .with_context(|| format!("reading {}", args.classes_file.display()))?;
-    let classes = parse_classes(&text)?;
+        .with_context(|| format!("reading the classes file {}", args.classes_file.display()))?;
+    let classes = parse_classes(&text)
+        .with_context(|| format!("in the classes file {}", args.classes_file.display()))?;
+    let bank_path = super::existing_bank_path(ctx, args.bank.as_deref())?;
+    let segmenter = Segmenter::open(&bank_path, segmenter_options(ctx, &[]))?;
+    // Every class the bank lacks, named at once.
+    let mut absent = Vec::new();
+    for c in classes.iter().filter(|c| c.id != 0) {
+        if segmenter.store().class(&c.name)?.is_none() {
+            absent.push(c.name.clone());
+        }
+    }
+    if !absent.is_empty() {
+        let list = absent
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !args.skip_missing {
+            bail!(
+                "the bank {} lacks {} of the classes file {}: {list}; add them \
+                 (`ovdiff-bank add CLASS --images DIR --bank …`), or pass --skip-missing to \
+                 evaluate the others (their pixels are then ignored)",
+                bank_path.display(),
+                super::count(absent.len(), "class", "classes"),
+                args.classes_file.display()
+            );
+        }
+        eprintln!(
+            "note: skipping {} the bank lacks ({list}); their pixels are ignored",
+            super::count(absent.len(), "class", "classes")
+        );
+    }
     // metric index 0 = background; 1..K = the candidate classes in file order
-    let candidates: Vec<&EvalClass> = classes.iter().filter(|c| c.id != 0).collect();
+    let candidates: Vec<&EvalClass> = classes
+        .iter()
+        .filter(|c| c.id != 0 && !absent.contains(&c.name))
+        .collect();
+    if candidates.is_empty() {
+        bail!(
+            "the bank has none of the classes of {}",
+            args.classes_file.display()
+        );
+    }
     let mut gt_map = [IGNORE; 256];
     gt_map[0] = 0;
     for (k, c) in candidates.iter().enumerate() {
@@ -145,14 +194,17 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             args.dataset.display()
         );
     }
-    let bank_path = super::bank_path(ctx, args.bank.as_deref())?;
-    if !bank_path.exists() {
-        bail!("bank {} does not exist", bank_path.display());
-    }
     let wanted: Vec<String> = candidates.iter().map(|c| c.name.clone()).collect();
     let query = query_of(Some(wanted), &args.engine, &args.prefilter, false);
-    let segmenter = Segmenter::open(&bank_path, segmenter_options(ctx, &[]))?;
     print_plan(&segmenter.prepare(&query)?);
+    if let Some(dir) = &args.out {
+        ovdiff_store::bank::check_output_dir(dir)?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating output folder {}", dir.display()))?;
+        segmenter
+            .label_map(&query)?
+            .write_files(dir, query.label_ids)?;
+    }
 
     let pb = if ctx.json {
         ProgressBar::hidden()
@@ -173,6 +225,12 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
                 .dataset
                 .join("SegmentationClass")
                 .join(format!("{id}.png"));
+            if !img_path.is_file() {
+                bail!("the image {} does not exist", img_path.display());
+            }
+            if !gt_path.is_file() {
+                bail!("the ground truth {} does not exist", gt_path.display());
+            }
             let img = preprocess::load_rgb(&img_path)?;
             let (gw, gh, gt) = read_label_png(&gt_path)?;
             if (gw, gh) != img.dimensions() {
@@ -183,7 +241,11 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
                     img.height()
                 );
             }
-            let pred = segmenter.segment(img, &query)?.labels_u8()?;
+            let seg = segmenter.segment(img, &query)?;
+            if let Some(dir) = &args.out {
+                seg.write_labels(&dir.join(format!("{id}.png")))?;
+            }
+            let pred = seg.labels_u8()?;
             let gt: Vec<u8> = gt.iter().map(|&g| gt_map[g as usize]).collect();
             confusion
                 .add(&gt, &pred)

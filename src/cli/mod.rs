@@ -3,6 +3,7 @@
 mod add;
 mod bank;
 mod bankfile;
+mod banks;
 mod encode;
 mod eval;
 mod migrate;
@@ -34,16 +35,23 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
     /// Intra-op threads for ONNX Runtime [default: the machine's cores].
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, value_name = "N", help_heading = "Global options")]
     pub threads: Option<usize>,
     /// Execution provider: cpu, or cuda with a GPU build of ONNX Runtime.
-    #[arg(long, global = true, default_value = "cpu", value_name = "cpu|cuda")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "cpu",
+        value_name = "cpu|cuda",
+        help_heading = "Global options"
+    )]
     pub provider: Provider,
     /// Skip sha256 checks of model bundle files.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub no_verify: bool,
-    /// Print machine-readable JSON instead of text.
-    #[arg(long, global = true)]
+    /// Print machine-readable JSON instead of text (`segment`: one JSON line
+    /// per image; errors: a JSON object on stderr).
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
 }
 
@@ -51,14 +59,31 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Learn a class from support images and store its prototypes in a bank.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank add cat --images support/cat/\n  ovdiff-bank add grass --images g/ --stuff --bank team --create\n  ovdiff-bank add giraffe --generator sd15-onnx/\n\nSee README.md (\"A short tour\") and docs/generators.md."
+    )]
     Add(add::AddArgs),
     /// Segment images: label every pixel with the nearest candidate class.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank segment photo.jpg --classes person,cat,cup --out out/\n  ovdiff-bank segment photos/ --all-classes --label-ids bank --masks png,rle\n  ovdiff-bank segment photos/ 'more/*.jpg' --all-classes --explain --json\n\nSee README.md (\"A short tour\", the label PNG) and docs/prefilter.md."
+    )]
     Segment(segment::SegmentArgs),
     /// Evaluate on a VOC-layout dataset: mIoU, per-class IoU, pixel accuracy.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank eval VOCdevkit/VOC2012 --classes-file voc.txt --bank voc21\n  ovdiff-bank eval <home>/samples/voc --classes-file <home>/samples/voc/classes.txt --skip-missing\n\nSee docs/eval.md."
+    )]
     Eval(eval::EvalArgs),
+    /// List the banks under <home>/banks; create or remove one.
+    Banks(banks::BanksArgs),
     /// List the classes of a bank.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank list\n  ovdiff-bank list --bank team --json\n\nSee README.md (\"A short tour\")."
+    )]
     List(BankArg),
     /// Describe one class: its record, prototypes and support images.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank show cat\n  ovdiff-bank show cat --bank team --json\n\nSee README.md (\"A short tour\")."
+    )]
     Show {
         /// The class.
         class: String,
@@ -67,6 +92,9 @@ pub enum Command {
         bank: BankArg,
     },
     /// Remove a class from a bank.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank remove kitten\n  ovdiff-bank remove kitten --bank team --index never\n\nSee README.md (\"A short tour\")."
+    )]
     Remove {
         /// The class.
         class: String,
@@ -78,6 +106,9 @@ pub enum Command {
         index: bank::IndexChoice,
     },
     /// Rename a class.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank rename cat kitten\n  ovdiff-bank rename cat kitten --bank team\n\nSee README.md (\"A short tour\")."
+    )]
     Rename {
         /// The current name.
         old: String,
@@ -91,20 +122,38 @@ pub enum Command {
         index: bank::IndexChoice,
     },
     /// Write classes of a bank to a shareable `.ovbank` file.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank export -o animals.ovbank\n  ovdiff-bank export -o pets.ovbank cat dog --bank team --ann\n\nSee docs/distributed.md."
+    )]
     Export(bankfile::ExportArgs),
     /// Import a `.ovbank` file into a bank.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank import animals.ovbank --into team\n  ovdiff-bank import animals.ovbank --into team --on-conflict rename\n\nSee docs/distributed.md."
+    )]
     Import(bankfile::ImportArgs),
     /// Merge `.ovbank` files into one.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank merge a.ovbank b.ovbank -o ab.ovbank\n  ovdiff-bank merge a.ovbank b.ovbank -o ab.ovbank --on-conflict replace\n\nSee docs/distributed.md."
+    )]
     Merge(bankfile::MergeArgs),
     /// Bring a bank (or a `.ovbank` file) up to the current format, step by step.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank migrate\n  ovdiff-bank migrate --bank team\n  ovdiff-bank migrate old.ovbank -o new.ovbank\n\nSee migrations/ and README.md."
+    )]
     Migrate(migrate::MigrateArgs),
     /// Describe a `.ovbank` file from its headers (fast; prototypes are not read).
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank inspect animals.ovbank\n  ovdiff-bank inspect animals.ovbank --json\n\nSee docs/distributed.md."
+    )]
     Inspect {
         /// The file.
         file: std::path::PathBuf,
     },
     /// Check every checksum of a `.ovbank` file, or with --bank read back
     /// and check every class of a bank folder (exit 0 or 2).
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank verify animals.ovbank\n  ovdiff-bank verify --bank team\n  ovdiff-bank verify --bank team --repair\n\nSee docs/reliability.md."
+    )]
     Verify {
         /// The `.ovbank` file.
         #[arg(required_unless_present = "bank", conflicts_with = "bank")]
@@ -119,10 +168,19 @@ pub enum Command {
     },
     /// List or check installed model bundles.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank models list\n  ovdiff-bank models check dinov2-s14 --json\n\nSee README.md (\"Model bundles\")."
+    )]
     Models(ModelsCommand),
     /// Encode one image and print its patch-grid statistics.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank encode photo.jpg\n  ovdiff-bank encode photo.jpg --encoder dinov2-s14 --json\n\nSee README.md (\"A short tour\")."
+    )]
     Encode(encode::EncodeArgs),
     /// Serve segmentation and bank files over HTTP (see docs/serve.md).
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank serve --bank team\n  curl --data-binary @photo.jpg 'http://127.0.0.1:8787/v1/segment?classes=person,cat'\n\nSee docs/serve.md."
+    )]
     Serve(serve::ServeArgs),
 }
 
@@ -138,8 +196,14 @@ pub struct BankArg {
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// List the bundles under <home>/models.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank models list\n  ovdiff-bank models list --json\n\nSee README.md (\"Model bundles\")."
+    )]
     List,
     /// Check bundles: manifest, file hashes, graph signature and a test forward pass.
+    #[command(
+        after_help = "Examples:\n  ovdiff-bank models check\n  ovdiff-bank models check dinov2-s14 --json\n\nSee README.md (\"Model bundles\")."
+    )]
     Check {
         /// A bundle name or folder [default: every installed bundle].
         name: Option<String>,
@@ -204,6 +268,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bank,
             repair,
         } => bankfile::verify_bank(&ctx, bank.as_deref(), repair),
+        Command::Banks(args) => banks::run(&ctx, &args),
         Command::List(b) => bank::list(&ctx, b.bank.as_deref()),
         Command::Show { class, bank: b } => bank::show(&ctx, b.bank.as_deref(), &class),
         Command::Remove {
@@ -249,6 +314,21 @@ pub(crate) fn bank_path(ctx: &Context, arg: Option<&str>) -> anyhow::Result<std:
     }
     let path = ctx.home.bank_path(arg);
     ovdiff_store::bank::check_bank_location(&path)?;
+    Ok(path)
+}
+
+/// The bank path of `--bank` for a command that needs the bank to exist:
+/// a missing one is an error that lists the existing banks and suggests
+/// the closest name.
+pub(crate) fn existing_bank_path(
+    ctx: &Context,
+    arg: Option<&str>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = bank_path(ctx, arg)?;
+    if !path.exists() {
+        let name = arg.unwrap_or(ovdiff_core::home::DEFAULT_BANK);
+        return Err(ovdiff_learn::banks::missing_bank(&ctx.home, name).into());
+    }
     Ok(path)
 }
 
@@ -327,6 +407,20 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
             })
             .collect(),
     )
+}
+
+/// `one` or `many`, by `n`.
+pub(crate) fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+/// `n` and the noun in the right number: "1 image", "2 images".
+pub(crate) fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", plural(n, one, many))
 }
 
 /// Print a value as pretty JSON on stdout.

@@ -11,13 +11,15 @@ use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::{print_json, Context};
+use super::{outln, plural, Context};
 use ovdiff_learn::support_set;
 use ovdiff_models::features::preprocess;
 use ovdiff_segment::prefilter;
 use ovdiff_segment::query::{self, Matching};
 use ovdiff_segment::segmenter::{ClassChoice, ImageInput, PlanReport, PrefilterChoice};
-use ovdiff_segment::{ImageReport, Query, Segmenter, SegmenterOptions, WindowLayout, WriteOptions};
+use ovdiff_segment::{
+    ImageReport, LabelIds, Query, Segmenter, SegmenterOptions, WindowLayout, WriteOptions,
+};
 
 /// Which matcher scores patches against prototypes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,6 +47,34 @@ impl EngineChoice {
             EngineChoice::Ivf => query::EnginePolicy::Fixed(Matching::Ivf),
         }
     }
+}
+
+/// `--label-ids`: how label PNGs number the classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabelIdsArg {
+    /// 1..K in the order of --classes (every class: by name).
+    Query,
+    /// The stable id the bank recorded for each class: the same in every run.
+    Bank,
+}
+
+impl LabelIdsArg {
+    /// The library's numbering.
+    pub fn ids(self) -> LabelIds {
+        match self {
+            LabelIdsArg::Query => LabelIds::Query,
+            LabelIdsArg::Bank => LabelIds::Bank,
+        }
+    }
+}
+
+/// `--masks`: per-class masks in standard formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MaskFormat {
+    /// NAME.masks/CLASS.png, binary 0/255, per class found.
+    Png,
+    /// COCO compressed RLE per class found, in NAME.json (as pycocotools' mask.encode).
+    Rle,
 }
 
 /// `--engine`, shared by `segment` and `eval`.
@@ -87,16 +117,20 @@ pub struct SegmentArgs {
     #[arg(required = true)]
     pub inputs: Vec<String>,
     /// Candidate classes, comma-separated (e.g. giraffe,zebra).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        conflicts_with = "all_classes",
-        required_unless_present = "all_classes"
-    )]
+    /// Required unless --all-classes.
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_classes")]
     pub classes: Vec<String>,
     /// Use every class of the bank as a candidate.
     #[arg(long)]
     pub all_classes: bool,
+    /// Label values: query (1..K in --classes order) or bank (each class's
+    /// stable id, the same in every run of the bank); labels.json says which.
+    #[arg(long, value_enum, default_value = "query")]
+    pub label_ids: LabelIdsArg,
+    /// Also write per-class masks: png (NAME.masks/CLASS.png, 0/255) and/or
+    /// rle (COCO RLE in NAME.json); comma-separated or repeated.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "png|rle")]
+    pub masks: Vec<MaskFormat>,
     /// The bank: a name under <home>/banks, or a path [default: default].
     #[arg(long, value_name = "NAME|PATH")]
     pub bank: Option<String>,
@@ -123,6 +157,16 @@ struct Failure {
     error: String,
 }
 
+/// An input that failed: an error line, or under `--json` a JSON object
+/// `{"image", "error"}`, on stderr.
+fn report_failure(ctx: &Context, image: &Path, error: &str) {
+    if ctx.json {
+        eprintln!("{}", serde_json::json!({ "image": image, "error": error }));
+    } else {
+        eprintln!("ovdiff-bank: {}: {error}", image.display());
+    }
+}
+
 /// The query of `classes` (`None`: all) with `--engine` and `--prefilter`.
 pub(super) fn query_of(
     classes: Option<Vec<String>>,
@@ -139,6 +183,7 @@ pub(super) fn query_of(
         prefilter: pre.choice(),
         explain,
         windows: WindowLayout::default(),
+        label_ids: LabelIds::Query,
     }
 }
 
@@ -158,7 +203,7 @@ pub(super) fn print_plan(plan: &PlanReport) {
     for e in &plan.encoders {
         if let Some(st) = &e.ivf {
             eprintln!(
-                "ovdiff-bank: IVF lists for {}: {} rows in {} lists, {}",
+                "info: IVF lists for {}: {} rows in {} lists, {}",
                 e.name,
                 st.rows,
                 st.lists,
@@ -174,7 +219,7 @@ pub(super) fn print_plan(plan: &PlanReport) {
     }
     if let Some(clip) = plan.prefilter.as_ref().filter(|c| c.ties_batches) {
         eprintln!(
-            "ovdiff-bank: note: the CLIP export {} gives text and image one batch dimension \
+            "note: the CLIP export {} gives text and image one batch dimension \
              (an older optimum export), so every prompt also costs an image pass; re-export \
              it with a current optimum to make the pre-filter much faster",
             clip.root.display()
@@ -182,9 +227,21 @@ pub(super) fn print_plan(plan: &PlanReport) {
     }
 }
 
-/// Expand files, folders and globs into image paths, in order, without repeats.
-pub fn expand_inputs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+/// Inputs expanded: the image paths, and the named files that do not exist.
+pub struct Inputs {
+    /// Image paths, in order, without repeats.
+    pub images: Vec<PathBuf>,
+    /// Named files that do not exist (reported and skipped).
+    pub missing: Vec<PathBuf>,
+}
+
+/// Expand files, folders and globs into image paths, in order, without
+/// repeats. A named file that does not exist is set aside in `missing`; a
+/// glob or folder that matches nothing is an error, and so are inputs that
+/// are all missing... only when nothing else was named.
+pub fn expand_inputs(inputs: &[String]) -> anyhow::Result<Inputs> {
     let mut out = Vec::new();
+    let mut missing = Vec::new();
     let mut seen = HashSet::new();
     for arg in inputs {
         let p = Path::new(arg);
@@ -204,7 +261,8 @@ pub fn expand_inputs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
             }
             v
         } else {
-            bail!("input {arg} does not exist");
+            missing.push(p.to_path_buf());
+            continue;
         };
         for f in found {
             if seen.insert(f.clone()) {
@@ -212,22 +270,28 @@ pub fn expand_inputs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
             }
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && missing.is_empty() {
         bail!("no PNG or JPEG images among the inputs");
     }
-    Ok(out)
+    Ok(Inputs {
+        images: out,
+        missing,
+    })
 }
 
 /// Run `segment`.
 pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
-    let inputs = expand_inputs(&args.inputs)?;
-    let bank_path = super::bank_path(ctx, args.bank.as_deref())?;
-    if !bank_path.exists() {
+    if args.classes.is_empty() && !args.all_classes {
         bail!(
-            "bank {} does not exist; build classes with `ovdiff-bank add CLASS --images DIR`",
-            bank_path.display()
+            "no candidate classes: name them with --classes a,b,c (see `ovdiff-bank list`), \
+             or use every class of the bank with --all-classes"
         );
     }
+    let Inputs {
+        images: inputs,
+        missing,
+    } = expand_inputs(&args.inputs)?;
+    let bank_path = super::existing_bank_path(ctx, args.bank.as_deref())?;
     // Outputs never go inside a bank folder (the default `ovdiff-out` run in one, too).
     ovdiff_store::bank::check_output_dir(&args.out)?;
     // Every input's file names, chosen before anything is written: none
@@ -240,11 +304,23 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
             .filter(|s| !s.is_empty())
             .collect::<Vec<String>>()
     });
-    let query = query_of(names, &args.engine, &args.prefilter, args.explain);
+    let query = query_of(names, &args.engine, &args.prefilter, args.explain)
+        .with_label_ids(args.label_ids.ids());
     let segmenter = Segmenter::open(&bank_path, segmenter_options(ctx, &args.encoders))?;
     print_plan(&segmenter.prepare(&query)?);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    // What every label value means, for the whole run.
+    segmenter
+        .label_map(&query)?
+        .write_files(&args.out, query.label_ids)?;
+    let mut failures = Vec::new();
+    for p in missing {
+        let error = "the file does not exist; skipped".to_string();
+        report_failure(ctx, &p, &error);
+        failures.push(Failure { image: p, error });
+    }
+    let missing_count = failures.len();
 
     let pb = if ctx.json || inputs.len() == 1 {
         ProgressBar::hidden()
@@ -256,9 +332,12 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
             .expect("invariant: template is valid")
             .progress_chars("=> "),
     );
-    let write = WriteOptions::default();
-    let mut reports = Vec::new();
-    let mut failures = Vec::new();
+    let write = WriteOptions {
+        mask_pngs: args.masks.contains(&MaskFormat::Png),
+        rle: args.masks.contains(&MaskFormat::Rle),
+        ..WriteOptions::default()
+    };
+    let mut segmented = 0usize;
     // Decode the next image on a second thread while this one segments.
     std::thread::scope(|scope| -> anyhow::Result<()> {
         type Decoded = (usize, Result<RgbImage, ovdiff_core::Error>, Duration);
@@ -287,17 +366,20 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
             });
             match result {
                 Ok(report) => {
-                    if !ctx.json {
+                    if ctx.json {
+                        // One JSON object per image, as JSON lines, while it works.
+                        outln!("{}", serde_json::to_string(&report)?);
+                    } else {
                         pb.suspend(|| print_summary(&report, args.explain));
                     }
-                    reports.push(report);
+                    segmented += 1;
                 }
                 Err(e) => {
-                    let e = anyhow::Error::from(e);
-                    pb.suspend(|| eprintln!("ovdiff-bank: {}: {e:#}", path.display()));
+                    let error = format!("{:#}", anyhow::Error::from(e));
+                    pb.suspend(|| report_failure(ctx, path, &error));
                     failures.push(Failure {
                         image: path.clone(),
-                        error: format!("{e:#}"),
+                        error,
                     });
                 }
             }
@@ -306,13 +388,14 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     })?;
     pb.finish_and_clear();
-    if ctx.json {
-        print_json(&serde_json::json!({ "images": reports, "failed": failures }))?;
-    } else if !failures.is_empty() {
+    let total = inputs.len() + missing_count;
+    if !failures.is_empty() && !ctx.json {
         eprintln!(
-            "ovdiff-bank: {} of {} images failed",
+            "ovdiff-bank: {} of {} {} failed ({} segmented)",
             failures.len(),
-            inputs.len()
+            total,
+            plural(total, "input", "inputs"),
+            segmented
         );
     }
     Ok(if failures.is_empty() {
@@ -355,22 +438,87 @@ fn print_summary(r: &ImageReport, explain: bool) {
         );
     }
     if explain {
-        // The explanation as one JSON line, as the sheet shows it.
-        let classes: Vec<_> = r
-            .classes
-            .iter()
-            .map(|c| serde_json::json!({ "class": c.name, "fraction": c.fraction, "support": c.support }))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "image": r.image,
-                "explain_sheet": r.explain,
-                "classes": classes,
-                "prefilter": r.prefilter.as_ref().map(|p| serde_json::json!({
-                    "kept": p.kept, "stage1": p.stage1, "prompt": p.prompt, "score": p.score
-                })),
-            })
-        );
+        print!("{}", explain_table(r));
     }
+}
+
+/// `--explain` in text: per class found, the support images whose
+/// prototypes won its pixels and the kinds of those prototypes, each with
+/// its share of the class's pixels.
+fn explain_table(r: &ImageReport) -> String {
+    let pct = |n: u64, of: u64| format!("{:.0}%", 100.0 * n as f64 / of.max(1) as f64);
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    for c in &r.classes {
+        let mut first = true;
+        for s in &c.support {
+            let mut kinds: Vec<(String, u64)> = Vec::new();
+            for p in &s.prototypes {
+                match kinds.iter_mut().find(|k| k.0 == p.kind) {
+                    Some(k) => k.1 += p.pixels,
+                    None => kinds.push((p.kind.clone(), p.pixels)),
+                }
+            }
+            let kinds: Vec<String> = kinds
+                .iter()
+                .map(|(k, n)| format!("{k} {}", pct(*n, c.pixels)))
+                .collect();
+            rows.push([
+                if first { c.name.clone() } else { String::new() },
+                if first {
+                    format!("{:.1}%", c.fraction * 100.0)
+                } else {
+                    String::new()
+                },
+                s.name.clone(),
+                pct(s.pixels, c.pixels),
+                kinds.join(", "),
+            ]);
+            first = false;
+        }
+        if first {
+            rows.push([
+                c.name.clone(),
+                format!("{:.1}%", c.fraction * 100.0),
+                "-".into(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+    let head = [
+        "class",
+        "image",
+        "support image",
+        "of class",
+        "prototype kinds (of class)",
+    ];
+    let widths: Vec<usize> = (0..4)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([head[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: [&str; 5]| {
+        let mut l = String::from("  ");
+        for i in 0..4 {
+            l.push_str(&format!("{:<w$}  ", cells[i], w = widths[i]));
+        }
+        l.push_str(cells[4]);
+        format!("{}\n", l.trim_end())
+    };
+    let mut out = match &r.explain {
+        Some(p) => format!("  explained in {}:\n", p.display()),
+        None => "  explanation:\n".to_string(),
+    };
+    out.push_str(&line(head));
+    for row in &rows {
+        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+    }
+    if rows.is_empty() {
+        out.push_str("  (no class won a pixel)\n");
+    }
+    out
 }

@@ -396,8 +396,11 @@ fn segment_never_writes_one_inputs_files_over_anothers() {
     ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(printed["images"].as_array().unwrap().len(), inputs.len());
+    let printed: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(printed.len(), inputs.len());
     for (rel, w, h, name) in inputs {
         let report = out_dir.join(format!("{name}.json"));
         let json: serde_json::Value =

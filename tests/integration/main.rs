@@ -5,6 +5,7 @@ mod bank_compat;
 mod bankfile;
 mod careless;
 mod eval;
+mod first_day;
 mod generator;
 mod golden;
 mod harness;

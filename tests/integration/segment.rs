@@ -7,14 +7,14 @@ use ovdiff_segment::render::read_label_png;
 use crate::bank::{add_tiny, disc_image, support_dir};
 use crate::harness::{fixture, installed_home, require, text, Sandbox};
 
-struct Kit {
-    sb: Sandbox,
-    data: tempfile::TempDir,
+pub(crate) struct Kit {
+    pub(crate) sb: Sandbox,
+    pub(crate) data: tempfile::TempDir,
 }
 
 impl Kit {
     /// A sandbox with a tiny-encoder bank holding `red` (a red disc) and `blue`.
-    fn new() -> Option<Kit> {
+    pub(crate) fn new() -> Option<Kit> {
         let sb = Sandbox::with_runtime()?;
         sb.link_model("tiny-encoder", &fixture("models/tiny-encoder"));
         let kit = Kit {
@@ -29,7 +29,7 @@ impl Kit {
 
     /// Add `class` from two support images of `color` (tiny encoder, 4
     /// parts) with `extra` arguments; returns its stderr.
-    fn add(&self, class: &str, color: [u8; 3], extra: &[&str]) -> String {
+    pub(crate) fn add(&self, class: &str, color: [u8; 3], extra: &[&str]) -> String {
         let dir = support_dir(self.data.path(), class, color, 2);
         let bank = self.data.path().join("bank");
         let out = add_tiny(&self.sb, &bank, class, &dir, extra);
@@ -37,22 +37,22 @@ impl Kit {
         text(&out).1
     }
 
-    fn bank(&self) -> String {
+    pub(crate) fn bank(&self) -> String {
         self.data.path().join("bank").display().to_string()
     }
 
-    fn out(&self) -> String {
+    pub(crate) fn out(&self) -> String {
         self.data.path().join("out").display().to_string()
     }
 
-    fn run(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn run(&self, args: &[&str]) -> std::process::Output {
         let mut v: Vec<&str> = args.to_vec();
         let bank = self.bank();
         v.extend(["--bank", &bank]);
         self.sb.run(&v)
     }
 
-    fn query_image(&self, name: &str, color: [u8; 3]) -> String {
+    pub(crate) fn query_image(&self, name: &str, color: [u8; 3]) -> String {
         let p = self.data.path().join(name);
         disc_image(168, 140, color, 9).save(&p).unwrap();
         p.display().to_string()
@@ -97,13 +97,19 @@ fn writes_labels_overlay_json_and_explanations() {
         .as_str()
         .unwrap()
         .starts_with("red-"));
-    // --explain also prints the explanation as JSON
+    // --explain also prints a readable table, not JSON (issue #21)
+    assert!(stdout.contains("explained in"), "{stdout}");
+    assert!(
+        stdout.contains("support image") && stdout.contains("prototype kinds"),
+        "{stdout}"
+    );
     assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with('{') && l.contains("\"explain_sheet\"")),
+            .any(|l| l.trim_start().starts_with("red") && l.contains("red-")),
         "{stdout}"
     );
+    assert!(!stdout.lines().any(|l| l.starts_with('{')), "{stdout}");
 }
 
 #[test]
@@ -137,9 +143,18 @@ fn a_bad_image_is_reported_and_the_rest_go_on() {
         "{stderr}"
     );
     assert!(stderr.contains("c.png"), "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(v["images"].as_array().unwrap().len(), 2);
-    assert_eq!(v["failed"].as_array().unwrap().len(), 2);
+    // JSON lines: one report per image segmented; each failure a JSON object on stderr
+    let images: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(images.len(), 2);
+    let failed: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).expect(l))
+        .collect();
+    assert_eq!(failed.len(), 2, "{stderr}");
+    assert!(failed.iter().all(|f| f["error"].is_string()));
     assert!(Path::new(&out_dir).join("d.png").is_file());
 }
 

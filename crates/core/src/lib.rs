@@ -7,6 +7,7 @@
 //! * [`grid`]: [`PatchGrid`], the L2-normalised patch tokens of one image;
 //! * [`rows`]: [`HalfRows`], prototype vectors as f16 rows (owned or mapped);
 //! * [`map`]: resizing and normalising dense f32 maps;
+//! * [`names`]: the known names closest to a misspelt one;
 //! * [`error`]: the one [`Error`] type;
 //! * [`home`]: the `<home>` folder;
 //! * [`atomic`]: atomic file writes;
@@ -31,6 +32,7 @@ pub mod grid;
 pub mod heap;
 pub mod home;
 pub mod map;
+pub mod names;
 pub mod prototype;
 pub mod rng;
 pub mod rows;

@@ -200,12 +200,12 @@ pub fn check(runtime: &Runtime, targets: &[PathBuf]) -> Vec<CheckRow> {
                 let out = enc.encode_sized(&grey)?;
                 row.forward_pass = Some(format!(
                     "{side}×{side} → {}×{} patches × {} dims{}",
-                    out.grid.h,
                     out.grid.w,
+                    out.grid.h,
                     out.grid.dim(),
                     out.saliency
                         .as_ref()
-                        .map(|s| format!(", saliency {}×{}", s.nrows(), s.ncols()))
+                        .map(|s| format!(", saliency {}×{}", s.ncols(), s.nrows()))
                         .unwrap_or_default()
                 ));
             } else if bundle.manifest().graph.is_some() {
@@ -222,7 +222,8 @@ pub fn check(runtime: &Runtime, targets: &[PathBuf]) -> Vec<CheckRow> {
     rows
 }
 
-/// One image through an encoder: the patch grid it gives.
+/// One image through an encoder: the patch grid it gives. Every size is
+/// `[width, height]` (columns, then rows), as the text output's `W×H`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EncodeReport {
     /// The image.
@@ -231,13 +232,13 @@ pub struct EncodeReport {
     pub encoder: String,
     /// Its fingerprint.
     pub fingerprint: String,
-    /// The size the image was resized to, width and height.
+    /// The size the image was resized to, `[width, height]`.
     pub input_size: [u32; 2],
-    /// The patch grid, height and width.
+    /// The patch grid, `[width, height]` in patches.
     pub grid: [usize; 2],
     /// Feature dimension.
     pub dim: usize,
-    /// The saliency map's rows and columns, when the encoder has one.
+    /// The saliency map's `[width, height]`, when the encoder has one.
     pub saliency: Option<[usize; 2]>,
     /// Mean cosine between horizontally adjacent patches: high for a real
     /// encoder on a natural image, near zero for random features.
@@ -271,9 +272,9 @@ pub fn encode_image(runtime: &Runtime, encoder: &str, image: &Path) -> Result<En
         encoder: enc.bundle().name().to_string(),
         fingerprint: enc.bundle().fingerprint().to_string(),
         input_size: [out.input_size.0, out.input_size.1],
-        grid: [g.h, g.w],
+        grid: [g.w, g.h],
         dim: g.dim(),
-        saliency: out.saliency.as_ref().map(|s| [s.nrows(), s.ncols()]),
+        saliency: out.saliency.as_ref().map(|s| [s.ncols(), s.nrows()]),
         mean_neighbour_cosine: if n > 0 { sum / n as f32 } else { 0.0 },
         encode_ms,
     })

@@ -185,8 +185,6 @@ pub struct ClassDetails {
     pub per_encoder: Vec<EncoderReport>,
     /// The support images.
     pub support: Vec<SupportSummary>,
-    /// When the class was stored, seconds since the Unix epoch.
-    pub created_unix: u64,
     /// Build statistics; null for classes built before bank format 2.
     pub build: Option<BuildStats>,
 }
@@ -231,7 +229,6 @@ pub fn class_details(bank: &dyn ClassStore, name: &str) -> Result<Option<ClassDe
             })
             .collect(),
         support,
-        created_unix: rec.created_unix,
         build: rec.stats.clone(),
     }))
 }

@@ -16,6 +16,7 @@
 //! And what every front-end (the command line, a Python binding, an HTTP
 //! service) computes about banks, files and bundles before it prints:
 //!
+//! * [`banks`]: the banks of a home, listed, created and removed;
 //! * [`catalog`]: the classes of a bank, listed and described;
 //! * [`exchange`]: `.ovbank` files verified, merged and inspected;
 //! * [`fetch`]: `.ovbank` files downloaded over HTTP (resumed, checked
@@ -26,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod banks;
 pub mod builder;
 pub mod bundles;
 pub mod catalog;

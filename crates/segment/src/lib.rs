@@ -16,6 +16,8 @@
 //! * [`engine`]: windows through encoders and matchers, [`segment_image`];
 //! * [`fusion`]: late fusion of windows and encoders ([`Accumulator`]) into
 //!   a [`LabelMap`];
+//! * [`label_map`]: what each label value means ([`ClassLabels`]) and how a
+//!   query numbers its classes ([`LabelIds`]);
 //! * [`query`]: from a bank and class names to encoders and matchers;
 //! * [`prefilter`]: the optional CLIP category pre-filter;
 //! * [`render`]: label PNGs, overlays and explain sheets;
@@ -28,6 +30,7 @@ pub mod engine;
 pub mod eval;
 mod font;
 pub mod fusion;
+pub mod label_map;
 #[cfg(test)]
 mod oracle;
 pub mod outputs;
@@ -44,6 +47,7 @@ pub use engine::{
     WindowEncoder,
 };
 pub use fusion::{Accumulator, LabelMap};
+pub use label_map::{ClassLabels, LabelIds};
 pub use segmentation::{ImageReport, SegmentTimings, Segmentation, WriteOptions};
 pub use segmenter::{ImageInput, Query, Segmenter, SegmenterOptions};
 pub use window::{layout, resize_short_side, Window, WindowLayout};

@@ -31,6 +31,25 @@ pub const OVERLAY_SUFFIX: &str = ".overlay.png";
 pub const REPORT_SUFFIX: &str = ".json";
 /// The explain sheet's suffix.
 pub const EXPLAIN_SUFFIX: &str = ".explain.png";
+/// The suffix of the folder of per-class masks (`--masks png`).
+pub const MASKS_SUFFIX: &str = ".masks";
+
+/// Files a run writes once, not per image: an input whose files would
+/// take one of these names keeps its extension in `NAME` (rule 2).
+pub const RUN_FILES: [&str; 2] = [crate::label_map::LABELS_JSON, crate::label_map::LABELS_TXT];
+
+/// The file of a class's mask inside `NAME.masks/`: `CLASS.png`, with
+/// `/`, `\` and a leading `.` replaced by `_` so that it stays in the folder.
+pub fn mask_file_name(class: &str) -> String {
+    let mut name: String = class
+        .chars()
+        .map(|c| if matches!(c, '/' | '\\') { '_' } else { c })
+        .collect();
+    if name.starts_with('.') {
+        name.replace_range(..1, "_");
+    }
+    format!("{name}.png")
+}
 
 /// The files written for one image named `stem`, in the order
 /// [`Segmentation::write`](crate::Segmentation::write) writes them; with
@@ -88,6 +107,7 @@ pub fn output_stems(inputs: &[PathBuf], explain: bool) -> Vec<String> {
         .iter()
         .flatten()
         .flat_map(|s| output_files(s, explain))
+        .chain(RUN_FILES.iter().map(|f| f.to_string()))
         .collect();
     let mut next: HashMap<String, usize> = HashMap::new();
     for i in 0..inputs.len() {
@@ -114,14 +134,19 @@ pub fn output_stems(inputs: &[PathBuf], explain: bool) -> Vec<String> {
 
 /// The inputs (with a name) whose planned files clash with another's.
 fn clashing(stems: &[Option<String>], explain: bool) -> BTreeSet<usize> {
-    let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut owner: HashMap<String, usize> = RUN_FILES
+        .iter()
+        .map(|f| (f.to_string(), usize::MAX))
+        .collect();
     let mut out = BTreeSet::new();
     for (i, s) in stems.iter().enumerate() {
         let Some(s) = s else { continue };
         for f in output_files(s, explain) {
             if let Some(&j) = owner.get(&f) {
                 out.insert(i);
-                out.insert(j);
+                if j != usize::MAX {
+                    out.insert(j);
+                }
             } else {
                 owner.insert(f, i);
             }
@@ -143,6 +168,13 @@ mod tests {
     fn stems(paths: &[&str], explain: bool) -> Vec<String> {
         let v: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
         output_stems(&v, explain)
+    }
+
+    #[test]
+    fn the_run_files_are_never_an_image_s() {
+        assert_eq!(stems(&["labels.jpg", "q.png"], false), ["labels.jpg", "q"]);
+        assert_eq!(mask_file_name("a/b"), "a_b.png");
+        assert_eq!(mask_file_name(".."), "_..png");
     }
 
     #[test]

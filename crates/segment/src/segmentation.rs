@@ -14,8 +14,10 @@ use serde::Serialize;
 
 use crate::engine::Timings;
 use crate::fusion::labels_u8;
+use crate::label_map::{ClassLabels, LabelIds};
 use crate::prefilter::{PrefilterStats, Ranked};
 use crate::render::{self, ExplainOptions, ExplainRow, LabelDepth};
+use crate::rle::CocoRle;
 use crate::window::Window;
 use crate::{Error, Result};
 
@@ -23,7 +25,7 @@ use crate::{Error, Result};
 /// support images whose prototypes won them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassFound {
-    /// Its label in the label map (its position in the query, from 1).
+    /// Its label in the label map (see [`Segmentation::label_map`]).
     pub label: u16,
     /// The class name.
     pub name: String,
@@ -36,6 +38,12 @@ pub struct ClassFound {
     /// The support images whose prototypes won the most of its pixels,
     /// most first (at most 3).
     pub support: Vec<SupportMatch>,
+    /// Its binary mask PNG (`NAME.masks/CLASS.png`), when written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<PathBuf>,
+    /// Its mask in COCO's compressed RLE, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rle: Option<CocoRle>,
 }
 
 /// A support image that won pixels for a class.
@@ -107,11 +115,15 @@ pub struct Segmentation {
     pub width: u32,
     /// Image height in pixels.
     pub height: u32,
-    /// `height × width` labels, row-major: 0 is background, `k` is
-    /// `class_names[k - 1]`.
+    /// `height × width` labels, row-major: 0 is background, every other
+    /// value is the class [`label_map`](Self::label_map) names.
     pub labels: Vec<u16>,
     /// The query's classes, in query order.
     pub class_names: Vec<String>,
+    /// What every label value means (the query's classes, found or not).
+    pub label_map: ClassLabels,
+    /// How the query numbered its classes.
+    pub label_ids: LabelIds,
     /// The classes found (at least one pixel), in query order.
     pub classes: Vec<ClassFound>,
     /// The share of background pixels.
@@ -142,6 +154,11 @@ pub struct WriteOptions {
     /// Write `NAME.explain.png` when the segmentation has explanations
     /// (true).
     pub explain_sheet: bool,
+    /// Write each class found's binary mask (0/255) as
+    /// `NAME.masks/CLASS.png` (false).
+    pub mask_pngs: bool,
+    /// Add each class found's COCO RLE to `NAME.json` (false).
+    pub rle: bool,
 }
 
 impl Default for WriteOptions {
@@ -149,6 +166,8 @@ impl Default for WriteOptions {
         WriteOptions {
             overlay_alpha: 0.5,
             explain_sheet: true,
+            mask_pngs: false,
+            rle: false,
         }
     }
 }
@@ -164,9 +183,13 @@ pub struct ImageReport {
     pub height: u32,
     /// The label PNG.
     pub labels: PathBuf,
-    /// How `labels` stores them: `palette8` (VOC palette, up to 254
-    /// classes) or `grey16` (16-bit greyscale, larger queries).
+    /// How `labels` stores them: `palette8` (VOC palette, values up to
+    /// 254) or `grey16` (16-bit greyscale, larger values).
     pub labels_format: &'static str,
+    /// How the classes are numbered: `query` or `bank`.
+    pub label_ids: &'static str,
+    /// Every label value and its class, 0 (background) included.
+    pub label_map: ClassLabels,
     /// The overlay PNG.
     pub overlay: PathBuf,
     /// This report.
@@ -188,9 +211,20 @@ pub struct ImageReport {
 }
 
 impl Segmentation {
-    /// How the label PNG stores this query's labels.
+    /// How the label PNG stores this query's labels (by its highest value).
     pub fn label_depth(&self) -> LabelDepth {
-        LabelDepth::for_classes(self.class_names.len())
+        LabelDepth::for_classes(usize::from(self.label_map.max_value()))
+    }
+
+    /// What every label value means, value → class name (0 is
+    /// background), for every class of the query, found or not.
+    pub fn label_map(&self) -> &ClassLabels {
+        &self.label_map
+    }
+
+    /// The COCO RLE of one label's pixels.
+    pub fn rle(&self, label: u16) -> Result<CocoRle> {
+        CocoRle::encode_label(&self.labels, self.width, self.height, label)
     }
 
     /// The labels as bytes (at most 254 classes; see
@@ -201,7 +235,12 @@ impl Segmentation {
 
     /// The image with the label colours blended in at `alpha`, and a legend.
     pub fn overlay(&self, alpha: f32) -> RgbImage {
-        render::overlay(&self.image, &self.labels, &self.class_names, alpha)
+        render::overlay(
+            &self.image,
+            &self.labels,
+            &self.label_map.names_by_value(),
+            alpha,
+        )
     }
 
     /// The explain sheet, when the query asked for explanations.
@@ -212,7 +251,12 @@ impl Segmentation {
             &self.labels,
             rows,
             &ExplainOptions {
-                title: self.source.as_ref().map(|p| p.display().to_string()),
+                title: self.source.as_ref().map(|p| {
+                    p.file_name().map_or_else(
+                        || p.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    )
+                }),
                 ..ExplainOptions::default()
             },
         ))
@@ -230,8 +274,10 @@ impl Segmentation {
     }
 
     /// Write `STEM.png` (labels), `STEM.overlay.png`, `STEM.explain.png`
-    /// (with explanations, unless `opts` says not to) and `STEM.json` (the
-    /// returned report) into `out_dir`, in that order, each atomically
+    /// (with explanations, unless `opts` says not to), with
+    /// [`WriteOptions::mask_pngs`] `STEM.masks/CLASS.png` per class found,
+    /// and `STEM.json` (the returned report) into `out_dir`, in that
+    /// order, each atomically
     /// ([`output_files`](crate::outputs::output_files)). Several images
     /// written into one folder take their stems from
     /// [`output_stems`](crate::outputs::output_stems), so that none
@@ -252,16 +298,34 @@ impl Segmentation {
             }
             None => None,
         };
+        let mut classes = self.classes.clone();
+        if opts.mask_pngs {
+            let dir = out_dir.join(format!("{stem}{}", crate::outputs::MASKS_SUFFIX));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io("creating the mask folder", &dir, e))?;
+            for c in &mut classes {
+                let p = dir.join(crate::outputs::mask_file_name(&c.name));
+                render::write_mask_png(&p, self.width, self.height, &self.labels, c.label)?;
+                c.mask = Some(p);
+            }
+        }
+        if opts.rle {
+            for c in &mut classes {
+                c.rle = Some(self.rle(c.label)?);
+            }
+        }
         let report = ImageReport {
             image: self.source.clone().unwrap_or_default(),
             width: self.width,
             height: self.height,
             labels: labels_path,
             labels_format: self.label_depth().name(),
+            label_ids: self.label_ids.name(),
+            label_map: self.label_map.clone(),
             overlay: overlay_path,
             report: report_path.clone(),
             explain,
-            classes: self.classes.clone(),
+            classes,
             background_fraction: self.background_fraction,
             timings_ms: self.timings_ms(started.elapsed()),
             windows: self.timings.engine.windows,
@@ -303,6 +367,8 @@ mod tests {
             height: 2,
             labels: vec![0, 1, 1, 2],
             class_names: vec!["cat".into(), "cup".into()],
+            label_map: ClassLabels::in_order(&["cat".into(), "cup".into()]).unwrap(),
+            label_ids: LabelIds::Query,
             classes: vec![ClassFound {
                 label: 1,
                 name: "cat".into(),
@@ -319,6 +385,8 @@ mod tests {
                         pixels: 2,
                     }],
                 }],
+                mask: None,
+                rle: None,
             }],
             background_fraction: 0.25,
             timings: SegmentTimings::default(),
@@ -352,6 +420,8 @@ mod tests {
                 "height",
                 "labels",
                 "labels_format",
+                "label_ids",
+                "label_map",
                 "overlay",
                 "report",
                 "explain",

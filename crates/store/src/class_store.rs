@@ -78,6 +78,11 @@ pub trait ClassStore: Send + Sync {
     fn ann_blob(&self, _encoder_fingerprint: &str, _algorithm: &str) -> Option<&[u8]> {
         None
     }
+    /// Every class's stable label id (`--label-ids bank`); by default
+    /// numbered from 1 in creation order ([`crate::bank::assign_label_ids`]).
+    fn label_ids(&self) -> Result<crate::bank::LabelIds> {
+        Ok(crate::bank::assign_label_ids(&self.classes()?, &Default::default(), 1).0)
+    }
 }
 
 impl ClassStore for Bank {
@@ -98,6 +103,9 @@ impl ClassStore for Bank {
     }
     fn thumbnail(&self, class: &ClassRecord, image: u32) -> Result<Option<Vec<u8>>> {
         Ok(Bank::thumbnail(self, class, image)?)
+    }
+    fn label_ids(&self) -> Result<crate::bank::LabelIds> {
+        Ok(Bank::label_ids(self)?)
     }
 }
 

@@ -58,7 +58,8 @@ impl NewClass {
     /// # Errors
     ///
     /// An invalid class name, a folder that does not exist, and a folder
-    /// without images; nothing has been written then.
+    /// without images; nothing has been written then. `images` may also be
+    /// one image file.
     pub fn new(name: impl Into<String>, images: Option<PathBuf>) -> Result<NewClass> {
         let started = Instant::now();
         let name = name.into();
@@ -66,10 +67,15 @@ impl NewClass {
             .map_err(|p| Error::Invalid(format!("class name `{name}` is not valid: {p}")))?;
         let mut unusable = Vec::new();
         let images = match images {
+            // One image file is a support set of one.
+            Some(file) if file.is_file() => {
+                let found = vec![file.clone()];
+                Some((file, support_set::with_attribution_maps(found)))
+            }
             Some(dir) => {
                 if !dir.is_dir() {
                     return Err(Error::Invalid(format!(
-                        "support folder {} does not exist or is not a folder",
+                        "support folder {} does not exist (give a folder of images or one image file)",
                         dir.display()
                     )));
                 }

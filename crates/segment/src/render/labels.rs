@@ -101,7 +101,7 @@ pub fn label_color(label: u16) -> Rgb<u8> {
 /// label that `class_names` does not cover.
 pub fn label_name(label: u16, class_names: &[String]) -> String {
     match label {
-        BACKGROUND => "background".to_string(),
+        BACKGROUND => crate::label_map::BACKGROUND_NAME.to_string(),
         l if (l as usize) <= class_names.len() => class_names[l as usize - 1].clone(),
         l if l == u16::from(VOID) => "void".to_string(),
         l => format!("label {l}"),
@@ -211,6 +211,34 @@ pub fn encode_label_png(
         writer.finish().map_err(|e| png_encode_error(path, e))?;
     }
     Ok(bytes)
+}
+
+/// One label's binary mask as an 8-bit greyscale PNG: 255 where `labels`
+/// holds `label`, 0 elsewhere (`NAME.masks/CLASS.png`).
+pub fn encode_mask_png(name: &Path, w: u32, h: u32, labels: &[u16], label: u16) -> Result<Vec<u8>> {
+    check_size(&format!("mask for {}", name.display()), w, h, labels.len())?;
+    let data: Vec<u8> = labels
+        .iter()
+        .map(|&l| if l == label { 255 } else { 0 })
+        .collect();
+    let mut bytes = Vec::with_capacity(data.len() / 16 + 256);
+    {
+        let mut enc = png::Encoder::new(&mut bytes, w, h);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Balanced);
+        let mut writer = enc.write_header().map_err(|e| png_encode_error(name, e))?;
+        writer
+            .write_image_data(&data)
+            .map_err(|e| png_encode_error(name, e))?;
+        writer.finish().map_err(|e| png_encode_error(name, e))?;
+    }
+    Ok(bytes)
+}
+
+/// Write [`encode_mask_png`]'s PNG to `path`, atomically.
+pub fn write_mask_png(path: &Path, w: u32, h: u32, labels: &[u16], label: u16) -> Result<()> {
+    write_atomic(path, &encode_mask_png(path, w, h, labels, label)?)
 }
 
 /// Save an RGB image (an overlay or an explain sheet) as a PNG

@@ -19,8 +19,9 @@ mod overlay;
 
 pub use explain::{explain_sheet, ExplainMatch, ExplainOptions, ExplainRow, PatchMask};
 pub use labels::{
-    encode_label_png, encode_rgb_png, label_color, label_name, read_label_png, voc_color,
-    voc_palette, write_label_png, write_rgb_png, LabelDepth, BACKGROUND, MAX_PALETTE_CLASSES, VOID,
+    encode_label_png, encode_mask_png, encode_rgb_png, label_color, label_name, read_label_png,
+    voc_color, voc_palette, write_label_png, write_mask_png, write_rgb_png, LabelDepth, BACKGROUND,
+    MAX_PALETTE_CLASSES, VOID,
 };
 pub use overlay::{legend_scale, overlay};
 

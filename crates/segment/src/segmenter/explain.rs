@@ -115,6 +115,8 @@ pub(crate) fn found_classes(
             fraction: pixels as f64 / total as f64,
             mean_score: (score_sum[label as usize] / pixels as f64) as f32,
             support,
+            mask: None,
+            rle: None,
         });
     }
     classes
@@ -150,15 +152,12 @@ pub(crate) fn explain_rows(
                     grid_w: p.provenance.grid_w,
                     cells: p.provenance.region.clone(),
                 });
-            let caption = match best {
-                Some(b) => format!(
-                    "{} #{}: {:.1}%",
-                    b.kind,
-                    b.id,
-                    100.0 * s.pixels as f64 / c.pixels.max(1) as f64
-                ),
-                None => s.name.clone(),
-            };
+            // One caption: the support image and its share of the class's pixels.
+            let caption = format!(
+                "{}: {:.0}%",
+                s.name,
+                100.0 * s.pixels as f64 / c.pixels.max(1) as f64
+            );
             matches.push(ExplainMatch {
                 image: thumb,
                 region,

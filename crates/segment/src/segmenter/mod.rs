@@ -38,6 +38,7 @@
 //! ```
 
 mod explain;
+mod numbering;
 mod pool;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,7 @@ use ovdiff_models::runtime::{Bundle, Runtime, RuntimeOptions};
 use ovdiff_store::class_store::{open_store, ClassStore};
 
 use crate::engine::{segment_image_ensemble, EnsembleMember, Fused, SegmentOptions};
+use crate::label_map::{ClassLabels, LabelIds};
 use crate::prefilter::{self, Prefilter};
 use crate::query::{self, EnginePolicy, Matching, MemberPlan, ResolvedClasses, Restricted};
 use crate::segmentation::{PrefilterReport, SegmentTimings, Segmentation};
@@ -118,6 +120,8 @@ pub struct Query {
     pub explain: bool,
     /// Which windows are encoded (OVDiff's layout by default).
     pub windows: WindowLayout,
+    /// How the classes are numbered in label maps (query order by default).
+    pub label_ids: LabelIds,
 }
 
 impl Query {
@@ -140,7 +144,14 @@ impl Query {
             prefilter: None,
             explain: false,
             windows: WindowLayout::default(),
+            label_ids: LabelIds::default(),
         }
+    }
+
+    /// With this numbering of the classes in label maps.
+    pub fn with_label_ids(mut self, label_ids: LabelIds) -> Query {
+        self.label_ids = label_ids;
+        self
     }
 
     /// With this matcher policy.
@@ -172,7 +183,7 @@ impl Query {
     }
 
     /// What its plan is built from (everything but the top-k, the
-    /// explanations and the windows, which do not change it).
+    /// explanations, the windows and the label ids, which do not change it).
     fn plan_key(&self) -> PlanKey {
         (
             self.classes.clone(),
@@ -347,6 +358,8 @@ struct Planned {
     members: Vec<Member>,
     prefilter: Option<Arc<ClipPool>>,
     report: PlanReport,
+    /// The bank's stable label id of each class, in query order.
+    bank_values: Option<Vec<u16>>,
 }
 
 /// Class sets whose plans a [`Segmenter`] keeps (vocabularies, matchers);
@@ -426,6 +439,18 @@ impl Segmenter {
         Ok(self.planned(query)?.report.clone())
     }
 
+    /// What every label value of `query`'s label maps means (it plans the
+    /// query): the same for every image it segments.
+    pub fn label_map(&self, query: &Query) -> Result<ClassLabels> {
+        let planned = self.planned(query)?;
+        let values = numbering::values(
+            query.label_ids,
+            &planned.names,
+            planned.bank_values.as_deref(),
+        )?;
+        numbering::class_labels(&planned.names, &values)
+    }
+
     /// One of the loaded encoders of the bundle in `dir` (a planned query
     /// uses it), to encode with outside a query: the same model, session
     /// and threads the segmenter runs. A new one is loaded when all are in
@@ -474,16 +499,33 @@ impl Segmenter {
             }
         };
         let records = &planned.classes.records;
-        let classes = explain::found_classes(&fused.labels, records, &whole, narrowed.as_deref());
-        let explain = if query.explain {
+        let values = numbering::values(
+            query.label_ids,
+            &planned.names,
+            planned.bank_values.as_deref(),
+        )?;
+        let label_map = numbering::class_labels(&planned.names, &values)?;
+        let mut classes =
+            explain::found_classes(&fused.labels, records, &whole, narrowed.as_deref());
+        let mut explain = if query.explain {
             Some(explain::explain_rows(self.store(), records, &classes)?)
         } else {
             None
         };
+        let mut fused = fused;
         let labels = &fused.labels;
         let total = (u64::from(labels.w) * u64::from(labels.h)).max(1);
         let background = labels.pixel_counts(1)[0];
+        numbering::renumber(
+            &values,
+            &mut fused.labels.labels,
+            &mut classes,
+            explain.as_mut(),
+        );
+        let labels = &fused.labels;
         Ok(Segmentation {
+            label_map,
+            label_ids: query.label_ids,
             width: labels.w,
             height: labels.h,
             background_fraction: background as f64 / total as f64,
@@ -643,12 +685,14 @@ impl Segmenter {
             None => None,
         };
         let names = classes.records.iter().map(|r| r.name.clone()).collect();
+        let bank_values = numbering::bank_values(store, &classes.records)?;
         Ok(Planned {
             classes,
             names,
             members,
             prefilter,
             report,
+            bank_values,
         })
     }
 

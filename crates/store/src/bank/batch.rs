@@ -94,6 +94,7 @@ impl ClassBatch<'_> {
         let bank = self.bank;
         self.write_pending()?;
         bank.store.flush()?;
+        bank.record_label_ids()?;
         let mut items = Vec::with_capacity(self.staged.len());
         for (rec, replace) in &self.staged {
             let value = record::encode_class(rec).map_err(|e| bank.encode_err("class", e))?;
@@ -123,6 +124,7 @@ impl ClassBatch<'_> {
             // A replaced build may have been the last user of an encoder.
             bank.drop_unused_encoders()?;
         }
+        bank.record_label_ids()?;
         Ok(std::mem::take(&mut self.staged)
             .into_iter()
             .map(|(r, _)| r)

@@ -33,6 +33,7 @@ mod build_file;
 mod error;
 mod format;
 mod guard;
+mod label_ids;
 mod migrate;
 mod open;
 mod read;
@@ -57,6 +58,7 @@ pub use guard::{
     check_bank_location, check_output_dir, check_output_file, enclosing_bank, is_bank_root,
     stray_entries, PathRefused,
 };
+pub use label_ids::{assign_label_ids, LabelIds};
 pub use migrate::MigrationStep;
 pub use record::{
     is_valid_fingerprint, validate_class_name, BincodeError, BuildStats, ClassEncoderEntry,

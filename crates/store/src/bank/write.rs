@@ -101,6 +101,8 @@ impl Bank {
         fail: FailPoint,
     ) -> Result<ClassRecord> {
         self.require_writable()?;
+        // Old banks' ids are fixed before the class set changes.
+        self.record_label_ids()?;
         let name = &build.record.name;
         if !replace && self.store.get(TreeId::Classes, name.as_bytes())?.is_some() {
             validate_class_name(name).map_err(|problem| BankError::InvalidClassName {
@@ -139,6 +141,7 @@ impl Bank {
                 self.drop_unused_encoders()?;
             }
         }
+        self.record_label_ids()?;
         Ok(record)
     }
 
@@ -301,6 +304,8 @@ impl Bank {
     /// existed.
     pub fn remove_class(&self, name: &str) -> Result<bool> {
         self.require_writable()?;
+        // The removed name keeps its id, and the others theirs.
+        self.record_label_ids()?;
         let Some(old) = self.store.remove(TreeId::Classes, name.as_bytes())? else {
             return Ok(false);
         };
@@ -352,6 +357,8 @@ impl Bank {
             name: new.to_owned(),
             problem,
         })?;
+        self.record_label_ids()?;
+        let id = self.label_ids()?.get(old).copied();
         let outcome = self.store.rename_class(old, new, |bytes| {
             let mut rec = record::decode_class(bytes)
                 .map_err(|e| corrupt(&self.store, TreeId::Classes, old.as_bytes(), e))?;
@@ -359,7 +366,13 @@ impl Bank {
             record::encode_class(&rec).map_err(|e| self.encode_err("class", e))
         })?;
         match outcome {
-            RenameOutcome::Renamed => self.store.flush(),
+            RenameOutcome::Renamed => {
+                self.store.flush()?;
+                match id {
+                    Some(id) => self.move_label_id(old, new, id),
+                    None => Ok(()),
+                }
+            }
             RenameOutcome::MissingOld => Err(BankError::ClassNotFound {
                 path: self.path().to_path_buf(),
                 name: old.to_owned(),

@@ -20,6 +20,10 @@ pub(crate) mod meta_key {
     pub const NEXT_BUILD_ID: &[u8] = b"next_build_id";
     /// Prefix of encoder records; followed by the 64-hex fingerprint.
     pub const ENCODER_PREFIX: &[u8] = b"encoder/";
+    /// Prefix of stable label ids (u32 LE); followed by the class name.
+    pub const LABEL_PREFIX: &[u8] = b"label/";
+    /// u32 LE: next stable label id to hand out.
+    pub const NEXT_LABEL_ID: &[u8] = b"next_label_id";
 }
 
 /// Tag byte of thumbnail keys in the `support` tree.
