@@ -421,7 +421,9 @@ fn segment_never_writes_one_inputs_files_over_anothers() {
         }
     }
     let written = std::fs::read_dir(&out_dir).unwrap().count();
-    assert_eq!(written, 3 * inputs.len(), "no file was written twice");
+    // three per image, and the run's labels.json and labels.txt
+    assert_eq!(written, 3 * inputs.len() + 2, "no file was written twice");
+    assert!(out_dir.join("labels.json").is_file() && out_dir.join("labels.txt").is_file());
 }
 
 /// A tiny VOC-layout set of one image, for `eval` on a bank.
