@@ -100,6 +100,40 @@ impl NewClass {
         })
     }
 
+    /// A class named `name`, learned from exactly these image `files`, in
+    /// this order (each with its `NNN.attribution.png` map when one lies
+    /// beside it), recording `source` as where the support set came from
+    /// (what `NewClass::new` records as the folder). The Python binding's
+    /// `Bank.add(images=[...])` uses it; a class learned from a folder's
+    /// images in their sorted order, with that folder as `source`, is the
+    /// same class as `new` learns from the folder.
+    ///
+    /// # Errors
+    ///
+    /// An invalid class name, or no files; nothing has been written then.
+    pub fn from_files(
+        name: impl Into<String>,
+        files: Vec<PathBuf>,
+        source: impl Into<PathBuf>,
+    ) -> Result<NewClass> {
+        let started = Instant::now();
+        let name = name.into();
+        ovdiff_store::bank::validate_class_name(&name)
+            .map_err(|p| Error::Invalid(format!("class name `{name}` is not valid: {p}")))?;
+        if files.is_empty() {
+            return Err(Error::Invalid(format!(
+                "no support images given for class `{name}`; nothing was written"
+            )));
+        }
+        Ok(NewClass {
+            name,
+            images: Some((source.into(), support_set::with_attribution_maps(files))),
+            unusable: Vec::new(),
+            stuff: false,
+            started,
+        })
+    }
+
     /// A *stuff* class (sky, grass, water): foreground prototypes only.
     pub fn stuff(mut self, stuff: bool) -> NewClass {
         self.stuff = stuff;
