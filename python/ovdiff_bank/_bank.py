@@ -77,6 +77,7 @@ class Bank:
         seed: int = 42,
         encoders: Optional[Sequence[str]] = None,
         source: Optional[str] = None,
+        names: Optional[Sequence[Optional[str]]] = None,
     ) -> Dict[str, Any]:
         """Learn class ``name`` from support images and write it: the pipeline of ``ovdiff-bank add NAME --images DIR``.
 
@@ -90,8 +91,11 @@ class Bank:
             source: what the class records as its support folder; default:
                 the images' folder when they all lie in one, else ``"python arrays"``.
                 A class built from the same images, in the same order, with the
-                same source has the same content digest (``verify --bank``) as
-                the CLI's.
+                same source and names has the same content digest (``verify
+                --bank``) as the CLI's.
+            names: per image, the ``*.png`` file name an array is stored (and
+                recorded) under; default ``NNN.png`` (its position). Paths keep
+                their own names.
 
         Returns:
             ``add --json``'s report.
@@ -108,6 +112,8 @@ class Bank:
                 raise ValueError(f"no support images given for class {name!r}")
             args = [native_image(i) for i in items]
             src = source if source is not None else _default_source(items)
+            if names is not None and len(names) != len(items):
+                raise ValueError(f"{len(names)} names given for {len(items)} images")
         report = self._n.add(
             name,
             args,
@@ -117,6 +123,7 @@ class Bank:
             parts,
             seed,
             None if encoders is None else [os.fspath(e) for e in encoders],
+            None if names is None else [n or "" for n in names],
         )
         return json.loads(report)
 

@@ -71,6 +71,7 @@ class Bank:
         parts: int = 32,
         seed: int = 42,
         encoders: Optional[List[str]] = None,
+        names: Optional[List[str]] = None,
     ) -> str: ...
     def export(
         self, path: str, classes: Optional[List[str]] = None

@@ -37,6 +37,18 @@ fn open_bank(py: Python<'_>, path: &Path, home: Home) -> PyResult<Bank> {
     })
 }
 
+/// A name to store an array under: a plain `*.png` file name.
+fn check_png_name(name: &str) -> PyResult<String> {
+    let plain = !name.contains(['/', '\\']) && name != "." && name != "..";
+    if plain && name.to_ascii_lowercase().ends_with(".png") && name.len() > 4 {
+        Ok(name.to_string())
+    } else {
+        Err(errors::value_error(format!(
+            "support image name {name:?} must be a plain file name ending in .png (arrays are stored as PNG)"
+        )))
+    }
+}
+
 /// A closed bank's error.
 fn closed() -> PyErr {
     errors::value_error("the bank is closed".into())
@@ -165,7 +177,11 @@ impl Bank {
     /// --images DIR` does; `source` is recorded as the support set's
     /// source (the folder `add` records). With no images, `source` is the
     /// folder to learn from. Returns `add --json`'s report.
-    #[pyo3(signature = (name, images, source, stuff = false, replace = false, parts = 32, seed = 42, encoders = None))]
+    ///
+    /// `names`: the file name each array is stored under (`NNN.png` when
+    /// empty); the class records it as the support image's name, as `add`
+    /// records each file's.
+    #[pyo3(signature = (name, images, source, stuff = false, replace = false, parts = 32, seed = 42, encoders = None, names = None))]
     #[allow(clippy::too_many_arguments)]
     fn add(
         &self,
@@ -178,7 +194,9 @@ impl Bank {
         parts: usize,
         seed: u64,
         encoders: Option<Vec<String>>,
+        names: Option<Vec<String>>,
     ) -> PyResult<String> {
+        let names = names.unwrap_or_default();
         // Arrays are written losslessly into a private folder as
         // `NNN.png` (their position among `images`); files are used as
         // they are.
@@ -197,7 +215,17 @@ impl Bank {
                         staged = Some(dir);
                     }
                     let dir = staged.as_ref().map(|d| d.path().to_path_buf());
-                    let file = dir.unwrap_or_default().join(format!("{i:03}.png"));
+                    let stored = match names.get(i).filter(|n| !n.is_empty()) {
+                        Some(n) => check_png_name(n)?,
+                        None => format!("{i:03}.png"),
+                    };
+                    let file = dir.unwrap_or_default().join(stored);
+                    if file.exists() {
+                        return Err(errors::value_error(format!(
+                            "two support images are named {}",
+                            file.display()
+                        )));
+                    }
                     py.allow_threads(|| ovdiff_segment::render::write_rgb_png(&file, &img))
                         .map_err(|e| errors::to_py(py, &e))?;
                     files.push(file);

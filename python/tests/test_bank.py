@@ -14,8 +14,8 @@ PERSON = SAMPLES / "support" / "person"
 
 
 def cli_digests(cli, bank) -> dict:
-    report = json.loads(run_cli(cli, "verify", "--bank", str(bank), "--json"))
-    return {c["name"]: c["digest"] for c in report["classes"]}
+    out = json.loads(run_cli(cli, "verify", "--bank", str(bank), "--json"))
+    return {c["name"]: c["digest"] for c in out["report"]["classes"]}
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,11 @@ def test_add_from_paths_and_arrays_gives_the_clis_digest(cli, cli_bank, tmp_path
         assert b.verify()["classes"][0]["digest"] == expected
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     with ob.Bank.create(tmp_path / "arrays") as b:
-        b.add("person", images=[arrays[0], str(files[1])], source=str(PERSON))
+        # Arrays are recorded under the names given (NNN.png by default), as
+        # the CLI records the files' names.
+        b.add("person", images=[arrays[0], str(files[1])], source=str(PERSON), names=[files[0].name, None])
         assert b.verify()["classes"][0]["digest"] == expected
-        b.add("person", images=arrays, source=str(PERSON), replace=True)
+        b.add("person", images=arrays, source=str(PERSON), names=[f.name for f in files], replace=True)
         assert b.verify()["classes"][0]["digest"] == expected
     assert cli_digests(cli, tmp_path / "arrays")["person"] == expected
     with ob.Bank.create(tmp_path / "folder") as b:
