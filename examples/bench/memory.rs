@@ -7,12 +7,10 @@
 use std::time::Instant;
 
 use ovdiff_core::Home;
-use ovdiff_models::features::Encoder;
-use ovdiff_models::runtime::{Runtime, RuntimeOptions};
 use ovdiff_segment::{Query, Segmenter, SegmenterOptions};
 
 use crate::heap::heap_reset;
-use crate::segment::{q448, sample_bank};
+use crate::segment::sample_kit;
 
 /// VmRSS of this process, KiB.
 fn rss_kib() -> u64 {
@@ -27,14 +25,7 @@ fn rss_kib() -> u64 {
 
 pub(crate) fn bench_segment_memory(home: &Home, n: usize) {
     let data = tempfile::tempdir().unwrap();
-    let bank_dir = data.path().join("bank");
-    {
-        let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
-        let dir = home.models_dir().join("dinov2-s14");
-        let mut enc = Encoder::load(&runtime, runtime.open_bundle(&dir).unwrap()).unwrap();
-        drop(sample_bank(home, &mut enc, &bank_dir));
-    }
-    let (_, img) = q448(home, data.path());
+    let (bank_dir, img) = sample_kit(home, data.path());
     let seg = Segmenter::open(&bank_dir, SegmenterOptions::new(home.clone())).unwrap();
     let q = Query::all_classes();
     println!();

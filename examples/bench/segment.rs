@@ -73,6 +73,21 @@ fn voc_sample(home: &Home) -> PathBuf {
 
 /// The benchmarks' 448×448 JPEG, cut from the VOC sample, saved as
 /// `DIR/q448.jpg`.
+/// The 10-class sample bank in `dir/bank` (built with the installed
+/// `dinov2-s14`, whose session is closed again) and the 448 px query image
+/// in `dir`: what the serve and memory sections segment.
+pub(crate) fn sample_kit(home: &Home, dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let bank_dir = dir.join("bank");
+    {
+        let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
+        let models = home.models_dir().join("dinov2-s14");
+        let mut enc = Encoder::load(&runtime, runtime.open_bundle(&models).unwrap()).unwrap();
+        drop(sample_bank(home, &mut enc, &bank_dir));
+    }
+    let (_, img) = q448(home, dir);
+    (bank_dir, img)
+}
+
 pub(crate) fn q448(home: &Home, dir: &std::path::Path) -> (RgbImage, PathBuf) {
     let full = preprocess::load_rgb(&voc_sample(home)).unwrap();
     let sq = image::imageops::resize(&full, 597, 448, image::imageops::FilterType::Triangle);

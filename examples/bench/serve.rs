@@ -11,11 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ovdiff_core::Home;
-use ovdiff_models::features::Encoder;
-use ovdiff_models::runtime::{Runtime, RuntimeOptions};
 use ovdiff_segment::{Query, Segmenter, SegmenterOptions};
 
-use crate::segment::{q448, sample_bank};
+use crate::segment::sample_kit;
 
 /// A `serve` child process, killed on drop.
 struct Server {
@@ -204,14 +202,7 @@ fn yes(b: bool) -> &'static str {
 
 pub(crate) fn bench_serve(home: &Home, quick: bool) {
     let data = tempfile::tempdir().unwrap();
-    let bank_dir = data.path().join("bank");
-    {
-        let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
-        let dir = home.models_dir().join("dinov2-s14");
-        let mut enc = Encoder::load(&runtime, runtime.open_bundle(&dir).unwrap()).unwrap();
-        drop(sample_bank(home, &mut enc, &bank_dir));
-    }
-    let (_, img_path) = q448(home, data.path());
+    let (bank_dir, img_path) = sample_kit(home, data.path());
     let image = std::fs::read(&img_path).unwrap();
 
     // The library's time for the same image and classes, label PNG included.
@@ -334,14 +325,7 @@ fn server_soak(home: &Home, bank: &Path) -> (Server, String) {
 /// `bench serve-soak SECONDS`: only the soak, for as long as asked.
 pub(crate) fn bench_serve_soak(home: &Home, length: Duration) {
     let data = tempfile::tempdir().unwrap();
-    let bank_dir = data.path().join("bank");
-    {
-        let runtime = Runtime::init(home, RuntimeOptions::default()).expect("runtime");
-        let dir = home.models_dir().join("dinov2-s14");
-        let mut enc = Encoder::load(&runtime, runtime.open_bundle(&dir).unwrap()).unwrap();
-        drop(sample_bank(home, &mut enc, &bank_dir));
-    }
-    let (_, img_path) = q448(home, data.path());
+    let (bank_dir, img_path) = sample_kit(home, data.path());
     let image = std::fs::read(&img_path).unwrap();
     soak(home, &bank_dir, &image, length);
 }

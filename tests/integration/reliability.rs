@@ -227,7 +227,7 @@ fn bad_images_work_or_fail_clearly_in_add_and_segment() {
         match expect {
             Expect::Works => {
                 assert!(
-                    add.status.success() && add_out.contains("1 images used, 0 skipped"),
+                    add.status.success() && add_out.contains("1 image used, 0 skipped"),
                     "add {name}: {add_out}{add_err}"
                 );
                 assert!(seg.status.success(), "segment {name}: {seg_out}{seg_err}");
