@@ -311,7 +311,7 @@ fn new_classes_are_checked_before_any_bank_is_opened() {
     assert_eq!(
         err("x", Some(missing.clone())).to_string(),
         format!(
-            "support folder {} does not exist or is not a folder",
+            "support folder {} does not exist (give a folder of images or one image file)",
             missing.display()
         )
     );
