@@ -161,7 +161,8 @@ impl Segmentation {
 
     /// Write what `ovdiff-bank segment` writes for this image into
     /// `out_dir` (`STEM.png`, `STEM.overlay.png`, `STEM.explain.png` with
-    /// explanations, `STEM.json`) with the library's writer; returns the
+    /// explanations, `STEM.json`, and the run's `labels.json` and
+    /// `labels.txt`) with the library's writers; returns the
     /// report (`STEM.json`) as JSON. With `overlay=False`, only the label
     /// PNG is written (and `None` returned).
     #[pyo3(signature = (out_dir, stem, overlay = true))]
@@ -185,6 +186,8 @@ impl Segmentation {
                 return Ok(None);
             }
             let report = s.write(&out_dir, &stem, &WriteOptions::default())?;
+            // The run's label map (labels.json, labels.txt), as the CLI writes it.
+            s.label_map().write_files(&out_dir, s.label_ids)?;
             serde_json::to_string(&report)
                 .map(Some)
                 .map_err(|e| ovdiff_core::Error::Invalid(format!("cannot encode the report: {e}")))
