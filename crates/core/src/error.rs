@@ -146,14 +146,7 @@ pub enum Error {
 impl Error {
     /// The error with its causes, as one line (`a: b: c`).
     pub fn report(&self) -> String {
-        let mut s = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(c) = src {
-            s.push_str(": ");
-            s.push_str(&c.to_string());
-            src = c.source();
-        }
-        s
+        chain(self)
     }
 
     /// Wrap an I/O error with its path.
@@ -180,4 +173,17 @@ impl Error {
             problem: problem.into(),
         }
     }
+}
+
+/// Any error with its causes, as one line (`a: b: c`): what
+/// [`Error::report`] prints, for the other error types too.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }

@@ -59,23 +59,11 @@ pub fn list_banks(home: &Home) -> Vec<BankSummary> {
                 Ok((classes, encoders, bytes)) => {
                     (s.classes, s.encoders, s.bytes) = (classes, encoders, bytes);
                 }
-                Err(e) => s.error = Some(format!("{:#}", anyhow_free(&e))),
+                Err(e) => s.error = Some(e.report()),
             }
             s
         })
         .collect()
-}
-
-/// An error and its causes on one line (`a: b: c`).
-fn anyhow_free(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
 }
 
 fn summarise(path: &Path) -> Result<(usize, Vec<String>, u64)> {

@@ -155,7 +155,7 @@ fn verify_class(
         let protos = match bank.prototypes(rec, fp) {
             Ok(p) => p,
             Err(e @ (BankError::Incomplete { .. } | BankError::Corrupt { .. })) => {
-                problems.push(error_chain(&e));
+                problems.push(ovdiff_core::error::chain(&e));
                 continue;
             }
             Err(e) => return Err(e),
@@ -240,17 +240,6 @@ fn check_prototype(
     if rec.stuff && p.side == Side::Background {
         bad("a background prototype in a stuff class".into());
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Everything in the record but `created_unix` and `build_id`.
