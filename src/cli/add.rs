@@ -79,6 +79,9 @@ pub struct AddArgs {
     /// rows from which `segment --engine auto` uses them.
     #[arg(long, value_enum, default_value = "auto")]
     pub index: IndexChoice,
+    /// Runtime options.
+    #[command(flatten)]
+    pub model: super::ModelArgs,
 }
 
 /// How `add` samples a support set when no `--images` are given (OVDiff's defaults).

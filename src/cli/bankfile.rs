@@ -70,6 +70,9 @@ pub struct ImportArgs {
     /// Index the bank once written (see `add --index`).
     #[arg(long, value_enum, default_value = "auto")]
     pub index: super::bank::IndexChoice,
+    /// Threads for the index.
+    #[command(flatten)]
+    pub threads: super::ThreadsArg,
 }
 
 /// Arguments of `merge`.

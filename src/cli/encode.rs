@@ -15,6 +15,9 @@ pub struct EncodeArgs {
     /// Encoder bundle: a name under <home>/models or a folder.
     #[arg(long, default_value = DEFAULT_ENCODER)]
     pub encoder: String,
+    /// Runtime options.
+    #[command(flatten)]
+    pub model: super::ModelArgs,
 }
 
 /// Run `encode`.

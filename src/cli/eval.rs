@@ -52,6 +52,9 @@ pub struct EvalArgs {
     /// The CLIP pre-filter, as for `segment`.
     #[command(flatten)]
     pub prefilter: PrefilterArgs,
+    /// Runtime options.
+    #[command(flatten)]
+    pub model: super::ModelArgs,
 }
 
 /// One class of the evaluation: its dataset label and name.

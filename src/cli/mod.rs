@@ -34,25 +34,46 @@ pub struct Cli {
 /// Options shared by every command.
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
-    /// Intra-op threads for ONNX Runtime [default: the machine's cores].
-    #[arg(long, global = true, value_name = "N", help_heading = "Global options")]
-    pub threads: Option<usize>,
-    /// Execution provider: cpu, or cuda with a GPU build of ONNX Runtime.
-    #[arg(
-        long,
-        global = true,
-        default_value = "cpu",
-        value_name = "cpu|cuda",
-        help_heading = "Global options"
-    )]
-    pub provider: Provider,
-    /// Skip sha256 checks of model bundle files.
-    #[arg(long, global = true, help_heading = "Global options")]
-    pub no_verify: bool,
     /// Print machine-readable JSON instead of text (`segment`: one JSON line
     /// per image; errors: a JSON object on stderr).
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
+}
+
+/// `--threads N`, for the commands that run ONNX Runtime or build IVF lists.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ThreadsArg {
+    /// Threads: ONNX Runtime's intra-op threads, and those that build IVF
+    /// lists [default: the machine's cores].
+    #[arg(long, value_name = "N", help_heading = "Runtime options")]
+    pub threads: Option<usize>,
+}
+
+/// `--threads` and `--provider`, for the commands that run a model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProviderArgs {
+    /// Threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
+    /// Execution provider: cpu, or cuda with a GPU build of ONNX Runtime.
+    #[arg(
+        long,
+        default_value = "cpu",
+        value_name = "cpu|cuda",
+        help_heading = "Runtime options"
+    )]
+    pub provider: Provider,
+}
+
+/// The runtime options of a command that loads model bundles.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Threads and provider.
+    #[command(flatten)]
+    pub run: ProviderArgs,
+    /// Skip sha256 checks of model bundle files.
+    #[arg(long, help_heading = "Runtime options")]
+    pub no_verify: bool,
 }
 
 /// The commands.
@@ -104,6 +125,9 @@ pub enum Command {
         /// Index the bank once written (see `add --index`).
         #[arg(long, value_enum, default_value = "auto")]
         index: bank::IndexChoice,
+        /// Threads for the index.
+        #[command(flatten)]
+        threads: ThreadsArg,
     },
     /// Rename a class.
     #[command(
@@ -120,6 +144,9 @@ pub enum Command {
         /// Index the bank once written (see `add --index`).
         #[arg(long, value_enum, default_value = "auto")]
         index: bank::IndexChoice,
+        /// Threads for the index.
+        #[command(flatten)]
+        threads: ThreadsArg,
     },
     /// Write classes of a bank to a shareable `.ovbank` file.
     #[command(
@@ -184,6 +211,51 @@ pub enum Command {
     Serve(serve::ServeArgs),
 }
 
+impl Command {
+    /// The runtime options this command takes: threads, provider, and the
+    /// bundle checks (`None` where the command has no such option).
+    fn runtime_args(
+        &self,
+    ) -> (
+        Option<&ThreadsArg>,
+        Option<&ProviderArgs>,
+        Option<&ModelArgs>,
+    ) {
+        fn of(
+            m: &ModelArgs,
+        ) -> (
+            Option<&ThreadsArg>,
+            Option<&ProviderArgs>,
+            Option<&ModelArgs>,
+        ) {
+            (Some(&m.run.threads), Some(&m.run), Some(m))
+        }
+        match self {
+            Command::Add(a) => of(&a.model),
+            Command::Segment(a) => of(&a.model),
+            Command::Eval(a) => of(&a.model),
+            Command::Encode(a) => of(&a.model),
+            Command::Serve(a) => of(&a.model),
+            Command::Models(ModelsCommand::Check { run, .. }) => {
+                (Some(&run.threads), Some(run), None)
+            }
+            Command::Remove { threads, .. } | Command::Rename { threads, .. } => {
+                (Some(threads), None, None)
+            }
+            Command::Import(a) => (Some(&a.threads), None, None),
+            Command::Models(ModelsCommand::List)
+            | Command::Banks(_)
+            | Command::List(_)
+            | Command::Show { .. }
+            | Command::Export(_)
+            | Command::Merge(_)
+            | Command::Migrate(_)
+            | Command::Inspect { .. }
+            | Command::Verify { .. } => (None, None, None),
+        }
+    }
+}
+
 /// `--bank NAME|PATH`
 #[derive(Debug, clap::Args)]
 pub struct BankArg {
@@ -207,6 +279,9 @@ pub enum ModelsCommand {
     Check {
         /// A bundle name or folder [default: every installed bundle].
         name: Option<String>,
+        /// Threads and provider (hashes are always checked in full).
+        #[command(flatten)]
+        run: ProviderArgs,
     },
 }
 
@@ -222,13 +297,16 @@ pub struct Context {
 }
 
 impl Context {
-    fn from_args(g: &GlobalArgs) -> Context {
+    fn new(g: &GlobalArgs, command: &Command) -> Context {
         let mut runtime = RuntimeOptions::default();
-        if let Some(t) = g.threads {
+        let (threads, provider, verify) = command.runtime_args();
+        if let Some(t) = threads.and_then(|t| t.threads) {
             runtime.threads = clamp_threads(t);
         }
-        runtime.provider = g.provider;
-        if g.no_verify {
+        if let Some(p) = provider {
+            runtime.provider = p.provider;
+        }
+        if verify.is_some_and(|m| m.no_verify) {
             runtime.verify = VerifyMode::Off;
         }
         Context {
@@ -246,10 +324,10 @@ impl Context {
 
 /// Run a parsed command line. Ok(code) is the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let ctx = Context::from_args(&cli.global);
+    let ctx = Context::new(&cli.global, &cli.command);
     match cli.command {
         Command::Models(ModelsCommand::List) => models::list(&ctx),
-        Command::Models(ModelsCommand::Check { name }) => models::check(&ctx, name.as_deref()),
+        Command::Models(ModelsCommand::Check { name, .. }) => models::check(&ctx, name.as_deref()),
         Command::Encode(args) => encode::run(&ctx, &args),
         Command::Add(args) => add::run(&ctx, &args),
         Command::Segment(args) => segment::run(&ctx, &args),
@@ -275,12 +353,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             class,
             bank: b,
             index,
+            ..
         } => bank::remove(&ctx, b.bank.as_deref(), &class, index),
         Command::Rename {
             old,
             new,
             bank: b,
             index,
+            ..
         } => bank::rename(&ctx, b.bank.as_deref(), &old, &new, index),
     }
 }

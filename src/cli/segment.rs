@@ -149,6 +149,9 @@ pub struct SegmentArgs {
     /// The CLIP pre-filter.
     #[command(flatten)]
     pub prefilter: PrefilterArgs,
+    /// Runtime options.
+    #[command(flatten)]
+    pub model: super::ModelArgs,
 }
 
 #[derive(Debug, Serialize)]

@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// bank's classes recorded].
     #[arg(long = "encoder", value_name = "BUNDLE")]
     pub encoders: Vec<String>,
+    /// Runtime options.
+    #[command(flatten)]
+    pub model: super::ModelArgs,
 }
 
 /// `32MiB`, `500KB`, `1000`.

@@ -232,12 +232,24 @@ fn huge_thread_counts_are_clamped_with_a_warning() {
     let Some((kit, _)) = kit_with_red() else {
         return;
     };
-    let out = kit
-        .sb
-        .run(&["list", "--threads", "100000", "--bank", &bank_arg(&kit)]);
+    let b = bank_arg(&kit);
+    let out = kit.sb.run(&[
+        "rename",
+        "red",
+        "crimson",
+        "--threads",
+        "100000",
+        "--bank",
+        &b,
+    ]);
     let (_, err) = text(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("--threads 100000 is more than"), "{err}");
+    // a command that runs no model and builds no index takes no --threads
+    let out = kit.sb.run(&["list", "--threads", "2", "--bank", &b]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--threads"), "{err}");
 }
 
 #[test]

@@ -96,6 +96,95 @@ fn r21_the_label_map_is_complete_and_stable_with_bank_ids() {
     );
 }
 
+/// `segment IMG --bank BANK --all-classes --label-ids bank`; the run's labels.json.
+fn file_ids(kit: &Kit, img: &str, bank: &Path, out: &str) -> serde_json::Value {
+    let res = kit.sb.run(&[
+        "segment",
+        img,
+        "--bank",
+        bank.to_str().unwrap(),
+        "--all-classes",
+        "--label-ids",
+        "bank",
+        "--out",
+        out,
+    ]);
+    assert!(res.status.success(), "{:?}", text(&res));
+    json_file(&Path::new(out).join("labels.json"))["labels"].clone()
+}
+
+#[test]
+fn r21_bank_label_ids_travel_in_ovbank_files() {
+    let Some(kit) = Kit::new() else { return };
+    let img = kit.query_image("q.png", [230, 40, 40]);
+    let out = kit.out();
+    let data = kit.data.path();
+    // red 1, blue 2, green 3; red removed: blue 2, green 3
+    kit.add("green", [40, 230, 40], &[]);
+    assert!(kit.run(&["remove", "red"]).status.success());
+    let file = data.join("team.ovbank");
+    let res = kit.run(&["export", "-o", file.to_str().unwrap()]);
+    assert!(res.status.success(), "{:?}", text(&res));
+    let want = serde_json::json!({"0": "background", "2": "blue", "3": "green"});
+    // queried in place
+    assert_eq!(file_ids(&kit, &img, &file, &format!("{out}-file")), want);
+    // imported into a new bank: the same values
+    let other = data.join("other");
+    let res = kit.sb.run(&[
+        "import",
+        file.to_str().unwrap(),
+        "--into",
+        other.to_str().unwrap(),
+    ]);
+    assert!(res.status.success(), "{:?}", text(&res));
+    assert_eq!(file_ids(&kit, &img, &other, &format!("{out}-import")), want);
+    // and exported again: the same bytes
+    let again = data.join("again.ovbank");
+    let res = kit.sb.run(&[
+        "export",
+        "-o",
+        again.to_str().unwrap(),
+        "--bank",
+        other.to_str().unwrap(),
+    ]);
+    assert!(res.status.success(), "{:?}", text(&res));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+
+    // merged with a file whose ids collide: the first input keeps its ids,
+    // a class whose id is taken is numbered after the highest
+    let third = data.join("third");
+    for (class, color) in [("cyan", [40, 230, 230]), ("magenta", [230, 40, 230])] {
+        let dir = crate::bank::support_dir(data, class, color, 2);
+        let res = crate::bank::add_tiny(&kit.sb, &third, class, &dir, &["--create"]);
+        assert!(res.status.success(), "{:?}", text(&res));
+    }
+    let third_file = data.join("third.ovbank");
+    let res = kit.sb.run(&[
+        "export",
+        "-o",
+        third_file.to_str().unwrap(),
+        "--bank",
+        third.to_str().unwrap(),
+    ]);
+    assert!(res.status.success(), "{:?}", text(&res));
+    let merged = data.join("merged.ovbank");
+    let res = kit.sb.run(&[
+        "merge",
+        file.to_str().unwrap(),
+        third_file.to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(res.status.success(), "{:?}", text(&res));
+    assert_eq!(
+        file_ids(&kit, &img, &merged, &format!("{out}-merged")),
+        serde_json::json!({"0": "background", "1": "cyan", "2": "blue", "3": "green", "4": "magenta"})
+    );
+}
+
 #[test]
 fn r21_masks_and_rle_round_trip() {
     let Some(kit) = Kit::new() else { return };
@@ -291,7 +380,15 @@ fn r21_every_subcommand_s_help_has_examples() {
         assert!(stdout.contains("Examples:"), "{cmd} --help: {stdout}");
         assert!(stdout.contains("See "), "{cmd} --help names no doc");
         assert!(stdout.contains("Global options"), "{cmd} --help");
+        // only the commands that run a model advertise the runtime options
+        let runs_a_model = ["add", "segment", "eval", "encode", "serve"].contains(&cmd);
+        assert_eq!(stdout.contains("--provider"), runs_a_model, "{cmd} --help");
+        assert_eq!(stdout.contains("--no-verify"), runs_a_model, "{cmd} --help");
+        let threads = runs_a_model || ["remove", "rename", "import"].contains(&cmd);
+        assert_eq!(stdout.contains("--threads"), threads, "{cmd} --help");
     }
+    let (stdout, _) = text(&sb.run(&["models", "check", "--help"]));
+    assert!(stdout.contains("--provider") && !stdout.contains("--no-verify"));
     // a missing --classes mentions --all-classes
     let (_, err) = text(&sb.run(&["segment", "x.png"]));
     assert!(err.contains("--all-classes"), "{err}");

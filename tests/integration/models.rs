@@ -127,11 +127,11 @@ fn cuda_without_a_gpu_build_is_a_clear_error() {
     };
     let tiny = fixture("models/tiny-encoder");
     let out = sb.run(&[
-        "--provider",
-        "cuda",
         "models",
         "check",
         tiny.to_str().unwrap(),
+        "--provider",
+        "cuda",
     ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
@@ -141,6 +141,6 @@ fn cuda_without_a_gpu_build_is_a_clear_error() {
     );
     assert!(stderr.contains("--provider cpu"), "{stderr}");
     // and threads are settable
-    let out = sb.run(&["--threads", "1", "models", "check", tiny.to_str().unwrap()]);
+    let out = sb.run(&["models", "check", tiny.to_str().unwrap(), "--threads", "1"]);
     assert!(out.status.success(), "{:?}", text(&out));
 }

@@ -101,6 +101,7 @@ pub fn migrate_file(file: &Path, output: Option<&Path>) -> Result<MigrateReport>
 fn file_step_summary(v: u32) -> &'static str {
     match v {
         1 => "adds the optional stats section (no statistics for classes exported from format 1)",
+        2 => "adds the optional labels section (no stable label ids for classes exported from format 2; readers number them in creation order)",
         _ => "rewritten in the next format",
     }
 }

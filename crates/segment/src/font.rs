@@ -1,266 +1,121 @@
-//! A tiny built-in bitmap font (5×7 glyphs with 2-pixel descenders, printable ASCII) for labels drawn on result images.
+//! The text drawn on result images (overlay legends, explain sheets): DejaVu Sans, bundled, rasterised with anti-aliasing.
 //!
-//! Each glyph is 5 pixels wide and 9 rows tall: rows 0..=6 hold capitals and
-//! digits (row 6 is the baseline row), rows 7..=8 hold the descenders of
-//! `g j p q y , ;`. Characters advance by [`ADVANCE`] pixels and lines by
-//! [`LINE_HEIGHT`] pixels, both times the drawing scale. Characters outside
-//! printable ASCII (32..=126) are drawn as `?`.
+//! The font is a subset of DejaVu Sans (Latin, Greek, Cyrillic, punctuation
+//! and common symbols: `crates/segment/fonts/`, made by `scripts/make-font`,
+//! licence beside it), compiled into the binary so that nothing is read at
+//! run time. A character the subset lacks is drawn as U+FFFD; control
+//! characters as `?`.
+//!
+//! Sizes are given as a `scale`: text is [`SIZE`] pixels high (em) at scale
+//! 1, lines advance by [`LINE_HEIGHT`] pixels, both times the scale.
 
+use std::sync::OnceLock;
+
+use ab_glyph::{point, Font, FontRef, GlyphId, PxScale, ScaleFont};
 use image::{Rgb, RgbImage};
 
-/// Glyph width in font pixels.
-pub const GLYPH_W: u32 = 5;
-/// Glyph height in font pixels, descenders included.
-pub const GLYPH_H: u32 = 9;
-/// Horizontal advance from one character to the next, in font pixels.
-pub const ADVANCE: u32 = 6;
-/// Vertical advance from one line to the next, in font pixels.
-pub const LINE_HEIGHT: u32 = 11;
+/// The bundled font file.
+const FONT_BYTES: &[u8] = include_bytes!("../fonts/DejaVuSans-subset.ttf");
 
-/// The first character in [`GLYPHS`].
-const FIRST: u32 = 32;
+/// Pixel size (em) of text at scale 1.
+pub const SIZE: f32 = 13.0;
 
-/// One row per byte, top to bottom; bit 4 is the leftmost column.
-const GLYPHS: [[u8; GLYPH_H as usize]; 95] = [
-    // 32 ' '
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
-    // 33 '!'
-    [0x04, 0x04, 0x04, 0x04, 0x04, 0x00, 0x04, 0x00, 0x00],
-    // 34 '"'
-    [0x0A, 0x0A, 0x0A, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
-    // 35 '#'
-    [0x0A, 0x0A, 0x1F, 0x0A, 0x1F, 0x0A, 0x0A, 0x00, 0x00],
-    // 36 '$'
-    [0x04, 0x0F, 0x14, 0x0E, 0x05, 0x1E, 0x04, 0x00, 0x00],
-    // 37 '%'
-    [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03, 0x00, 0x00],
-    // 38 '&'
-    [0x0C, 0x12, 0x14, 0x08, 0x15, 0x12, 0x0D, 0x00, 0x00],
-    // 39 "'"
-    [0x04, 0x04, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
-    // 40 '('
-    [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02, 0x00, 0x00],
-    // 41 ')'
-    [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08, 0x00, 0x00],
-    // 42 '*'
-    [0x00, 0x04, 0x15, 0x0E, 0x15, 0x04, 0x00, 0x00, 0x00],
-    // 43 '+'
-    [0x00, 0x04, 0x04, 0x1F, 0x04, 0x04, 0x00, 0x00, 0x00],
-    // 44 ','
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C, 0x04, 0x08],
-    // 45 '-'
-    [0x00, 0x00, 0x00, 0x0E, 0x00, 0x00, 0x00, 0x00, 0x00],
-    // 46 '.'
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C, 0x00, 0x00],
-    // 47 '/'
-    [0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00, 0x00, 0x00],
-    // 48 '0'
-    [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E, 0x00, 0x00],
-    // 49 '1'
-    [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E, 0x00, 0x00],
-    // 50 '2'
-    [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F, 0x00, 0x00],
-    // 51 '3'
-    [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E, 0x00, 0x00],
-    // 52 '4'
-    [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02, 0x00, 0x00],
-    // 53 '5'
-    [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E, 0x00, 0x00],
-    // 54 '6'
-    [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E, 0x00, 0x00],
-    // 55 '7'
-    [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08, 0x00, 0x00],
-    // 56 '8'
-    [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E, 0x00, 0x00],
-    // 57 '9'
-    [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C, 0x00, 0x00],
-    // 58 ':'
-    [0x00, 0x0C, 0x0C, 0x00, 0x00, 0x0C, 0x0C, 0x00, 0x00],
-    // 59 ';'
-    [0x00, 0x0C, 0x0C, 0x00, 0x00, 0x0C, 0x0C, 0x04, 0x08],
-    // 60 '<'
-    [0x02, 0x04, 0x08, 0x10, 0x08, 0x04, 0x02, 0x00, 0x00],
-    // 61 '='
-    [0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00, 0x00, 0x00],
-    // 62 '>'
-    [0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08, 0x00, 0x00],
-    // 63 '?'
-    [0x0E, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04, 0x00, 0x00],
-    // 64 '@'
-    [0x0E, 0x11, 0x01, 0x0D, 0x15, 0x15, 0x0E, 0x00, 0x00],
-    // 65 'A'
-    [0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11, 0x00, 0x00],
-    // 66 'B'
-    [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E, 0x00, 0x00],
-    // 67 'C'
-    [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E, 0x00, 0x00],
-    // 68 'D'
-    [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C, 0x00, 0x00],
-    // 69 'E'
-    [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F, 0x00, 0x00],
-    // 70 'F'
-    [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10, 0x00, 0x00],
-    // 71 'G'
-    [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F, 0x00, 0x00],
-    // 72 'H'
-    [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11, 0x00, 0x00],
-    // 73 'I'
-    [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E, 0x00, 0x00],
-    // 74 'J'
-    [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C, 0x00, 0x00],
-    // 75 'K'
-    [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11, 0x00, 0x00],
-    // 76 'L'
-    [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F, 0x00, 0x00],
-    // 77 'M'
-    [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11, 0x00, 0x00],
-    // 78 'N'
-    [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11, 0x00, 0x00],
-    // 79 'O'
-    [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E, 0x00, 0x00],
-    // 80 'P'
-    [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10, 0x00, 0x00],
-    // 81 'Q'
-    [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D, 0x00, 0x00],
-    // 82 'R'
-    [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11, 0x00, 0x00],
-    // 83 'S'
-    [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E, 0x00, 0x00],
-    // 84 'T'
-    [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x00, 0x00],
-    // 85 'U'
-    [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E, 0x00, 0x00],
-    // 86 'V'
-    [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04, 0x00, 0x00],
-    // 87 'W'
-    [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A, 0x00, 0x00],
-    // 88 'X'
-    [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11, 0x00, 0x00],
-    // 89 'Y'
-    [0x11, 0x11, 0x0A, 0x04, 0x04, 0x04, 0x04, 0x00, 0x00],
-    // 90 'Z'
-    [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F, 0x00, 0x00],
-    // 91 '['
-    [0x0E, 0x08, 0x08, 0x08, 0x08, 0x08, 0x0E, 0x00, 0x00],
-    // 92 '\\'
-    [0x00, 0x10, 0x08, 0x04, 0x02, 0x01, 0x00, 0x00, 0x00],
-    // 93 ']'
-    [0x0E, 0x02, 0x02, 0x02, 0x02, 0x02, 0x0E, 0x00, 0x00],
-    // 94 '^'
-    [0x04, 0x0A, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
-    // 95 '_'
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1F, 0x00],
-    // 96 '`'
-    [0x08, 0x04, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
-    // 97 'a'
-    [0x00, 0x00, 0x0E, 0x01, 0x0F, 0x11, 0x0F, 0x00, 0x00],
-    // 98 'b'
-    [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x1E, 0x00, 0x00],
-    // 99 'c'
-    [0x00, 0x00, 0x0E, 0x10, 0x10, 0x11, 0x0E, 0x00, 0x00],
-    // 100 'd'
-    [0x01, 0x01, 0x0D, 0x13, 0x11, 0x11, 0x0F, 0x00, 0x00],
-    // 101 'e'
-    [0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E, 0x00, 0x00],
-    // 102 'f'
-    [0x06, 0x09, 0x08, 0x1C, 0x08, 0x08, 0x08, 0x00, 0x00],
-    // 103 'g'
-    [0x00, 0x00, 0x0F, 0x11, 0x11, 0x11, 0x0F, 0x01, 0x0E],
-    // 104 'h'
-    [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11, 0x00, 0x00],
-    // 105 'i'
-    [0x04, 0x00, 0x0C, 0x04, 0x04, 0x04, 0x0E, 0x00, 0x00],
-    // 106 'j'
-    [0x02, 0x00, 0x06, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C],
-    // 107 'k'
-    [0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12, 0x00, 0x00],
-    // 108 'l'
-    [0x0C, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E, 0x00, 0x00],
-    // 109 'm'
-    [0x00, 0x00, 0x1A, 0x15, 0x15, 0x15, 0x15, 0x00, 0x00],
-    // 110 'n'
-    [0x00, 0x00, 0x16, 0x19, 0x11, 0x11, 0x11, 0x00, 0x00],
-    // 111 'o'
-    [0x00, 0x00, 0x0E, 0x11, 0x11, 0x11, 0x0E, 0x00, 0x00],
-    // 112 'p'
-    [0x00, 0x00, 0x1E, 0x11, 0x11, 0x11, 0x1E, 0x10, 0x10],
-    // 113 'q'
-    [0x00, 0x00, 0x0F, 0x11, 0x11, 0x11, 0x0F, 0x01, 0x01],
-    // 114 'r'
-    [0x00, 0x00, 0x16, 0x19, 0x10, 0x10, 0x10, 0x00, 0x00],
-    // 115 's'
-    [0x00, 0x00, 0x0F, 0x10, 0x0E, 0x01, 0x1E, 0x00, 0x00],
-    // 116 't'
-    [0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06, 0x00, 0x00],
-    // 117 'u'
-    [0x00, 0x00, 0x11, 0x11, 0x11, 0x13, 0x0D, 0x00, 0x00],
-    // 118 'v'
-    [0x00, 0x00, 0x11, 0x11, 0x11, 0x0A, 0x04, 0x00, 0x00],
-    // 119 'w'
-    [0x00, 0x00, 0x11, 0x11, 0x15, 0x15, 0x0A, 0x00, 0x00],
-    // 120 'x'
-    [0x00, 0x00, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x00, 0x00],
-    // 121 'y'
-    [0x00, 0x00, 0x11, 0x11, 0x11, 0x11, 0x0F, 0x01, 0x0E],
-    // 122 'z'
-    [0x00, 0x00, 0x1F, 0x02, 0x04, 0x08, 0x1F, 0x00, 0x00],
-    // 123 '{'
-    [0x03, 0x04, 0x04, 0x08, 0x04, 0x04, 0x03, 0x00, 0x00],
-    // 124 '|'
-    [0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x00],
-    // 125 '}'
-    [0x18, 0x04, 0x04, 0x02, 0x04, 0x04, 0x18, 0x00, 0x00],
-    // 126 '~'
-    [0x00, 0x00, 0x08, 0x15, 0x02, 0x00, 0x00, 0x00, 0x00],
-];
+/// Vertical advance from one line to the next at scale 1, in pixels.
+pub const LINE_HEIGHT: u32 = 17;
 
-/// The bitmap of one character (`?` for anything outside printable ASCII).
-fn glyph(c: char) -> &'static [u8; GLYPH_H as usize] {
-    let code = c as u32;
-    let code = if (FIRST..FIRST + GLYPHS.len() as u32).contains(&code) {
-        code
-    } else {
-        '?' as u32
-    };
-    &GLYPHS[(code - FIRST) as usize]
+/// What a cut text ends with.
+const ELLIPSIS: &str = "…";
+
+fn font() -> &'static FontRef<'static> {
+    static FONT: OnceLock<FontRef<'static>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        FontRef::try_from_slice(FONT_BYTES).expect("invariant: the bundled font parses")
+    })
 }
 
-/// Width in pixels of `text` drawn at `scale` (no trailing gap after the
-/// last character).
-pub fn text_width(text: &str, scale: u32) -> u32 {
-    let n = text.chars().count() as u32;
-    if n == 0 {
-        0
+fn px(scale: u32) -> PxScale {
+    PxScale::from(SIZE * scale.max(1) as f32)
+}
+
+/// The glyph drawn for `c`.
+fn glyph_id(c: char) -> GlyphId {
+    let f = font();
+    let c = if c.is_control() { '?' } else { c };
+    let id = f.glyph_id(c);
+    if id.0 == 0 {
+        f.glyph_id('\u{FFFD}')
     } else {
-        ((n - 1) * ADVANCE + GLYPH_W) * scale.max(1)
+        id
     }
 }
 
-/// Height in pixels of one line of text at `scale`, descenders included.
-pub fn text_height(scale: u32) -> u32 {
-    GLYPH_H * scale.max(1)
+/// The glyphs of `text` at `scale`, each with its pen position (left edge,
+/// baseline at the font's ascent below the top), and the text's advance.
+fn layout(text: &str, scale: u32) -> (Vec<(GlyphId, f32)>, f32) {
+    let f = font().as_scaled(px(scale));
+    let mut x = 0.0f32;
+    let mut prev: Option<GlyphId> = None;
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        let id = glyph_id(c);
+        if let Some(p) = prev {
+            x += f.kern(p, id);
+        }
+        out.push((id, x));
+        x += f.h_advance(id);
+        prev = Some(id);
+    }
+    (out, x)
 }
 
-/// The longest prefix of `text` (with `..` appended when cut) whose width at
-/// `scale` is at most `max_w` pixels.
+/// Width in pixels of `text` drawn at `scale`.
+pub fn text_width(text: &str, scale: u32) -> u32 {
+    layout(text, scale).1.ceil() as u32
+}
+
+/// Height in pixels of one line of text at `scale`, ascenders to
+/// descenders.
+pub fn text_height(scale: u32) -> u32 {
+    let f = font().as_scaled(px(scale));
+    (f.ascent() - f.descent()).ceil() as u32
+}
+
+/// `text` when it fits in `max_w` pixels at `scale`; else its longest
+/// prefix that fits with `…` appended (empty when not even that fits).
 pub fn fit_text(text: &str, scale: u32, max_w: u32) -> String {
     if text_width(text, scale) <= max_w {
         return text.to_string();
     }
-    let per = ADVANCE * scale.max(1);
-    // Characters that fit: n chars take (n-1)*per + GLYPH_W*scale.
-    let fits = (max_w + per).saturating_sub(GLYPH_W * scale.max(1)) / per;
-    let keep = (fits as usize).saturating_sub(2);
-    let mut s: String = text.chars().take(keep).collect();
-    if fits >= 2 {
-        s.push_str("..");
+    let chars: Vec<char> = text.chars().collect();
+    // The widest prefix that fits: widths grow with the prefix, so search.
+    let fits = |n: usize| {
+        let s: String = chars[..n].iter().collect::<String>() + ELLIPSIS;
+        text_width(&s, scale) <= max_w
+    };
+    if !fits(0) {
+        return String::new();
     }
+    let (mut lo, mut hi) = (0usize, chars.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let mut s: String = chars[..lo]
+        .iter()
+        .collect::<String>()
+        .trim_end()
+        .to_string();
+    s.push_str(ELLIPSIS);
     s
 }
 
-/// Draw `text` with its top-left corner at (`x`, `y`), each font pixel a
-/// `scale`×`scale` block of `color`. Pixels outside the image are clipped.
-/// Returns the width drawn, as [`text_width`].
+/// Draw `text` with the top-left corner of its line box at (`x`, `y`),
+/// anti-aliased over what is there in `color`. Pixels outside the image
+/// are clipped. Returns the width drawn, as [`text_width`].
 pub fn draw_text(
     img: &mut RgbImage,
     x: i32,
@@ -269,32 +124,31 @@ pub fn draw_text(
     color: Rgb<u8>,
     scale: u32,
 ) -> u32 {
-    let s = scale.max(1) as i32;
-    let (w, h) = (img.width() as i32, img.height() as i32);
-    for (i, c) in text.chars().enumerate() {
-        let gx = x + i as i32 * ADVANCE as i32 * s;
-        if gx >= w {
-            break;
-        }
-        for (row, bits) in glyph(c).iter().enumerate() {
-            for col in 0..GLYPH_W as i32 {
-                if bits & (0x10 >> col) == 0 {
-                    continue;
-                }
-                let px = gx + col * s;
-                let py = y + row as i32 * s;
-                for dy in 0..s {
-                    for dx in 0..s {
-                        let (qx, qy) = (px + dx, py + dy);
-                        if qx >= 0 && qy >= 0 && qx < w && qy < h {
-                            img.put_pixel(qx as u32, qy as u32, color);
-                        }
-                    }
-                }
+    let f = font();
+    let scaled = f.as_scaled(px(scale));
+    let ascent = scaled.ascent();
+    let (glyphs, advance) = layout(text, scale);
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    for (id, gx) in glyphs {
+        let g = id.with_scale_and_position(px(scale), point(x as f32 + gx, y as f32 + ascent));
+        let Some(outline) = f.outline_glyph(g) else {
+            continue; // a space
+        };
+        let b = outline.px_bounds();
+        outline.draw(|dx, dy, coverage| {
+            let qx = b.min.x as i64 + i64::from(dx);
+            let qy = b.min.y as i64 + i64::from(dy);
+            if qx < 0 || qy < 0 || qx >= w || qy >= h {
+                return;
             }
-        }
+            let t = coverage.clamp(0.0, 1.0);
+            let p = img.get_pixel_mut(qx as u32, qy as u32);
+            for c in 0..3 {
+                p.0[c] = (p.0[c] as f32 * (1.0 - t) + color.0[c] as f32 * t).round() as u8;
+            }
+        });
     }
-    text_width(text, scale)
+    advance.ceil() as u32
 }
 
 #[cfg(test)]
@@ -305,47 +159,51 @@ mod tests {
         img.pixels().filter(|p| p.0 != [0, 0, 0]).count()
     }
 
-    #[test]
-    fn every_printable_glyph_but_space_has_ink_and_fits() {
-        for code in 33u8..=126 {
-            let g = glyph(code as char);
-            assert!(
-                g.iter().any(|&b| b != 0),
-                "glyph {:?} is blank",
-                code as char
-            );
-            assert!(
-                g.iter().all(|&b| b < 0x20),
-                "glyph {:?} is too wide",
-                code as char
-            );
-        }
-        assert!(glyph(' ').iter().all(|&b| b == 0));
+    fn drawn(text: &str, scale: u32) -> RgbImage {
+        let mut img = RgbImage::new(text_width(text, scale) + 4, text_height(scale) + 4);
+        draw_text(&mut img, 2, 2, text, Rgb([255, 255, 255]), 1.max(scale));
+        img
     }
 
     #[test]
-    fn non_ascii_draws_as_question_mark() {
-        assert_eq!(glyph('é'), glyph('?'));
-        assert_eq!(glyph('\n'), glyph('?'));
-        let mut a = RgbImage::new(20, 12);
-        let mut b = RgbImage::new(20, 12);
-        draw_text(&mut a, 1, 1, "ü", Rgb([255, 255, 255]), 1);
-        draw_text(&mut b, 1, 1, "?", Rgb([255, 255, 255]), 1);
-        assert_eq!(a, b);
+    fn the_bundled_font_draws_latin_greek_and_cyrillic() {
+        for c in "AZaz09éßŁœΩλЖя…".chars() {
+            assert_ne!(font().glyph_id(c).0, 0, "{c:?} is missing from the subset");
+            assert!(lit(&drawn(&c.to_string(), 1)) > 0, "{c:?} has no ink");
+        }
+        assert_eq!(lit(&drawn(" ", 1)), 0);
+    }
+
+    #[test]
+    fn missing_and_control_characters_have_a_stand_in() {
+        // a CJK character is not in the subset: U+FFFD stands in
+        assert_eq!(drawn("猫", 1), drawn("\u{FFFD}", 1));
+        assert_eq!(drawn("\n", 1), drawn("?", 1));
+    }
+
+    #[test]
+    fn text_is_anti_aliased_and_inside_its_line_box() {
+        let img = drawn("Hg", 1);
+        let grey = img.pixels().filter(|p| p.0[0] > 0 && p.0[0] < 255).count();
+        assert!(grey > 0, "no partial coverage");
+        // every lit pixel lies within the line box (2-pixel margin)
+        for (x, y, p) in img.enumerate_pixels() {
+            if p.0[0] > 0 {
+                assert!(y >= 2 && y < 2 + text_height(1), "({x}, {y})");
+            }
+        }
     }
 
     #[test]
     fn widths_and_scaling() {
         assert_eq!(text_width("", 1), 0);
-        assert_eq!(text_width("A", 1), 5);
-        assert_eq!(text_width("AB", 1), 11);
-        assert_eq!(text_width("AB", 3), 33);
-        assert_eq!(text_height(2), 18);
-        let mut one = RgbImage::new(40, 40);
-        let mut two = RgbImage::new(40, 40);
-        draw_text(&mut one, 0, 0, "Hi", Rgb([9, 9, 9]), 1);
-        draw_text(&mut two, 0, 0, "Hi", Rgb([9, 9, 9]), 2);
-        assert_eq!(lit(&two), 4 * lit(&one));
+        let one = text_width("person", 1);
+        assert!((25..60).contains(&one), "{one}");
+        let two = text_width("person", 2);
+        assert!(two.abs_diff(2 * one) <= 2, "{one} {two}");
+        assert!(text_height(1) >= SIZE as u32 && text_height(1) <= LINE_HEIGHT);
+        assert!(text_height(2) <= 2 * LINE_HEIGHT);
+        assert!(lit(&drawn("Hi", 2)) > 2 * lit(&drawn("Hi", 1)));
     }
 
     #[test]
@@ -354,15 +212,17 @@ mod tests {
         draw_text(&mut img, -3, -4, "Wg", Rgb([255, 0, 0]), 2);
         draw_text(&mut img, 6, 6, "M", Rgb([255, 0, 0]), 3);
         draw_text(&mut img, 100, 100, "M", Rgb([255, 0, 0]), 1);
+        draw_text(&mut img, -1000, -1000, "M", Rgb([255, 0, 0]), 1);
         assert!(lit(&img) > 0);
     }
 
     #[test]
-    fn fit_text_cuts_with_dots() {
+    fn fit_text_cuts_with_an_ellipsis() {
         assert_eq!(fit_text("person", 1, 100), "person");
         let cut = fit_text("pottedplant", 1, 40);
-        assert!(cut.ends_with(".."), "{cut}");
+        assert!(cut.ends_with('…') && cut.len() > "…".len(), "{cut}");
         assert!(text_width(&cut, 1) <= 40);
         assert_eq!(fit_text("abc", 1, 0), "");
+        assert_eq!(fit_text("Łódź and more", 1, 30).chars().last(), Some('…'));
     }
 }

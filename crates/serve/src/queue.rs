@@ -169,7 +169,10 @@ impl WorkQueue {
                     expected_wait: self.wait_behind(now),
                 });
             }
-            if let Some(wait) = self.wait_behind(now) {
+            // A request that would not wait (a worker is free) is always
+            // admitted: refusing it could never end, as nothing would run
+            // to bring the average down.
+            if let Some(wait) = self.wait_behind(now).filter(|w| !w.is_zero()) {
                 // Waiting plus its own run must fit in the timeout, with
                 // room for runs slower than the average.
                 let own = self.service_time().unwrap_or_default();
@@ -266,5 +269,12 @@ mod tests {
         }
         drop((held, third, fourth));
         assert!(q.admit().is_ok(), "an empty queue admits again");
+        // Slower than the timeout on average: a request that would not wait
+        // is still admitted (else nothing would ever run again).
+        q.service_us.store(1_000_000, Ordering::SeqCst);
+        let one = q.admit().expect("a free worker admits");
+        let two = q.admit().expect("two workers");
+        assert!(matches!(q.admit(), Err(Refusal::WouldTimeOut { .. })));
+        drop((one, two));
     }
 }

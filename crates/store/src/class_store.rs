@@ -6,7 +6,7 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::bank::{Bank, ClassRecord, EncoderInfo};
-use crate::ovbank::{OvBankError, OvBankFile, PrototypeMeta};
+use crate::ovbank::{OvBankError, OvBankFile, OvClass, PrototypeMeta};
 use crate::{Error, Result};
 use ovdiff_core::prototype::Prototype;
 use ovdiff_core::rows::{HalfRows, HalfSource};
@@ -109,24 +109,6 @@ impl ClassStore for Bank {
     }
 }
 
-/// A `.ovbank` file's class as a record (build id 0: files have none).
-fn record(c: &crate::ovbank::OvClass) -> ClassRecord {
-    ClassRecord {
-        name: c.name.clone(),
-        stuff: c.stuff,
-        source: c.source.clone(),
-        split_method: c.split_method.clone(),
-        created_unix: c.created_unix,
-        build_id: 0,
-        images_used: c.images_used,
-        images_skipped: c.images_skipped,
-        fallback_splits: c.fallback_splits,
-        encoders: c.encoders.clone(),
-        support: c.support.clone(),
-        stats: c.stats.clone(),
-    }
-}
-
 /// An opened `.ovbank` file and its path.
 pub struct FileStore {
     path: std::path::PathBuf,
@@ -169,10 +151,10 @@ impl ClassStore for FileStore {
         &self.path
     }
     fn classes(&self) -> Result<Vec<ClassRecord>> {
-        Ok(self.file.classes().iter().map(record).collect())
+        Ok(self.file.classes().iter().map(OvClass::to_record).collect())
     }
     fn class(&self, name: &str) -> Result<Option<ClassRecord>> {
-        Ok(self.file.class(name).map(record))
+        Ok(self.file.class(name).map(OvClass::to_record))
     }
     fn encoders(&self) -> Result<Vec<EncoderInfo>> {
         Ok(self.file.encoders().to_vec())
@@ -182,6 +164,9 @@ impl ClassStore for FileStore {
     }
     fn thumbnail(&self, class: &ClassRecord, image: u32) -> Result<Option<Vec<u8>>> {
         Ok(self.file.thumbnail(&class.name, image).map(<[u8]>::to_vec))
+    }
+    fn label_ids(&self) -> Result<crate::bank::LabelIds> {
+        Ok(self.file.label_ids())
     }
     fn ann_blob(&self, fp: &str, algorithm: &str) -> Option<&[u8]> {
         let entries = self.file.ann_entries().ok()?;

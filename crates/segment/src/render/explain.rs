@@ -4,7 +4,7 @@ use std::io::Cursor;
 
 use image::{imageops::FilterType, Rgb, RgbImage};
 
-use super::labels::voc_color;
+use super::labels::display_color;
 use super::overlay::{blend, edges, fill_rect, line_color, shade, stroke_rect};
 use crate::font;
 
@@ -109,7 +109,7 @@ fn region_cell(img: &RgbImage, labels: &[u16], label: u16, rh: u32) -> RgbImage 
     for ((p, &k), &e) in cell.pixels_mut().zip(&keys).zip(&edge) {
         *p = match (k, e) {
             (1, true) => line,
-            (1, false) => blend(*p, voc_color(label), 0.35),
+            (1, false) => blend(*p, display_color(label), 0.35),
             _ => blend(shade(*p, 0.45), [128, 128, 128], 0.25),
         };
     }
@@ -190,12 +190,21 @@ pub fn explain_sheet(
     let text = Rgb([25, 25, 25]);
     let dim_text = Rgb([90, 90, 90]);
 
+    // Under each name: how many of its support images are shown.
+    let info = |r: &ExplainRow| {
+        let (n, all) = (r.matches.len().min(opts.max_matches), r.matches.len());
+        match (n == all, all) {
+            (true, 1) => "1 support image".to_string(),
+            (true, _) => format!("{all} support images"),
+            (false, _) => format!("{n} of {all} support images"),
+        }
+    };
     let name_w = rows
         .iter()
-        .map(|r| font::text_width(&r.class, NAME_SCALE))
+        .map(|r| font::text_width(&r.class, NAME_SCALE).max(font::text_width(&info(r), 1)))
         .max()
         .unwrap_or(0)
-        .clamp(SWATCH + 60, 200);
+        .clamp(SWATCH + 60, 220);
     let title_h = opts
         .title
         .as_ref()
@@ -296,7 +305,7 @@ pub fn explain_sheet(
             y as i64,
             SWATCH,
             SWATCH,
-            voc_color(row.label),
+            display_color(row.label),
             1.0,
         );
         stroke_rect(
@@ -317,13 +326,11 @@ pub fn explain_sheet(
             text,
             NAME_SCALE,
         );
-        let n = row.matches.len().min(opts.max_matches);
-        let info = format!("{n} of {} matches", row.matches.len());
         font::draw_text(
             &mut sheet,
             MARGIN as i32,
             (y + SWATCH + 10 + font::text_height(NAME_SCALE)) as i32,
-            &font::fit_text(&info, 1, name_w),
+            &font::fit_text(&info(row), 1, name_w),
             dim_text,
             1,
         );

@@ -96,6 +96,77 @@ pub fn label_color(label: u16) -> Rgb<u8> {
     Rgb(voc_color(label))
 }
 
+/// The first colours of [`display_color`]: saturated, light enough to see
+/// over a dimmed photo, and far in hue from red, so that a class stays
+/// visible on a red object (VOC's first colours are maroon, olive, navy).
+const DISPLAY: [[u8; 3]; 12] = [
+    [0, 190, 255],   // sky blue
+    [255, 215, 0],   // gold
+    [40, 220, 70],   // green
+    [190, 80, 255],  // violet
+    [0, 235, 200],   // turquoise
+    [60, 110, 255],  // blue
+    [190, 255, 40],  // lime
+    [255, 90, 220],  // pink-magenta
+    [120, 200, 255], // light blue
+    [255, 240, 120], // light yellow
+    [120, 255, 170], // mint
+    [160, 140, 255], // lavender
+];
+
+/// Hue in degrees (0..360) of `c`; 0 for greys (the tests of [`display_color`]).
+#[cfg(test)]
+fn hue(c: [u8; 3]) -> f32 {
+    let [r, g, b] = c.map(|v| v as f32 / 255.0);
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    let d = max - min;
+    if d <= f32::EPSILON {
+        return 0.0;
+    }
+    let h = if max == r {
+        ((g - b) / d).rem_euclid(6.0)
+    } else if max == g {
+        (b - r) / d + 2.0
+    } else {
+        (r - g) / d + 4.0
+    };
+    h * 60.0
+}
+
+/// The colour a label is *shown* in, in pictures for people (overlays,
+/// legends, explain sheets): [`DISPLAY`] for the first twelve classes, then
+/// hues spread by the golden angle over 35°–325°, never red. Label PNGs
+/// keep VOC's palette ([`label_color`]), the machine format; background is
+/// black in both.
+pub fn display_color(label: u16) -> [u8; 3] {
+    if label == BACKGROUND {
+        return [0, 0, 0];
+    }
+    let k = usize::from(label - 1);
+    if let Some(c) = DISPLAY.get(k) {
+        return *c;
+    }
+    let h = 35.0 + (k as f32 * 137.508) % 290.0;
+    let (s, v) = if k % 2 == 0 { (0.85, 1.0) } else { (0.6, 0.95) };
+    hsv(h, s, v)
+}
+
+/// HSV (hue in degrees, saturation and value 0..=1) to RGB.
+fn hsv(h: f32, s: f32, v: f32) -> [u8; 3] {
+    let c = v * s;
+    let x = c * (1.0 - ((h / 60.0) % 2.0 - 1.0).abs());
+    let m = v - c;
+    let (r, g, b) = match (h / 60.0) as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    [r, g, b].map(|t| ((t + m) * 255.0).round() as u8)
+}
+
 /// The name shown for a label: `background`, the class name, `void` for
 /// [`VOID`] when `class_names` has fewer classes, or `label N` for another
 /// label that `class_names` does not cover.
@@ -380,6 +451,32 @@ mod tests {
     use super::super::test_support::*;
     use super::super::{legend_scale, overlay};
     use super::*;
+
+    #[test]
+    fn display_colours_stay_visible_on_red_and_differ() {
+        let mut seen = std::collections::HashSet::new();
+        for label in 1..=2000u16 {
+            let c = display_color(label);
+            let h = hue(c);
+            // at least 30° of hue from red, and bright enough over a dim photo
+            assert!((30.0..=330.0).contains(&h), "label {label}: {c:?} hue {h}");
+            let luma = 0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32;
+            assert!(luma >= 60.0, "label {label}: {c:?} is too dark");
+            if label <= 200 {
+                assert!(seen.insert(c), "label {label}: {c:?} twice");
+            }
+        }
+        // blended half over a red object, a class still reads as not red
+        for label in 1..=12u16 {
+            let over = super::super::overlay::blend(Rgb([200, 30, 30]), display_color(label), 0.5);
+            let h = hue(over.0);
+            assert!(
+                (20.0..=340.0).contains(&h),
+                "label {label}: {over:?} hue {h}"
+            );
+        }
+        assert_eq!(display_color(BACKGROUND), [0, 0, 0]);
+    }
 
     #[test]
     fn palette_matches_voc() {

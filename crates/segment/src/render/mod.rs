@@ -2,10 +2,13 @@
 //!
 //! A *label map* is a row-major `&[u16]` of `width × height` entries: `0` is
 //! background ([`BACKGROUND`]), `1..=K` are the classes in the order of the
-//! `class_names` slice that goes with it. Label `i` is drawn in colour
-//! [`label_color`]`(i)` everywhere (PNG palette, overlay, legend, sheet):
-//! VOC's colour map, so the pictures agree with VOC's own
-//! `SegmentationClass` PNGs, extended past 255 by the same bit rule.
+//! `class_names` slice that goes with it. Label PNGs colour label `i` with
+//! [`label_color`]`(i)`: VOC's colour map, so they agree with VOC's own
+//! `SegmentationClass` PNGs, extended past 255 by the same bit rule. The
+//! pictures for people (overlay, legend, explain sheet) show it in
+//! [`display_color`]`(i)` instead: VOC's first colours are dark reds and
+//! olives that vanish on a red object; these stay visible (and are the
+//! same in every picture of a run).
 //!
 //! Label PNGs are 8-bit palette images when a query has at most
 //! [`MAX_PALETTE_CLASSES`] classes (VOC's format), and 16-bit greyscale
@@ -19,9 +22,9 @@ mod overlay;
 
 pub use explain::{explain_sheet, ExplainMatch, ExplainOptions, ExplainRow, PatchMask};
 pub use labels::{
-    encode_label_png, encode_mask_png, encode_rgb_png, label_color, label_name, read_label_png,
-    voc_color, voc_palette, write_label_png, write_mask_png, write_rgb_png, LabelDepth, BACKGROUND,
-    MAX_PALETTE_CLASSES, VOID,
+    display_color, encode_label_png, encode_mask_png, encode_rgb_png, label_color, label_name,
+    read_label_png, voc_color, voc_palette, write_label_png, write_mask_png, write_rgb_png,
+    LabelDepth, BACKGROUND, MAX_PALETTE_CLASSES, VOID,
 };
 pub use overlay::{legend_scale, overlay};
 

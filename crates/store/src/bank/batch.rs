@@ -28,6 +28,8 @@ pub struct ClassBatch<'b> {
     pending: Vec<(u64, build_file::Entries)>,
     pending_bytes: usize,
     names: HashSet<String>,
+    /// Stable label ids asked for ([`ClassBatch::want_label_id`]).
+    wanted_labels: Vec<(String, u32)>,
     done: bool,
 }
 
@@ -41,6 +43,7 @@ impl Bank {
             pending: Vec::new(),
             pending_bytes: 0,
             names: HashSet::new(),
+            wanted_labels: Vec::new(),
             done: false,
         })
     }
@@ -78,6 +81,14 @@ impl ClassBatch<'_> {
         build_file::write_many(self.bank.path(), &pending)
     }
 
+    /// Asks that `name` get the stable label id `id` at commit, when the
+    /// bank has recorded no id for `name` and none of its names holds `id`
+    /// (an import keeps its file's ids where it can); otherwise it gets
+    /// the bank's next id, as every new class does.
+    pub fn want_label_id(&mut self, name: &str, id: u32) {
+        self.wanted_labels.push((name.to_owned(), id));
+    }
+
     /// Number of classes staged.
     pub fn len(&self) -> usize {
         self.staged.len()
@@ -108,6 +119,7 @@ impl ClassBatch<'_> {
             }
         };
         self.done = true;
+        bank.adopt_label_ids(&self.wanted_labels)?;
         bank.store.flush()?;
         let new_builds: HashSet<u64> = self.staged.iter().map(|(r, _)| r.build_id).collect();
         let mut deleted = false;

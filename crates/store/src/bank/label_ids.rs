@@ -110,6 +110,34 @@ impl Bank {
         Ok(())
     }
 
+    /// Records the wanted ids of names that have none yet, where no other
+    /// name holds the id (before [`record_label_ids`](Bank::record_label_ids)
+    /// numbers the rest).
+    pub(super) fn adopt_label_ids(&self, wanted: &[(String, u32)]) -> Result<()> {
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let (recorded, next) = self.recorded_label_ids()?;
+        let mut used: std::collections::HashSet<u32> = recorded.values().copied().collect();
+        let mut high = next;
+        for (name, id) in wanted {
+            if *id == 0 || recorded.contains_key(name) || !used.insert(*id) {
+                continue;
+            }
+            self.store
+                .insert(TreeId::Meta, &label_key(name), &record::encode_u32(*id))?;
+            high = high.max(id.saturating_add(1));
+        }
+        if high != next {
+            self.store.insert(
+                TreeId::Meta,
+                meta_key::NEXT_LABEL_ID,
+                &record::encode_u32(high),
+            )?;
+        }
+        Ok(())
+    }
+
     /// After `old` was renamed to `new`: `new` takes `id`.
     pub(super) fn move_label_id(&self, old: &str, new: &str, id: u32) -> Result<()> {
         self.store.remove(TreeId::Meta, &label_key(old))?;

@@ -16,10 +16,12 @@ pub(crate) use crate::bank::record::{level_code, level_from_code, side_code, sid
 /// * 1: the initial format (`schema/ovbank-v1.md`).
 /// * 2: adds the optional `stats` section (per-class build statistics); see
 ///   `schema/ovbank-v2.md` and `migrations/0002-build-stats.md`.
-pub const OVBANK_FORMAT_VERSION: u32 = 2;
+/// * 3: adds the optional `labels` section (stable label ids per class);
+///   see `schema/ovbank-v3.md` and `migrations/0003-label-ids.md`.
+pub const OVBANK_FORMAT_VERSION: u32 = 3;
 
 /// The oldest reader version this build writes into files: 1, because the
-/// only v2 addition is an optional section that v1 readers skip.
+/// v2 and v3 additions are optional sections that older readers skip.
 pub const OVBANK_OLDEST_READER: u32 = 1;
 
 /// The oldest format version this build still reads.
@@ -104,6 +106,8 @@ pub enum SectionKind {
     Ann,
     /// `stats` (8, format 2): optional per-class build statistics.
     Stats,
+    /// `labels` (9, format 3): optional stable label ids per class.
+    Labels,
     /// A kind this build does not know.
     Unknown(u32),
 }
@@ -130,6 +134,7 @@ impl SectionKind {
             6 => SectionKind::Thumbnails,
             7 => SectionKind::Ann,
             8 => SectionKind::Stats,
+            9 => SectionKind::Labels,
             other => SectionKind::Unknown(other),
         }
     }
@@ -145,6 +150,7 @@ impl SectionKind {
             SectionKind::Thumbnails => 6,
             SectionKind::Ann => 7,
             SectionKind::Stats => 8,
+            SectionKind::Labels => 9,
             SectionKind::Unknown(c) => c,
         }
     }
@@ -160,6 +166,7 @@ impl SectionKind {
             SectionKind::Thumbnails => "thumbnails",
             SectionKind::Ann => "ann",
             SectionKind::Stats => "stats",
+            SectionKind::Labels => "labels",
             SectionKind::Unknown(_) => "unknown",
         }
     }

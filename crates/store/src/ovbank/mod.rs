@@ -29,7 +29,7 @@ mod write;
 mod tests;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 pub use error::{OvBankError, Result};
@@ -170,6 +170,9 @@ pub fn export_with(
             blobs.push((e.fingerprint.clone(), alg, blob));
         }
     }
+    let labels = bank
+        .label_ids()
+        .map_err(OvBankError::bank("reading the label ids"))?;
     let mut w = Writer::create_with(out, encoders, ann.is_some())?;
     for (fp, alg, blob) in blobs {
         w.add_ann(&fp, &alg, blob)?;
@@ -191,7 +194,8 @@ pub fn export_with(
             thumbs.push(t.unwrap_or_default());
         }
         let thumbs: Vec<&[u8]> = thumbs.iter().map(Vec::as_slice).collect();
-        w.add_class(&OvClass::from_record(rec), blocks, &thumbs)?;
+        let label = labels.get(&rec.name).copied();
+        w.add_labelled_class(&OvClass::from_record(rec), label, blocks, &thumbs)?;
     }
     w.finish()
 }
@@ -237,8 +241,8 @@ pub fn import(file: &OvBankFile, into: &Bank, on_conflict: OnConflict) -> Result
         .collect();
     let in_file: HashSet<&str> = file.classes().iter().map(|c| c.name.as_str()).collect();
     // Decide every class's fate first (deterministic), then store them.
-    let mut plan: Vec<(&OvClass, String, bool)> = Vec::with_capacity(file.classes().len());
-    for c in file.classes() {
+    let mut plan: Vec<Planned<'_>> = Vec::with_capacity(file.classes().len());
+    for (c, label) in file.classes_and_labels() {
         let (target, replace) = if !taken.contains(&c.name) {
             stats.added.push(c.name.clone());
             (c.name.clone(), false)
@@ -260,11 +264,11 @@ pub fn import(file: &OvBankFile, into: &Bank, on_conflict: OnConflict) -> Result
             }
         };
         taken.insert(target.clone());
-        plan.push((c, target, replace));
+        plan.push((c, target, replace, label));
     }
     let used: BTreeSet<&str> = plan
         .iter()
-        .flat_map(|(c, _, _)| c.encoders.iter().map(|e| e.fingerprint.as_str()))
+        .flat_map(|(c, _, _, _)| c.encoders.iter().map(|e| e.fingerprint.as_str()))
         .collect();
     let in_use = bank_encoders_in_use(into)?;
     let mut to_register = Vec::new();
@@ -319,12 +323,19 @@ fn bank_encoders_in_use(bank: &Bank) -> Result<HashSet<String>> {
 /// Stores the planned classes in one [`ClassBatch`](crate::bank::ClassBatch):
 /// every class's data is written, flushed once, and all class records are
 /// committed in one transaction, so the import is all or nothing.
-fn store_classes(file: &OvBankFile, into: &Bank, plan: &[(&OvClass, String, bool)]) -> Result<u64> {
+/// A class to import: the file's class, its name in the bank, whether it
+/// replaces one, and the file's stable label id for it.
+type Planned<'a> = (&'a OvClass, String, bool, Option<u32>);
+
+fn store_classes(file: &OvBankFile, into: &Bank, plan: &[Planned<'_>]) -> Result<u64> {
     let mut batch = into
         .batch()
         .map_err(OvBankError::bank("starting the import"))?;
     let mut stored = 0u64;
-    for (c, target, replace) in plan {
+    for (c, target, replace, label) in plan {
+        if let Some(id) = label {
+            batch.want_label_id(target, *id);
+        }
         let mut encoders = Vec::with_capacity(c.encoders.len());
         for e in &c.encoders {
             let protos = file.prototypes(&c.name, &e.fingerprint)?;
@@ -469,8 +480,23 @@ pub fn merge(inputs: &[&OvBankFile], out: &Path, on_conflict: OnConflict) -> Res
         .filter(|(fp, _)| used.contains(fp))
         .map(|(_, (_, e))| e.clone())
         .collect();
+    // Stable label ids: a class keeps its input's id unless a class of an
+    // earlier input (or earlier in the same one) holds it; then it has none
+    // in the output, and readers number it after the recorded ones.
+    let mut order: Vec<(usize, usize)> = chosen.values().copied().collect();
+    order.sort_unstable();
+    let mut taken_ids = HashSet::new();
+    let mut labels: HashMap<(usize, usize), u32> = HashMap::new();
+    for (i, ci) in order {
+        if let Some(id) = inputs[i].recorded_label_id(ci) {
+            if taken_ids.insert(id) {
+                labels.insert((i, ci), id);
+            }
+        }
+    }
     let mut w = Writer::create(out, encoders)?;
     for (name, (i, ci)) in &chosen {
+        let label = labels.get(&(*i, *ci)).copied();
         let f = inputs[*i];
         let c = &f.classes()[*ci];
         let mut blocks = Vec::with_capacity(c.encoders.len());
@@ -487,13 +513,13 @@ pub fn merge(inputs: &[&OvBankFile], out: &Path, on_conflict: OnConflict) -> Res
             .map(|k| f.thumbnail(&c.name, k).unwrap_or_default())
             .collect();
         if *name == c.name {
-            w.add_class(c, blocks, &thumbs)?;
+            w.add_labelled_class(c, label, blocks, &thumbs)?;
         } else {
             let renamed = OvClass {
                 name: name.clone(),
                 ..c.clone()
             };
-            w.add_class(&renamed, blocks, &thumbs)?;
+            w.add_labelled_class(&renamed, label, blocks, &thumbs)?;
         }
     }
     stats.file = w.finish()?;

@@ -27,8 +27,9 @@ use crate::bank::{validate_class_name, ClassSource, EncoderInfo, DTYPE_F16};
 use ovdiff_core::prototype::{Prototype, Side};
 
 /// Sections this writer emits, in table order, with their flags: the six
-/// required ones, then the optional `stats` section of format 2.
-const WRITTEN: [(SectionKind, u32); 7] = [
+/// required ones, then the optional `stats` (format 2) and `labels`
+/// (format 3) sections.
+const WRITTEN: [(SectionKind, u32); 8] = [
     (SectionKind::Encoders, SECTION_FLAG_REQUIRED),
     (SectionKind::Classes, SECTION_FLAG_REQUIRED),
     (SectionKind::Index, SECTION_FLAG_REQUIRED),
@@ -36,6 +37,7 @@ const WRITTEN: [(SectionKind, u32); 7] = [
     (SectionKind::Provenance, SECTION_FLAG_REQUIRED),
     (SectionKind::Thumbnails, SECTION_FLAG_REQUIRED),
     (SectionKind::Stats, 0),
+    (SectionKind::Labels, 0),
 ];
 
 /// What a written file holds.
@@ -142,6 +144,10 @@ pub(crate) struct Writer {
     metas: Vec<u8>,
     classes: Vec<u8>,
     build_stats: Vec<u8>,
+    /// One u32 per class: its stable label id, 0 for none.
+    labels: Vec<u8>,
+    /// The label ids given so far (each once).
+    label_set: std::collections::HashSet<u32>,
     class_count: u32,
     block_count: u32,
     meta_count: u64,
@@ -211,6 +217,8 @@ impl Writer {
             metas: Vec::new(),
             classes: Vec::new(),
             build_stats: Vec::new(),
+            labels: Vec::new(),
+            label_set: Default::default(),
             class_count: 0,
             block_count: 0,
             meta_count: 0,
@@ -241,16 +249,42 @@ impl Writer {
         Ok(pad)
     }
 
-    /// Adds a class. `class.encoders` is ignored: the per-encoder entries
-    /// are derived from `blocks`. `thumbnails[i]` is the JPEG of support
-    /// image `i` (empty or missing: none).
+    /// Adds a class with no stable label id; see
+    /// [`add_labelled_class`](Writer::add_labelled_class).
+    #[cfg(test)]
     pub fn add_class(
         &mut self,
         class: &OvClass,
+        blocks: Vec<BlockIn<'_>>,
+        thumbnails: &[&[u8]],
+    ) -> Result<()> {
+        self.add_labelled_class(class, None, blocks, thumbnails)
+    }
+
+    /// Adds a class, with its stable label id when it has one (the
+    /// `labels` section; ids are unique within a file and never 0).
+    /// `class.encoders` is ignored: the per-encoder entries are derived from
+    /// `blocks`. `thumbnails[i]` is the JPEG of support image `i` (empty or
+    /// missing: none).
+    pub fn add_labelled_class(
+        &mut self,
+        class: &OvClass,
+        label: Option<u32>,
         mut blocks: Vec<BlockIn<'_>>,
         thumbnails: &[&[u8]],
     ) -> Result<()> {
         let what = || format!("class {:?}", class.name);
+        if let Some(id) = label {
+            if id == 0 {
+                return Err(unwritable(what(), "label id 0 is the background's"));
+            }
+            if self.label_set.contains(&id) {
+                return Err(unwritable(
+                    what(),
+                    format!("label id {id} is another class's"),
+                ));
+            }
+        }
         validate_class_name(&class.name)
             .map_err(|p| unwritable(what(), format!("invalid name: {p}")))?;
         if self.last_name.as_ref().is_some_and(|l| *l >= class.name) {
@@ -454,6 +488,10 @@ impl Writer {
             .checked_add(1)
             .ok_or_else(|| unwritable(what(), "too many classes"))?;
         self.last_name = Some(class.name.clone());
+        self.labels.put_u32(label.unwrap_or(0));
+        if let Some(id) = label {
+            self.label_set.insert(id);
+        }
         after_class_fail_point();
         Ok(())
     }
@@ -571,6 +609,8 @@ impl Writer {
         head.put_u32(0);
         let records = std::mem::take(&mut self.build_stats);
         let build_stats = self.section(&[&head, &records])?;
+        let records = std::mem::take(&mut self.labels);
+        let labels = self.section(&[&head, &records])?;
         let mut written: Vec<(SectionKind, u32)> = WRITTEN.to_vec();
         let mut table = vec![
             encoders,
@@ -580,13 +620,14 @@ impl Writer {
             provenance,
             thumbnails,
             build_stats,
+            labels,
         ];
         if let Some(mut entries) = self.ann.take() {
             let bytes = Self::ann_bytes(&mut entries);
             drop(entries);
             // the table lists kinds in increasing order: `ann` (7) before
-            // `stats` (8), wherever the bytes lie
-            let at = written.len() - 1;
+            // `stats` (8) and `labels` (9), wherever the bytes lie
+            let at = written.len() - 2;
             table.insert(at, self.section(&[&bytes])?);
             written.insert(at, (SectionKind::Ann, 0));
         }

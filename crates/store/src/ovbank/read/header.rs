@@ -325,7 +325,10 @@ mod tests {
             "{err}"
         );
         let msg = err.to_string();
-        assert!(msg.contains("99") && msg.contains("up to 2"), "{msg}");
+        assert!(
+            msg.contains("99") && msg.contains(&format!("up to {OVBANK_FORMAT_VERSION}")),
+            "{msg}"
+        );
         assert!(msg.contains("upgrade ovdiff-bank"), "{msg}");
         let err = parse_header(&minimal_header(0, 0)).unwrap_err();
         assert!(

@@ -21,6 +21,34 @@ pub(super) struct ThumbLoc {
     pub(super) length: u64,
 }
 
+/// Parses the optional `labels` section (format 3): one u32 per class, in
+/// class order, its stable label id (0: none). Ids are unique.
+pub(super) fn parse_labels(
+    bytes: &[u8],
+    sec: &SectionInfo,
+    classes: usize,
+) -> Result<Vec<Option<u32>>> {
+    let mut c = Cursor::new(bytes, "labels", sec.offset);
+    let count = c.u32("the record count")?;
+    if count as usize != classes {
+        return Err(c.err(format!("it has {count} records for {classes} classes")));
+    }
+    if c.u32("reserved bytes")? != 0 {
+        return Err(c.err("reserved bytes are not zero"));
+    }
+    let n = c.count_fits(u64::from(count), 4, "the records")?;
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = c.u32("a label id")?;
+        if id != 0 && !seen.insert(id) {
+            return Err(c.err(format!("label id {id} is given to two classes")));
+        }
+        out.push((id != 0).then_some(id));
+    }
+    Ok(out)
+}
+
 /// Parses the optional `stats` section (format 2): one record per class, in
 /// class order.
 pub(super) fn parse_stats(

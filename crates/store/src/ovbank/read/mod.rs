@@ -40,7 +40,7 @@ use header::{checked_section, missing, parse_header};
 pub use header::{Header, SectionInfo};
 pub(crate) use index::Block;
 use index::{parse_index, read_region, skip_region, IndexContext};
-use metadata::{parse_ann, parse_classes, parse_encoders, parse_stats, ThumbLoc};
+use metadata::{parse_ann, parse_classes, parse_encoders, parse_labels, parse_stats, ThumbLoc};
 pub use views::{AnnEntry, OvClass, PrototypeMeta, VectorsView, VerifyReport};
 
 enum Storage {
@@ -76,6 +76,8 @@ pub struct OvBankFile {
     encoders: Vec<EncoderInfo>,
     encoder_fps: Vec<[u8; 32]>,
     classes: Vec<OvClass>,
+    /// Per class: its stable label id, when the file records one.
+    labels: Vec<Option<u32>>,
     thumbs: Vec<Vec<ThumbLoc>>,
     blocks: Vec<Block>,
     /// Per class: its range in `blocks`.
@@ -165,6 +167,7 @@ impl OvBankFile {
         let thumbnails_sec = sec(SectionKind::Thumbnails)?;
         let ann_sec = find(SectionKind::Ann);
         let stats_sec = find(SectionKind::Stats);
+        let labels_sec = find(SectionKind::Labels);
 
         let (encoders, encoder_fps) = parse_encoders(checked_section(bytes, &enc_sec)?, &enc_sec)?;
         // An encoder name is what users and `--encoder` see: one name, one fingerprint.
@@ -201,6 +204,10 @@ impl OvBankFile {
                 class.stats = s;
             }
         }
+        let labels = match labels_sec {
+            Some(sec) => parse_labels(checked_section(bytes, &sec)?, &sec, classes.len())?,
+            None => vec![None; classes.len()],
+        };
         for (class, &(start, end)) in classes.iter_mut().zip(&index.class_blocks) {
             class.encoders = index.blocks[start..end]
                 .iter()
@@ -223,6 +230,7 @@ impl OvBankFile {
             encoders,
             encoder_fps,
             classes,
+            labels,
             thumbs,
             blocks: index.blocks,
             class_blocks: index.class_blocks,
@@ -291,6 +299,31 @@ impl OvBankFile {
     }
 
     /// The classes, sorted by name (byte order).
+    /// The stable label id the file records for class number `index`.
+    pub fn recorded_label_id(&self, index: usize) -> Option<u32> {
+        self.labels.get(index).copied().flatten()
+    }
+
+    /// The classes with the stable label id the file records for each.
+    pub fn classes_and_labels(&self) -> impl Iterator<Item = (&OvClass, Option<u32>)> {
+        self.classes.iter().zip(self.labels.iter().copied())
+    }
+
+    /// Every class's stable label id (`segment --label-ids bank`): the
+    /// file's `labels` section where it gives one, the others numbered in
+    /// creation order after the highest recorded id
+    /// ([`assign_label_ids`](crate::bank::assign_label_ids)).
+    pub fn label_ids(&self) -> crate::bank::LabelIds {
+        let recorded: crate::bank::LabelIds = self
+            .classes_and_labels()
+            .filter_map(|(c, id)| id.map(|id| (c.name.clone(), id)))
+            .collect();
+        let records: Vec<crate::bank::ClassRecord> =
+            self.classes.iter().map(OvClass::to_record).collect();
+        crate::bank::assign_label_ids(&records, &recorded, 1).0
+    }
+
+    /// The classes, in name order.
     pub fn classes(&self) -> &[OvClass] {
         &self.classes
     }

@@ -61,6 +61,24 @@ impl OvClass {
         }
     }
 
+    /// The bank record of this class (build id 0: files have none).
+    pub fn to_record(&self) -> ClassRecord {
+        ClassRecord {
+            name: self.name.clone(),
+            stuff: self.stuff,
+            source: self.source.clone(),
+            split_method: self.split_method.clone(),
+            created_unix: self.created_unix,
+            build_id: 0,
+            images_used: self.images_used,
+            images_skipped: self.images_skipped,
+            fallback_splits: self.fallback_splits,
+            encoders: self.encoders.clone(),
+            support: self.support.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
     /// The draft to store this class in a bank under `name`.
     pub fn to_draft(&self, name: &str) -> ClassRecordDraft {
         ClassRecordDraft {

@@ -52,7 +52,11 @@ fn a_flipped_byte_in_a_section_is_named_by_verify() {
         let opened = OvBankFile::open(&path);
         let metadata = matches!(
             s.kind,
-            SectionKind::Encoders | SectionKind::Classes | SectionKind::Index | SectionKind::Stats
+            SectionKind::Encoders
+                | SectionKind::Classes
+                | SectionKind::Index
+                | SectionKind::Stats
+                | SectionKind::Labels
         );
         assert_eq!(opened.is_err(), metadata, "{}", s.name());
         if let Ok(f) = opened {

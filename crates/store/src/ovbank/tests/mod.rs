@@ -70,8 +70,14 @@ fn write_builds(out: &Path, encoders: &[EncoderInfo], builds: &[(ClassBuild, u64
     w.finish().unwrap()
 }
 
-/// Rewrites `file` to `out` with each class's creation time from `created`.
-fn rewrite(file: &OvBankFile, out: &Path, created: impl Fn(&str) -> u64) {
+/// Rewrites `file` to `out` with each class's creation time from `created`
+/// and label id from `label`.
+fn rewrite(
+    file: &OvBankFile,
+    out: &Path,
+    created: impl Fn(&str) -> u64,
+    label: impl Fn(&str) -> Option<u32>,
+) {
     let mut w = Writer::create(out, file.encoders().to_vec()).unwrap();
     for c in file.classes() {
         let blocks = c
@@ -94,19 +100,31 @@ fn rewrite(file: &OvBankFile, out: &Path, created: impl Fn(&str) -> u64) {
             created_unix: created(&c.name),
             ..c.clone()
         };
-        w.add_class(&class, blocks, &thumbs).unwrap();
+        w.add_labelled_class(&class, label(&c.name), blocks, &thumbs)
+            .unwrap();
     }
     w.finish().unwrap();
 }
 
 /// Asserts that `second` (exported after an import of `first`) equals
 /// `first` byte for byte once its classes carry `first`'s creation times:
-/// [`import`] cannot preserve them (the bank stamps stored classes).
+/// [`import`] cannot preserve them (the bank stamps stored classes). Label
+/// ids too: `first` may have none, which the bank then numbers (the CLI's
+/// tests check that ids a file gives survive the trip).
 fn assert_same_but_created(first: &Path, second: &Path) {
     let a = OvBankFile::open(first).unwrap();
     let b = OvBankFile::open(second).unwrap();
     let fixed = second.with_extension("fixed");
-    rewrite(&b, &fixed, |name| a.class(name).unwrap().created_unix);
+    let ids: std::collections::HashMap<String, Option<u32>> = a
+        .classes_and_labels()
+        .map(|(c, id)| (c.name.clone(), id))
+        .collect();
+    rewrite(
+        &b,
+        &fixed,
+        |name| a.class(name).unwrap().created_unix,
+        |name| ids[name],
+    );
     let (ab, fb) = (
         std::fs::read(first).unwrap(),
         std::fs::read(&fixed).unwrap(),
