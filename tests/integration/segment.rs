@@ -477,7 +477,7 @@ fn a_query_of_more_than_254_classes_writes_16_bit_labels() {
     let overlay = image::open(out_dir.join("q.overlay.png"))
         .unwrap()
         .to_rgb8();
-    let want = ovdiff_segment::render::label_color(281);
+    let want = image::Rgb(ovdiff_segment::render::display_color(281));
     let photo = [230f32, 40.0, 40.0];
     let blended: Vec<u8> = (0..3)
         .map(|c| (photo[c] * 0.5 + f32::from(want.0[c]) * 0.5).round() as u8)
