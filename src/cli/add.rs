@@ -12,6 +12,7 @@ use super::bank::{index_after_write, IndexChoice};
 use super::progress::Bars;
 use super::{count, outln, print_json, Context};
 use ovdiff_core::home::DEFAULT_ENCODER;
+use ovdiff_core::shard::Shard;
 use ovdiff_diffusion::generate::{SampleOptions, DEFAULT_NEGATIVE, DEFAULT_PROMPT};
 use ovdiff_diffusion::scheduler::SchedulerKind;
 use ovdiff_learn::learner::{read_classes_file, AddReport, Learner, NewClass};
@@ -35,6 +36,12 @@ pub struct AddArgs {
     /// [default: add-errors.json, written only when a class failed].
     #[arg(long, value_name = "FILE", requires = "classes_file")]
     pub error_report: Option<PathBuf>,
+    /// With --classes-file: build only shard I of N (from 0), the classes
+    /// whose name hashes to I. N workers split a file without overlap, and
+    /// lines added to the file never move the other classes. An empty shard
+    /// still creates the bank, so that it can be exported like the others.
+    #[arg(long, value_name = "I/N", requires = "classes_file")]
+    pub shard: Option<Shard>,
     /// A folder of support images (PNG or JPEG) showing the class, or one
     /// image file. Without it, the support set is sampled from a diffusion
     /// generator.
@@ -196,6 +203,12 @@ const DEFAULT_ERROR_REPORT: &str = "add-errors.json";
 /// `add`: one class, or every class of `--classes-file`.
 pub fn run(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
     let mut learner = learner(ctx, args);
+    if args.shard.is_some() && args.classes_file.is_none() {
+        anyhow::bail!(
+            "--shard splits the classes of a --classes-file over workers; one class is not \
+             split: drop --shard, or list the classes in a file and pass --classes-file FILE"
+        );
+    }
     let Some(file) = &args.classes_file else {
         let class = args
             .class
@@ -219,7 +232,20 @@ pub fn run(ctx: &Context, args: &AddArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ERROR_REPORT));
     ovdiff_store::bank::check_output_file(&report)?;
     check_bank(ctx, args.bank.as_deref(), args.create)?;
-    let lines = read_classes_file(file)?;
+    let mut lines = read_classes_file(file)?;
+    if let Some(shard) = args.shard {
+        let all = lines.len();
+        lines.retain(|l| shard.owns(&l.class));
+        eprintln!(
+            "info: shard {shard}: {} of {all} in {}",
+            count(lines.len(), "class", "classes"),
+            file.display()
+        );
+        if lines.is_empty() {
+            // the bank exists afterwards, as after any other shard
+            open_bank(ctx, args.bank.as_deref(), args.create)?;
+        }
+    }
     let overall = if ctx.json {
         ProgressBar::hidden()
     } else {

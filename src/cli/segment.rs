@@ -12,10 +12,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{outln, plural, Context};
+use ovdiff_core::shard::{path_key, Shard};
 use ovdiff_learn::support_set;
 use ovdiff_models::features::preprocess;
 use ovdiff_segment::prefilter;
 use ovdiff_segment::query::{self, Matching};
+use ovdiff_segment::resume::{outputs_complete, Expected};
 use ovdiff_segment::segmenter::{ClassChoice, ImageInput, PlanReport, PrefilterChoice};
 use ovdiff_segment::{
     ImageReport, LabelIds, Query, Segmenter, SegmenterOptions, WindowLayout, WriteOptions,
@@ -149,6 +151,18 @@ pub struct SegmentArgs {
     /// The CLIP pre-filter.
     #[command(flatten)]
     pub prefilter: PrefilterArgs,
+    /// Segment only shard I of N (from 0): the images whose path relative
+    /// to the folder named (a file or glob match: its path as named) hashes
+    /// to I, so that N workers split a collection without overlap, and new
+    /// images never move the others. File names are chosen over all inputs,
+    /// as one run would.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Skip an image whose outputs are all there: its NAME.json (written
+    /// last) names the same input and classes, and every file this run
+    /// would write for it exists. A re-run resumes.
+    #[arg(long)]
+    pub skip_existing: bool,
     /// Runtime options.
     #[command(flatten)]
     pub model: super::ModelArgs,
@@ -234,6 +248,9 @@ pub(super) fn print_plan(plan: &PlanReport) {
 pub struct Inputs {
     /// Image paths, in order, without repeats.
     pub images: Vec<PathBuf>,
+    /// Each image's shard key: its path relative to the folder named, or
+    /// (a file, a glob match) its path as named ([`path_key`]).
+    pub keys: Vec<String>,
     /// Named files that do not exist (reported and skipped).
     pub missing: Vec<PathBuf>,
 }
@@ -244,10 +261,12 @@ pub struct Inputs {
 /// are all missing... only when nothing else was named.
 pub fn expand_inputs(inputs: &[String]) -> anyhow::Result<Inputs> {
     let mut out = Vec::new();
+    let mut keys = Vec::new();
     let mut missing = Vec::new();
     let mut seen = HashSet::new();
     for arg in inputs {
         let p = Path::new(arg);
+        let root = p.is_dir().then_some(p);
         let found: Vec<PathBuf> = if p.is_dir() {
             support_set::list_images(p)?
         } else if p.exists() {
@@ -269,6 +288,8 @@ pub fn expand_inputs(inputs: &[String]) -> anyhow::Result<Inputs> {
         };
         for f in found {
             if seen.insert(f.clone()) {
+                let rel = root.and_then(|r| f.strip_prefix(r).ok()).unwrap_or(&f);
+                keys.push(path_key(rel));
                 out.push(f);
             }
         }
@@ -278,6 +299,7 @@ pub fn expand_inputs(inputs: &[String]) -> anyhow::Result<Inputs> {
     }
     Ok(Inputs {
         images: out,
+        keys,
         missing,
     })
 }
@@ -291,15 +313,27 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let Inputs {
-        images: inputs,
-        missing,
+        images: all,
+        keys,
+        mut missing,
     } = expand_inputs(&args.inputs)?;
     let bank_path = super::existing_bank_path(ctx, args.bank.as_deref())?;
     // Outputs never go inside a bank folder (the default `ovdiff-out` run in one, too).
     ovdiff_store::bank::check_output_dir(&args.out)?;
     // Every input's file names, chosen before anything is written: none
     // overwrites another's.
-    let stems = ovdiff_segment::outputs::output_stems(&inputs, args.explain);
+    // Over all inputs, so that a shard names its files as one run would.
+    let stems = ovdiff_segment::outputs::output_stems(&all, args.explain);
+    let shard = args.shard.unwrap_or_else(Shard::whole);
+    let (mut inputs, mut stems): (Vec<PathBuf>, Vec<String>) = all
+        .iter()
+        .cloned()
+        .zip(stems)
+        .zip(&keys)
+        .filter(|(_, k)| shard.owns(k))
+        .map(|(pair, _)| pair)
+        .unzip();
+    missing.retain(|p| shard.owns_path(p));
     let names = (!args.all_classes).then(|| {
         args.classes
             .iter()
@@ -314,9 +348,32 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     // What every label value means, for the whole run.
-    segmenter
-        .label_map(&query)?
-        .write_files(&args.out, query.label_ids)?;
+    let label_map = segmenter.label_map(&query)?;
+    label_map.write_files(&args.out, query.label_ids)?;
+    let write = WriteOptions {
+        mask_pngs: args.masks.contains(&MaskFormat::Png),
+        rle: args.masks.contains(&MaskFormat::Rle),
+        ..WriteOptions::default()
+    };
+    let in_shard = inputs.len() + missing.len();
+    let mut skipped = 0usize;
+    if args.skip_existing {
+        let before = inputs.len();
+        (inputs, stems) = inputs
+            .into_iter()
+            .zip(stems)
+            .filter(|(image, stem)| {
+                let expected = Expected {
+                    image,
+                    label_map: &label_map,
+                    explain: args.explain,
+                    write: &write,
+                };
+                !outputs_complete(&args.out, stem, &expected)
+            })
+            .unzip();
+        skipped = before - inputs.len();
+    }
     let mut failures = Vec::new();
     for p in missing {
         let error = "the file does not exist; skipped".to_string();
@@ -335,11 +392,6 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
             .expect("invariant: template is valid")
             .progress_chars("=> "),
     );
-    let write = WriteOptions {
-        mask_pngs: args.masks.contains(&MaskFormat::Png),
-        rle: args.masks.contains(&MaskFormat::Rle),
-        ..WriteOptions::default()
-    };
     let mut segmented = 0usize;
     // Decode the next image on a second thread while this one segments.
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -392,6 +444,17 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     })?;
     pb.finish_and_clear();
     let total = inputs.len() + missing_count;
+    if args.shard.is_some() || args.skip_existing {
+        let summary = RunSummary {
+            images: all.len(),
+            shard: args.shard.map(|s| s.to_string()),
+            in_shard,
+            segmented,
+            skipped,
+            failed: failures.len(),
+        };
+        summary.print(ctx)?;
+    }
     if !failures.is_empty() && !ctx.json {
         eprintln!(
             "ovdiff-bank: {} of {} {} failed ({} segmented)",
@@ -406,6 +469,43 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What a run with `--shard` or `--skip-existing` did, printed last (under
+/// `--json` as one line `{"summary": {…}}`).
+#[derive(Debug, Serialize)]
+struct RunSummary {
+    /// Images among the inputs, every shard's.
+    images: usize,
+    /// `I/N`, with `--shard`.
+    shard: Option<String>,
+    /// Inputs of this shard (missing files included).
+    in_shard: usize,
+    segmented: usize,
+    /// Images whose outputs were complete (`--skip-existing`).
+    skipped: usize,
+    failed: usize,
+}
+
+impl RunSummary {
+    fn print(&self, ctx: &Context) -> anyhow::Result<()> {
+        if ctx.json {
+            outln!("{}", serde_json::json!({ "summary": self }));
+            return Ok(());
+        }
+        let of = match &self.shard {
+            Some(s) => format!("shard {s}: {} of {}", self.in_shard, self.images),
+            None => format!("{}", self.in_shard),
+        };
+        outln!(
+            "{of} {}: {} segmented, {} skipped (outputs complete), {} failed",
+            plural(self.images, "image", "images"),
+            self.segmented,
+            self.skipped,
+            self.failed
+        );
+        Ok(())
+    }
 }
 
 fn print_summary(r: &ImageReport, explain: bool) {

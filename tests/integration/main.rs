@@ -17,3 +17,4 @@ mod real_model;
 mod reliability;
 mod segment;
 mod serve;
+mod shard;

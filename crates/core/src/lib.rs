@@ -6,6 +6,7 @@
 //! * [`prototype`]: [`Prototype`], [`Side`], [`Level`], [`Provenance`];
 //! * [`grid`]: [`PatchGrid`], the L2-normalised patch tokens of one image;
 //! * [`rows`]: [`HalfRows`], prototype vectors as f16 rows (owned or mapped);
+//! * [`shard`]: deterministic shards of classes and images over N workers;
 //! * [`map`]: resizing and normalising dense f32 maps;
 //! * [`names`]: the known names closest to a misspelt one;
 //! * [`error`]: the one [`Error`] type;
@@ -36,6 +37,7 @@ pub mod names;
 pub mod prototype;
 pub mod rng;
 pub mod rows;
+pub mod shard;
 pub mod threads;
 
 pub use error::Error;

@@ -11,6 +11,8 @@
 //!   explain sheet, JSON report);
 //! * [`outputs`]: the names of those files, chosen for a whole run so that
 //!   no input's files overwrite another's;
+//! * [`resume`]: whether an image's files are already all written, so that
+//!   a re-run skips it (`segment --skip-existing`);
 //! * [`window`]: which crops are encoded (448 and 336 windows, stride 224,
 //!   plus the whole image, at a working size with a 448 short side);
 //! * [`engine`]: windows through encoders and matchers, [`segment_image`];
@@ -37,6 +39,7 @@ pub mod outputs;
 pub mod prefilter;
 pub mod query;
 pub mod render;
+pub mod resume;
 pub mod rle;
 pub mod segmentation;
 pub mod segmenter;
