@@ -12,7 +12,9 @@ use super::segment::{print_plan, query_of, segmenter_options, EngineArg, Prefilt
 use super::{print_json, Context};
 use ovdiff_models::features::preprocess;
 use ovdiff_segment::eval::{Confusion, IGNORE};
-use ovdiff_segment::render::read_label_png;
+use ovdiff_segment::render::{read_label_png, write_rgb_png};
+use ovdiff_segment::report::eval::{image_miou, truth_overlay, EvalPage, WorstImage, WorstSet};
+use ovdiff_segment::report::{self, RunInfo};
 use ovdiff_segment::Segmenter;
 
 /// Arguments of `eval`.
@@ -46,6 +48,14 @@ pub struct EvalArgs {
     /// order from 1, VOC palette) with the run's labels.json and labels.txt.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Also write OUT/report.html (needs --out): mIoU, pixel accuracy, an
+    /// IoU bar chart, the confusion heatmap and the 20 worst images as
+    /// overlay | ground truth | image (their pictures under OUT/report-files/).
+    #[arg(long, requires = "out")]
+    pub report: bool,
+    /// Like --report, with the pictures inlined in the page (base64).
+    #[arg(long, requires = "out")]
+    pub report_inline: bool,
     /// The matcher, as for `segment`.
     #[command(flatten)]
     pub engine: EngineArg,
@@ -199,7 +209,10 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     }
     let wanted: Vec<String> = candidates.iter().map(|c| c.name.clone()).collect();
     let query = query_of(Some(wanted), &args.engine, &args.prefilter, false);
-    print_plan(&segmenter.prepare(&query)?);
+    let plan = segmenter.prepare(&query)?;
+    print_plan(&plan);
+    let want_report = args.report || args.report_inline;
+    let mut worst: WorstSet<Worst> = WorstSet::new(report::eval::WORST_IMAGES);
     if let Some(dir) = &args.out {
         ovdiff_store::bank::check_output_dir(dir)?;
         std::fs::create_dir_all(dir)
@@ -253,6 +266,19 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             confusion
                 .add(&gt, &pred)
                 .map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+            if want_report {
+                let miou = image_miou(names.len(), &gt, &pred).map_err(|e| anyhow::anyhow!(e))?;
+                if worst.wants(miou) {
+                    let entry = Worst {
+                        id: id.clone(),
+                        miou,
+                        overlay: seg.overlay(0.5),
+                        truth: truth_overlay(&seg.image, &gt, &names[1..]),
+                        image: img_path.clone(),
+                    };
+                    worst.offer(miou, entry);
+                }
+            }
             Ok(())
         })();
         if let Err(e) = result {
@@ -288,6 +314,18 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         seconds: started.elapsed().as_secs_f64(),
     };
+    if want_report {
+        let dir = args
+            .out
+            .as_deref()
+            .expect("invariant: --report requires --out");
+        let path = write_report(
+            args, dir, &bank_path, &query, &plan, &report, &confusion, worst,
+        )?;
+        if !ctx.json {
+            eprintln!("info: report: {}", path.display());
+        }
+    }
     if ctx.json {
         print_json(&report)?;
     } else {
@@ -313,6 +351,121 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// One of the worst images so far, with its pictures.
+struct Worst {
+    id: String,
+    miou: Option<f64>,
+    overlay: image::RgbImage,
+    truth: image::RgbImage,
+    image: PathBuf,
+}
+
+/// Write OUT/report.html and the worst images' pictures under
+/// OUT/report-files/.
+#[allow(clippy::too_many_arguments)]
+fn write_report(
+    args: &EvalArgs,
+    dir: &Path,
+    bank: &Path,
+    query: &ovdiff_segment::Query,
+    plan: &ovdiff_segment::segmenter::PlanReport,
+    r: &EvalReport,
+    confusion: &Confusion,
+    worst: WorstSet<Worst>,
+) -> anyhow::Result<PathBuf> {
+    let files = dir.join("report-files");
+    std::fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
+    let mut shown = Vec::new();
+    for (i, w) in worst.into_sorted().into_iter().enumerate() {
+        // Numbered, so that any id makes a safe file name.
+        let stem = format!("{i:02}");
+        let overlay = files.join(format!("{stem}.overlay.png"));
+        let truth = files.join(format!("{stem}.truth.png"));
+        let ext = w
+            .image
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "jpg".into());
+        let image = files.join(format!("{stem}.image.{ext}"));
+        write_rgb_png(&overlay, &w.overlay)?;
+        write_rgb_png(&truth, &w.truth)?;
+        std::fs::copy(&w.image, &image)
+            .with_context(|| format!("copying {} into the report", w.image.display()))?;
+        shown.push(WorstImage {
+            id: w.id,
+            miou: w.miou,
+            overlay,
+            truth,
+            image,
+        });
+    }
+    let info = RunInfo::for_query(
+        "ovdiff-bank eval",
+        bank,
+        query,
+        plan,
+        env!("CARGO_PKG_VERSION"),
+    );
+    let mut facts = vec![
+        ("dataset".to_string(), r.dataset.display().to_string()),
+        ("split".to_string(), r.split.clone()),
+        (
+            "classes file".to_string(),
+            args.classes_file.display().to_string(),
+        ),
+    ];
+    if let Some(n) = args.limit {
+        facts.push(("limit".into(), n.to_string()));
+    }
+    if args.skip_missing {
+        facts.push(("skip missing".into(), "yes".into()));
+    }
+    facts.extend(info.facts);
+    facts.push((
+        "timings".into(),
+        format!(
+            "{} in {:.1} s ({:.0} ms per image)",
+            super::count(r.images, "image", "images"),
+            r.seconds,
+            1e3 * r.seconds / r.images.max(1) as f64
+        ),
+    ));
+    let page = EvalPage {
+        info: RunInfo {
+            title: info.title,
+            facts,
+        },
+        images: r.images,
+        miou: r.miou,
+        pixel_accuracy: r.pixel_accuracy,
+        classes: r
+            .per_class
+            .iter()
+            .map(|c| report::eval::EvalClass {
+                label: c.label,
+                name: c.name.clone(),
+                iou: c.iou,
+            })
+            .collect(),
+        confusion: confusion.clone(),
+        worst: shown,
+        failed: r
+            .failed
+            .iter()
+            .map(|(image, error)| report::segment::Failed {
+                image: image.clone(),
+                error: error.clone(),
+            })
+            .collect(),
+    };
+    let images = if args.report_inline {
+        report::Images::Inline
+    } else {
+        report::Images::Linked
+    };
+    Ok(page.write(dir, images)?)
 }
 
 fn read_split(root: &Path, split: &str) -> anyhow::Result<Vec<String>> {

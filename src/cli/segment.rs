@@ -18,6 +18,8 @@ use ovdiff_models::features::preprocess;
 use ovdiff_segment::prefilter;
 use ovdiff_segment::query::{self, Matching};
 use ovdiff_segment::resume::{outputs_complete, Expected};
+use ovdiff_segment::report::segment::{SegmentPage, SegmentRow};
+use ovdiff_segment::report::{self, RunInfo};
 use ovdiff_segment::segmenter::{ClassChoice, ImageInput, PlanReport, PrefilterChoice};
 use ovdiff_segment::{
     ImageReport, LabelIds, Query, Segmenter, SegmenterOptions, WindowLayout, WriteOptions,
@@ -166,6 +168,16 @@ pub struct SegmentArgs {
     /// Runtime options.
     #[command(flatten)]
     pub model: super::ModelArgs,
+    /// Also write OUT/report.html: one page with the run's facts, every
+    /// image's overlay, classes and fractions (and explanation with
+    /// --explain), and the inputs that failed; images are linked relative
+    /// to the page (keep the folder together).
+    #[arg(long)]
+    pub report: bool,
+    /// Like --report, with every image inlined in the page (base64): one
+    /// file that opens anywhere, but much larger.
+    #[arg(long)]
+    pub report_inline: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -343,8 +355,10 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
     });
     let query = query_of(names, &args.engine, &args.prefilter, args.explain)
         .with_label_ids(args.label_ids.ids());
+    let started = Instant::now();
     let segmenter = Segmenter::open(&bank_path, segmenter_options(ctx, &args.encoders))?;
-    print_plan(&segmenter.prepare(&query)?);
+    let plan = segmenter.prepare(&query)?;
+    print_plan(&plan);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     // What every label value means, for the whole run.
@@ -393,6 +407,8 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
             .progress_chars("=> "),
     );
     let mut segmented = 0usize;
+    let want_report = args.report || args.report_inline;
+    let mut rows: Vec<SegmentRow> = Vec::new();
     // Decode the next image on a second thread while this one segments.
     std::thread::scope(|scope| -> anyhow::Result<()> {
         type Decoded = (usize, Result<RgbImage, ovdiff_core::Error>, Duration);
@@ -421,6 +437,9 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
             });
             match result {
                 Ok(report) => {
+                    if want_report {
+                        rows.push(SegmentRow::from(&report));
+                    }
                     if ctx.json {
                         // One JSON object per image, as JSON lines, while it works.
                         outln!("{}", serde_json::to_string(&report)?);
@@ -443,6 +462,45 @@ pub fn run(ctx: &Context, args: &SegmentArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     })?;
     pb.finish_and_clear();
+    if want_report {
+        let seconds = started.elapsed().as_secs_f64();
+        let info = RunInfo::for_query(
+            "ovdiff-bank segment",
+            &bank_path,
+            &query,
+            &plan,
+            env!("CARGO_PKG_VERSION"),
+        )
+        .fact(
+            "timings",
+            format!(
+                "{} segmented in {seconds:.1} s ({:.0} ms per image, {:.0} ms median)",
+                super::count(rows.len(), "image", "images"),
+                1e3 * seconds / rows.len().max(1) as f64,
+                median(rows.iter().map(|r| r.total_ms))
+            ),
+        );
+        let page = SegmentPage {
+            info,
+            rows,
+            failed: failures
+                .iter()
+                .map(|f| report::segment::Failed {
+                    image: f.image.display().to_string(),
+                    error: f.error.clone(),
+                })
+                .collect(),
+        };
+        let images = if args.report_inline {
+            report::Images::Inline
+        } else {
+            report::Images::Linked
+        };
+        let path = page.write(&args.out, images)?;
+        if !ctx.json {
+            eprintln!("info: report: {}", path.display());
+        }
+    }
     let total = inputs.len() + missing_count;
     if args.shard.is_some() || args.skip_existing {
         let summary = RunSummary {
@@ -506,6 +564,16 @@ impl RunSummary {
         );
         Ok(())
     }
+}
+
+/// The median of some values (0 for none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn print_summary(r: &ImageReport, explain: bool) {

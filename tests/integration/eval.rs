@@ -265,3 +265,45 @@ fn eval_refuses_what_segment_refuses() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("invalid value 'fast'"), "{stderr}");
 }
+
+/// `eval --report` on the fixture dataset: in Chromium, the page's mIoU,
+/// pixel accuracy, per-class IoUs and image count are those of `eval
+/// --json`, the worst images are all four, worst first, and the worst
+/// one's overlay is in the screenshot; `--report-inline` needs no other file.
+#[test]
+fn eval_report_numbers_are_the_json_s() {
+    use crate::browser::{
+        assert_not_blank, attrs, check_eval_dom, chromium, contains_block, dump_dom, file_url,
+        screenshot,
+    };
+    let Some(bin) = chromium() else { return };
+    let Some(kit) = Kit::new() else { return };
+    let out = kit.data.path().join("report");
+    let out_s = out.display().to_string();
+    let (v, _, _) = kit.eval("report", &["--out", &out_s, "--report"]);
+    let page = out.join("report.html");
+    let dom = dump_dom(&bin, &file_url(&page, ""));
+    check_eval_dom(&dom, &v, 4);
+    let per_image: Vec<f64> = attrs(&dom, "class=\"worst\"", "data-value")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert!(per_image.windows(2).all(|w| w[0] <= w[1]), "{per_image:?}");
+    for name in NAMES {
+        assert!(dom.contains(name), "{name}");
+    }
+    let shot = screenshot(&bin, &file_url(&page, "full"), 1200, 2400);
+    assert_not_blank(&shot);
+    let overlay = image::open(out.join("report-files/00.overlay.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(contains_block(&shot, &overlay, 20));
+
+    let inline = kit.data.path().join("inline");
+    let inline_s = inline.display().to_string();
+    let (w, _, _) = kit.eval("inline", &["--out", &inline_s, "--report-inline"]);
+    assert_eq!(w["miou"], v["miou"]);
+    let html = std::fs::read_to_string(inline.join("report.html")).unwrap();
+    assert!(html.contains("data:image/png;base64,") && html.contains("data:image/jpeg;base64,"));
+    assert!(!html.contains("report-files/"));
+}

@@ -3,6 +3,7 @@
 mod bank;
 mod bank_compat;
 mod bankfile;
+mod browser;
 mod careless;
 mod eval;
 mod first_day;

@@ -10,7 +10,7 @@ use crate::bank::{add_tiny, disc_image, support_dir};
 use crate::harness::{fixture, text, Sandbox};
 
 /// A running `serve`, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     url: String,
 }
@@ -31,17 +31,17 @@ fn agent() -> ureq::Agent {
 }
 
 /// An answer: status, headers we look at, body.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: ureq::http::HeaderMap,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Answer {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
@@ -67,7 +67,7 @@ fn answer(mut r: ureq::http::Response<ureq::Body>) -> Answer {
     }
 }
 
-fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
+pub(crate) fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
     let mut req = agent().get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -75,7 +75,7 @@ fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
     answer(req.call().unwrap())
 }
 
-fn post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Answer {
+pub(crate) fn post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Answer {
     let mut req = agent().post(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -85,7 +85,7 @@ fn post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Answer {
 
 impl Server {
     /// `serve --bind 127.0.0.1:0 ARGS`, once `/readyz` says ready.
-    fn start(sb: &Sandbox, args: &[&str]) -> Server {
+    pub(crate) fn start(sb: &Sandbox, args: &[&str]) -> Server {
         Server::start_with(sb, args, None)
     }
 
@@ -135,7 +135,7 @@ impl Server {
         }
     }
 
-    fn at(&self, path: &str) -> String {
+    pub(crate) fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
 }
@@ -449,6 +449,10 @@ fn tokens_guard_every_route_but_healthz() {
     );
     let image = std::fs::read(&img).unwrap();
     assert_eq!(get(&s.at("/healthz"), &[]).status, 200);
+    // the web page is static and asks for the token itself
+    let page = get(&s.at("/"), &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("access token"));
     for path in ["/readyz", "/v1/banks", "/metrics", "/v1/banks/team.ovbank"] {
         let a = get(&s.at(path), &[]);
         assert_eq!(a.status, 401, "{path}");
@@ -714,4 +718,53 @@ fn a_panic_inside_a_request_is_a_500_and_the_server_keeps_serving() {
         m.contains("ovdiff_requests_total{route=\"/v1/segment\",status=\"500\"} 3"),
         "{m}"
     );
+}
+
+/// `GET /` is the web page; `overlay=true` adds the overlay PNG to the
+/// JSON as a data: URI, the same bytes as `format=overlay` (issue #18).
+#[test]
+fn the_page_and_the_overlay_in_the_json() {
+    let Some((sb, _data, _bank, img)) = kit() else {
+        return;
+    };
+    let s = Server::start(&sb, &[]);
+    let page = get(&s.at("/"), &[]);
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type").as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    let html = page.text();
+    assert!(html.contains("/v1/banks") && html.contains("overlay=true"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no network"
+    );
+    let image = std::fs::read(&img).unwrap();
+    let plain = post(&s.at("/v1/segment?classes=red,blue"), &image, &[]).json();
+    assert!(
+        plain.get("overlay").is_none(),
+        "unchanged without overlay=true"
+    );
+    let with = post(
+        &s.at("/v1/segment?classes=red,blue&overlay=true"),
+        &image,
+        &[],
+    )
+    .json();
+    let uri = with["overlay"].as_str().unwrap();
+    let png = post(
+        &s.at("/v1/segment?classes=red,blue&format=overlay"),
+        &image,
+        &[],
+    )
+    .body;
+    assert_eq!(
+        uri,
+        ovdiff_segment::report::data_uri(&png, "image/png"),
+        "the overlay PNG's bytes"
+    );
+    assert_eq!(with["classes"], plain["classes"]);
+    let bad = post(&s.at("/v1/segment?classes=red&overlay=maybe"), &image, &[]);
+    assert_eq!(bad.status, 400);
 }

@@ -24,7 +24,8 @@
 //! * [`prefilter`]: the optional CLIP category pre-filter;
 //! * [`render`]: label PNGs, overlays and explain sheets;
 //! * [`rle`]: COCO run-length encoding of masks, as pycocotools writes it;
-//! * [`eval`]: confusion matrices and mIoU.
+//! * [`eval`]: confusion matrices and mIoU;
+//! * [`report`]: the HTML pages of a `segment` or `eval` run.
 
 #![warn(missing_docs)]
 
@@ -40,6 +41,7 @@ pub mod prefilter;
 pub mod query;
 pub mod render;
 pub mod resume;
+pub mod report;
 pub mod rle;
 pub mod segmentation;
 pub mod segmenter;

@@ -3,6 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
+//! | `GET /` | the web page ([`page`]) |
 //! | `GET /healthz` | the process is alive |
 //! | `GET /readyz` | 200 once every bank and its encoders are loaded |
 //! | `GET /metrics` | Prometheus text |
@@ -14,6 +15,7 @@
 //! | `POST /v1/segment?bank=B&classes=a,b\|all&engine=auto&explain=false` | segment an image |
 
 mod banks;
+mod page;
 mod segment;
 
 use std::sync::atomic::Ordering;
@@ -39,6 +41,7 @@ pub(crate) struct ImageSize(pub u32, pub u32);
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
+        .route("/", get(page::index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -121,7 +124,9 @@ async fn authorize(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
     let Some(token) = &st.options.token else {
         return next.run(req).await;
     };
-    if req.uri().path() == "/healthz" || req.method() == Method::OPTIONS {
+    // The web page is static (it asks for the token itself); the API is not.
+    let open = matches!(req.uri().path(), "/healthz" | "/");
+    if open || req.method() == Method::OPTIONS {
         return next.run(req).await;
     }
     let given = req

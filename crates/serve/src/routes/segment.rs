@@ -1,4 +1,4 @@
-//! `POST /v1/segment?bank=B&classes=a,b|all&engine=auto&explain=false`:
+//! `POST /v1/segment?bank=B&classes=a,b|all&engine=auto&explain=false&overlay=false`:
 //! the image (raw JPEG or PNG body, or a multipart field) through the
 //! bank's segmenter, behind the work queue.
 //!
@@ -6,7 +6,8 @@
 //! mean score and COCO RLE mask, and with `explain=true` the support images
 //! and prototypes that won it, with thumbnail URLs); the label PNG with
 //! `Accept: image/png` or `format=labels`, byte for byte what `segment`
-//! writes; the overlay PNG with `format=overlay`.
+//! writes; the overlay PNG with `format=overlay`, or inside the JSON as a
+//! `data:` URI with `overlay=true`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub(crate) struct SegmentParams {
     engine: Option<String>,
     explain: Option<String>,
     format: Option<String>,
+    overlay: Option<String>,
 }
 
 /// What the answer is.
@@ -66,6 +68,7 @@ pub(crate) async fn segment(
     };
     let (_, version) = version_of(&st, &bank)?;
     let query = query_of(&version, &p)?;
+    let with_overlay = flag("overlay", p.overlay.as_deref())?;
     let accept_png = req
         .headers()
         .get(header::ACCEPT)
@@ -95,7 +98,7 @@ pub(crate) async fn segment(
         let bank = bank.clone();
         tokio::task::spawn_blocking(move || {
             let _worker = worker;
-            let answer = run(&st, &version, &bank, &body, &query, format);
+            let answer = run(&st, &version, &bank, &body, &query, format, with_overlay);
             drop(body);
             // The request's buffers are free now: hand their pages back,
             // so that the server's memory stays at one request's level.
@@ -168,16 +171,18 @@ fn query_of(v: &Version, p: &SegmentParams) -> Result<Query, ApiError> {
             )))
         }
     });
-    let explain = match p.explain.as_deref() {
-        None | Some("false" | "0" | "no") => false,
-        Some("true" | "1" | "yes") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "explain={other} is not true or false"
-            )))
-        }
-    };
-    Ok(q.with_explain(explain))
+    Ok(q.with_explain(flag("explain", p.explain.as_deref())?))
+}
+
+/// A yes/no parameter (`true`/`1`/`yes`, `false`/`0`/`no`; absent: no).
+fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("false" | "0" | "no") => Ok(false),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{name}={other} is not true or false"
+        ))),
+    }
 }
 
 /// The image bytes: the raw body, or the `image` field (else the first
@@ -256,6 +261,7 @@ fn run(
     bytes: &[u8],
     query: &Query,
     format: Format,
+    with_overlay: bool,
 ) -> Result<Response, ApiError> {
     // Fault tests: a panic inside a request must be a 500, not a crash.
     if ovdiff_core::failpoint::is("serve-panic") {
@@ -305,7 +311,33 @@ fn run(
                     .map_err(|e| ApiError::internal(&e))?;
             ([(header::CONTENT_TYPE, "image/png")], png).into_response()
         }
-        Format::Json => Json(answer(&seg, bank, v, query.explain)?).into_response(),
+        Format::Json => {
+            let mut a = answer(&seg, bank, v, query.explain)?;
+            if with_overlay {
+                // The overlay PNG in the JSON, as a data: URI (the web page's
+                // one request).
+                let png = ovdiff_segment::render::encode_rgb_png(
+                    Path::new("overlay.png"),
+                    &seg.overlay(0.5),
+                )
+                .map_err(|e| ApiError::internal(&e))?;
+                a["overlay"] = json!(ovdiff_segment::report::data_uri(&png, "image/png"));
+                // The colour of each label in it (CSS), for a legend.
+                let colors: serde_json::Map<String, serde_json::Value> = seg
+                    .label_map()
+                    .entries()
+                    .iter()
+                    .map(|&(label, _)| {
+                        (
+                            label.to_string(),
+                            json!(ovdiff_segment::report::css_color(label)),
+                        )
+                    })
+                    .collect();
+                a["overlay_colors"] = serde_json::Value::Object(colors);
+            }
+            Json(a).into_response()
+        }
     };
     r.extensions_mut().insert(size);
     Ok(r)
