@@ -17,9 +17,9 @@ use ovdiff_learn::support_set;
 use ovdiff_models::features::preprocess;
 use ovdiff_segment::prefilter;
 use ovdiff_segment::query::{self, Matching};
-use ovdiff_segment::resume::{outputs_complete, Expected};
 use ovdiff_segment::report::segment::{SegmentPage, SegmentRow};
 use ovdiff_segment::report::{self, RunInfo};
+use ovdiff_segment::resume::{outputs_complete, Expected};
 use ovdiff_segment::segmenter::{ClassChoice, ImageInput, PlanReport, PrefilterChoice};
 use ovdiff_segment::{
     ImageReport, LabelIds, Query, Segmenter, SegmenterOptions, WindowLayout, WriteOptions,
