@@ -398,8 +398,13 @@ pub fn verify_bank(ctx: &Context, bank: Option<&str>, repair: bool) -> anyhow::R
         );
         for c in &report.classes {
             println!(
-                "  {}  {:>6} prototypes {:>4} thumbnails  {}",
-                c.digest, c.prototypes, c.thumbnails, c.name
+                "  {}  {:>6} {:<10} {:>4} {:<10}  {}",
+                c.digest,
+                c.prototypes,
+                super::plural(c.prototypes as usize, "prototype", "prototypes"),
+                c.thumbnails,
+                super::plural(c.thumbnails as usize, "thumbnail", "thumbnails"),
+                c.name
             );
         }
         for e in &removed {

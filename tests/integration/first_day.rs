@@ -393,3 +393,91 @@ fn r21_every_subcommand_s_help_has_examples() {
     let (_, err) = text(&sb.run(&["segment", "x.png"]));
     assert!(err.contains("--all-classes"), "{err}");
 }
+
+#[test]
+fn r21_messages_count_right_and_say_what_happened() {
+    let Some(kit) = Kit::new() else { return };
+    let data = kit.data.path();
+    // one support image: "1 image", never "1 images"
+    let one = crate::bank::support_dir(data, "green", [40, 230, 40], 1);
+    let bank = std::path::PathBuf::from(kit.bank());
+    let out = crate::bank::add_tiny(&kit.sb, &bank, "green", &one, &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("added `green`"), "{stdout}");
+    assert!(stdout.contains("1 image used"), "{stdout}");
+    // --replace says "replaced"
+    let out = crate::bank::add_tiny(&kit.sb, &bank, "green", &one, &["--replace"]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.starts_with("replaced `green`"), "{stdout}");
+    // rename onto an existing name says what to do, and changes nothing
+    let out = kit.run(&["rename", "red", "blue"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ovdiff-bank remove blue"), "{stderr}");
+    assert!(stderr.contains("pick another name"), "{stderr}");
+    // verify --bank: singular counts, and whether it changed anything
+    let out = kit.run(&["verify"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("nothing in the bank was changed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" 1 thumbnail "), "{stdout}");
+    for wrong in [
+        "1 images",
+        "1 encoders",
+        "1 classes",
+        "1 thumbnails",
+        "1 prototypes",
+    ] {
+        assert!(!stdout.contains(&format!(" {wrong}")), "{wrong}: {stdout}");
+    }
+    // info lines do not wear the error prefix
+    let out = kit.run(&[
+        "add",
+        "cyan",
+        "--images",
+        one.to_str().unwrap(),
+        "--encoder",
+        "tiny-encoder",
+        "--parts",
+        "4",
+    ]);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.lines().all(|l| !l.starts_with("ovdiff-bank:")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn r21_encode_names_its_axis_order() {
+    let Some(kit) = Kit::new() else { return };
+    // a wide image (168 × 140): every size is [width, height]
+    let img = kit.query_image("wide.png", [230, 40, 40]);
+    let out = kit
+        .sb
+        .run(&["encode", &img, "--encoder", "tiny-encoder", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (iw, ih) = (
+        v["input_size"][0].as_u64().unwrap(),
+        v["input_size"][1].as_u64().unwrap(),
+    );
+    let (gw, gh) = (
+        v["grid"][0].as_u64().unwrap(),
+        v["grid"][1].as_u64().unwrap(),
+    );
+    assert!(iw > ih, "input_size is [width, height]: {v}");
+    assert!(gw > gh, "grid is [width, height]: {v}");
+    let out = kit.sb.run(&["encode", &img, "--encoder", "tiny-encoder"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains(&format!("{iw}×{ih} (width×height)"))
+            && stdout.contains(&format!("{gw}×{gh} patches")),
+        "{stdout}"
+    );
+}

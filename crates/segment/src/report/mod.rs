@@ -295,6 +295,6 @@ mod tests {
             image_src(Path::new("/o/x y.png"), Path::new("/o"), Images::Linked).unwrap(),
             "x%20y.png"
         );
-        assert_eq!(css_color(1), "#800000");
+        assert_eq!(css_color(1), "#00beff");
     }
 }
