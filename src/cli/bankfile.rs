@@ -307,10 +307,12 @@ pub fn inspect(ctx: &Context, file: &Path) -> anyhow::Result<ExitCode> {
     println!("classes ({}):", report.classes.len());
     for c in &report.classes {
         println!(
-            "  {:<20} {:>4} images {:>6} prototypes{}",
+            "  {:<20} {:>4} {:<6} {:>6} {}{}",
             super::printable(&c.name),
             c.images,
+            super::plural(c.images as usize, "image", "images"),
             c.prototypes,
+            super::plural(c.prototypes as usize, "prototype", "prototypes"),
             if c.stuff { " (stuff)" } else { "" }
         );
     }

@@ -338,11 +338,15 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             println!("{:<20} {:>6}", c.name, pct(c.iou));
         }
         println!(
-            "mIoU {} over {} classes with ground truth or predictions; pixel accuracy {}; {} images in {:.1} s",
+            "mIoU {} over {} with ground truth or predictions; pixel accuracy {}; {} in {:.1} s",
             pct(report.miou),
-            report.per_class.iter().filter(|c| c.iou.is_some()).count(),
+            super::count(
+                report.per_class.iter().filter(|c| c.iou.is_some()).count(),
+                "class",
+                "classes"
+            ),
             pct(report.pixel_accuracy),
-            report.images,
+            super::count(report.images, "image", "images"),
             report.seconds
         );
     }

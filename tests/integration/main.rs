@@ -19,3 +19,4 @@ mod reliability;
 mod segment;
 mod serve;
 mod shard;
+mod tour;
