@@ -21,9 +21,7 @@ use ovdiff_segment::report::segment::{SegmentPage, SegmentRow};
 use ovdiff_segment::report::{self, RunInfo};
 use ovdiff_segment::resume::{outputs_complete, Expected};
 use ovdiff_segment::segmenter::{ClassChoice, ImageInput, PlanReport, PrefilterChoice};
-use ovdiff_segment::{
-    ImageReport, LabelIds, Query, Segmenter, SegmenterOptions, WindowLayout, WriteOptions,
-};
+use ovdiff_segment::{ImageReport, LabelIds, Query, Segmenter, SegmenterOptions, WriteOptions};
 
 /// Which matcher scores patches against prototypes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -88,6 +86,15 @@ pub struct EngineArg {
     /// ivf or hnsw (see docs/benchmarks.md).
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: EngineChoice,
+    /// Windows encoded per image: accurate (OVDiff's: the whole image, the
+    /// 448 and 336 windows), balanced (the whole image and the 448 windows)
+    /// or fast (the whole image only, one forward pass); see docs/quality.md.
+    #[arg(
+        long,
+        default_value = "accurate",
+        value_name = "accurate|balanced|fast"
+    )]
+    pub preset: ovdiff_segment::WindowPreset,
 }
 
 /// `--prefilter` and `--prefilter-topk`, shared by `segment` and `eval`.
@@ -211,7 +218,7 @@ pub(super) fn query_of(
         engine: engine.engine.policy(),
         prefilter: pre.choice(),
         explain,
-        windows: WindowLayout::default(),
+        windows: engine.preset.layout(),
         label_ids: LabelIds::Query,
     }
 }

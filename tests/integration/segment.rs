@@ -565,3 +565,37 @@ fn add_indexes_the_bank_so_the_first_ivf_query_loads_its_lists() {
     assert!(out.status.success(), "{:?}", text(&out));
     assert!(!text(&out).1.contains("IVF lists"), "{:?}", text(&out));
 }
+
+#[test]
+fn window_presets_trade_windows_for_time() {
+    let Some(kit) = Kit::new() else { return };
+    let img = kit.query_image("q.png", [230, 40, 40]);
+    let windows = |preset: &str| {
+        let out_dir = kit.data.path().join(format!("out-{preset}"));
+        let out = kit.run(&[
+            "segment",
+            &img,
+            "--classes",
+            "red,blue",
+            "--preset",
+            preset,
+            "--json",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{preset}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+        v["windows"].as_u64().unwrap()
+    };
+    let (accurate, balanced, fast) = (windows("accurate"), windows("balanced"), windows("fast"));
+    assert_eq!(fast, 1);
+    assert!(
+        fast < balanced && balanced < accurate,
+        "{accurate} {balanced} {fast}"
+    );
+    let out = kit.run(&["segment", &img, "--classes", "red", "--preset", "quick"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("accurate, balanced or fast"), "{stderr}");
+}

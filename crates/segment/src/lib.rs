@@ -55,6 +55,6 @@ pub use fusion::{Accumulator, LabelMap};
 pub use label_map::{ClassLabels, LabelIds};
 pub use segmentation::{ImageReport, SegmentTimings, Segmentation, WriteOptions};
 pub use segmenter::{ImageInput, Query, Segmenter, SegmenterOptions};
-pub use window::{layout, resize_short_side, Window, WindowLayout};
+pub use window::{layout, resize_short_side, Window, WindowLayout, WindowPreset};
 
 use ovdiff_core::{Error, Home, Result};

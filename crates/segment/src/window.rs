@@ -172,6 +172,70 @@ impl WindowLayout {
     }
 }
 
+/// Named window layouts: speed against accuracy (`--preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WindowPreset {
+    /// OVDiff's windows ([`WindowLayout::ovdiff`]): the whole image, the
+    /// 448 and the 336 windows (9 forward passes on a 4:3 image).
+    #[default]
+    Accurate,
+    /// The whole image and the 448 windows (3 on a 4:3 image).
+    Balanced,
+    /// The whole image only: one forward pass.
+    Fast,
+}
+
+impl WindowPreset {
+    /// Every preset, slowest first.
+    pub const ALL: [WindowPreset; 3] = [
+        WindowPreset::Accurate,
+        WindowPreset::Balanced,
+        WindowPreset::Fast,
+    ];
+
+    /// The preset's layout.
+    pub fn layout(self) -> WindowLayout {
+        let ovdiff = WindowLayout::ovdiff();
+        match self {
+            WindowPreset::Accurate => ovdiff,
+            WindowPreset::Balanced => WindowLayout {
+                sizes: vec![448],
+                ..ovdiff
+            },
+            WindowPreset::Fast => WindowLayout {
+                sizes: Vec::new(),
+                ..ovdiff
+            },
+        }
+    }
+
+    /// Its name: `accurate`, `balanced` or `fast`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowPreset::Accurate => "accurate",
+            WindowPreset::Balanced => "balanced",
+            WindowPreset::Fast => "fast",
+        }
+    }
+
+    /// The preset whose layout `layout` is, if any.
+    pub fn of(layout: &WindowLayout) -> Option<WindowPreset> {
+        WindowPreset::ALL
+            .into_iter()
+            .find(|p| p.layout() == *layout)
+    }
+}
+
+impl std::str::FromStr for WindowPreset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        WindowPreset::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("{s:?} is not a window preset: use accurate, balanced or fast"))
+    }
+}
+
 impl Default for WindowLayout {
     fn default() -> Self {
         WindowLayout::ovdiff()
@@ -181,6 +245,28 @@ impl Default for WindowLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presets_name_their_layouts() {
+        // a 4:3 image at the working size 597×448
+        let count = |p: WindowPreset| p.layout().windows(597, 448).len();
+        assert_eq!(
+            count(WindowPreset::Accurate),
+            WindowLayout::ovdiff().windows(597, 448).len()
+        );
+        assert_eq!(count(WindowPreset::Fast), 1);
+        assert!(count(WindowPreset::Balanced) > 1);
+        assert!(count(WindowPreset::Balanced) < count(WindowPreset::Accurate));
+        for p in WindowPreset::ALL {
+            assert_eq!(p.name().parse::<WindowPreset>(), Ok(p));
+            assert_eq!(WindowPreset::of(&p.layout()), Some(p));
+        }
+        assert!("quick"
+            .parse::<WindowPreset>()
+            .unwrap_err()
+            .contains("accurate, balanced or fast"));
+        assert_eq!(WindowPreset::default().layout(), WindowLayout::default());
+    }
 
     fn coverage(w: u32, h: u32, wins: &[Window]) -> Vec<u32> {
         let mut c = vec![0u32; (w * h) as usize];
