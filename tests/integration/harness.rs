@@ -101,6 +101,23 @@ impl Sandbox {
     }
 }
 
+/// `add CLASS --images SAMPLES/support/CLASS --bank BANK` for each of
+/// `classes` (the sample kit of `scripts/setup`, the default encoder).
+pub fn add_sample_classes(sb: &Sandbox, bank: &Path, samples: &Path, classes: &[&str]) {
+    for class in classes {
+        let dir = samples.join("support").join(class);
+        let out = sb.run(&[
+            "add",
+            class,
+            "--images",
+            dir.to_str().unwrap(),
+            "--bank",
+            bank.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+    }
+}
+
 /// Stdout and stderr as text, for assertion messages.
 pub fn text(out: &Output) -> (String, String) {
     (

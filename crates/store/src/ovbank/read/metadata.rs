@@ -21,6 +21,21 @@ pub(super) struct ThumbLoc {
     pub(super) length: u64,
 }
 
+/// The header of a section with one record per class (`stats`, `labels`):
+/// the record count, which must be `classes`, and a reserved zero word.
+/// Returns the count, checked against the bytes left at `min_record` bytes
+/// per record.
+fn per_class_header(c: &mut Cursor<'_>, classes: usize, min_record: u64) -> Result<usize> {
+    let count = c.u32("the record count")?;
+    if count as usize != classes {
+        return Err(c.err(format!("it has {count} records for {classes} classes")));
+    }
+    if c.u32("reserved bytes")? != 0 {
+        return Err(c.err("reserved bytes are not zero"));
+    }
+    c.count_fits(u64::from(count), min_record, "the records")
+}
+
 /// Parses the optional `labels` section (format 3): one u32 per class, in
 /// class order, its stable label id (0: none). Ids are unique.
 pub(super) fn parse_labels(
@@ -29,14 +44,7 @@ pub(super) fn parse_labels(
     classes: usize,
 ) -> Result<Vec<Option<u32>>> {
     let mut c = Cursor::new(bytes, "labels", sec.offset);
-    let count = c.u32("the record count")?;
-    if count as usize != classes {
-        return Err(c.err(format!("it has {count} records for {classes} classes")));
-    }
-    if c.u32("reserved bytes")? != 0 {
-        return Err(c.err("reserved bytes are not zero"));
-    }
-    let n = c.count_fits(u64::from(count), 4, "the records")?;
+    let n = per_class_header(&mut c, classes, 4)?;
     let mut seen = std::collections::HashSet::with_capacity(n);
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -57,14 +65,7 @@ pub(super) fn parse_stats(
     classes: usize,
 ) -> Result<Vec<Option<BuildStats>>> {
     let mut c = Cursor::new(bytes, "stats", sec.offset);
-    let count = c.u32("the record count")?;
-    if count as usize != classes {
-        return Err(c.err(format!("it has {count} records for {classes} classes")));
-    }
-    if c.u32("reserved bytes")? != 0 {
-        return Err(c.err("reserved bytes are not zero"));
-    }
-    let n = c.count_fits(u64::from(count), 1, "the records")?;
+    let n = per_class_header(&mut c, classes, 1)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         out.push(match c.u8("a presence flag")? {
