@@ -24,6 +24,7 @@ class Segmenter:
         engine: str = "auto",
         explain: bool = False,
         windows: Optional[Tuple[int, List[int], int, bool]] = None,
+        preset: Optional[str] = None,
     ) -> Segmentation: ...
 
 class Segmentation:

@@ -259,6 +259,7 @@ class Segmenter:
         engine: str = "auto",
         explain: bool = False,
         windows: Optional[Dict[str, Any]] = None,
+        preset: Optional[str] = None,
     ) -> Segmentation:
         """Segment one image; the GIL is released while it runs.
 
@@ -271,13 +272,16 @@ class Segmenter:
             windows: the window layout, ``{"short_side": 448, "sizes": [448, 336],
                 "stride": 224, "include_whole": True}`` (OVDiff's, the default);
                 smaller layouts trade accuracy for time.
+            preset: ``"accurate"`` (OVDiff's windows), ``"balanced"`` or
+                ``"fast"`` (one forward pass), as ``--preset``; not with
+                ``windows``.
 
         Raises:
             ValueError: a wrong dtype, shape, channel count, or an empty or
                 non-contiguous array. UnknownClass, EncoderMismatch, BadImage, Error.
         """
         native = self._n.segment(
-            native_image(image), _class_list(classes), engine, explain, _layout(windows)
+            native_image(image), _class_list(classes), engine, explain, _layout(windows), preset
         )
         return Segmentation(native)
 
@@ -289,6 +293,7 @@ class Segmenter:
         explain: bool = False,
         progress: bool = False,
         windows: Optional[Dict[str, Any]] = None,
+        preset: Optional[str] = None,
     ) -> Iterator[Segmentation]:
         """Segment images one after another, yielding each result as it is done.
 
@@ -302,7 +307,9 @@ class Segmenter:
         bar = _progress_bar(total) if progress else None
         try:
             for image in images:
-                native = self._n.segment(native_image(image), names, engine, explain, layout)
+                native = self._n.segment(
+                    native_image(image), names, engine, explain, layout, preset
+                )
                 if bar is not None:
                     bar.update(1)
                 yield Segmentation(native)

@@ -163,8 +163,11 @@ impl Segmenter {
     /// Segment one image (see `ovdiff_bank.Segmenter.segment`). The GIL is
     /// released for the whole call.
     /// `windows`: `(short_side, sizes, stride, include_whole)`, the window
-    /// layout (default OVDiff's, as the command line).
-    #[pyo3(signature = (image, classes = None, engine = "auto", explain = false, windows = None))]
+    /// layout (default OVDiff's, as the command line); or `preset`:
+    /// `"accurate"`, `"balanced"` or `"fast"`, as `--preset`.
+    #[pyo3(signature = (image, classes = None, engine = "auto", explain = false, windows = None, preset = None))]
+    // Python's keyword arguments, one parameter each.
+    #[allow(clippy::too_many_arguments)]
     fn segment(
         &self,
         py: Python<'_>,
@@ -173,6 +176,7 @@ impl Segmenter {
         engine: &str,
         explain: bool,
         windows: Option<(u32, Vec<u32>, u32, bool)>,
+        preset: Option<&str>,
     ) -> PyResult<Segmentation> {
         let file = match &image {
             ImageArg::Path(p) => Some(p.clone()),
@@ -188,6 +192,7 @@ impl Segmenter {
         }
         .with_engine(engine_policy(engine)?)
         .with_explain(explain);
+        let windows_given = windows.is_some();
         let query = match windows {
             Some((short_side, sizes, stride, include_whole)) => {
                 if short_side == 0 || stride == 0 || (sizes.is_empty() && !include_whole) {
@@ -203,6 +208,19 @@ impl Segmenter {
                     include_whole,
                 })
             }
+            None => query,
+        };
+        let query = match preset {
+            Some(_) if windows_given => {
+                return Err(errors::value_error(
+                    "give windows or preset, not both".into(),
+                ))
+            }
+            Some(name) => query.with_windows(
+                name.parse::<ovdiff_segment::WindowPreset>()
+                    .map_err(errors::value_error)?
+                    .layout(),
+            ),
             None => query,
         };
         let inner = &self.inner;

@@ -138,3 +138,14 @@ def test_the_native_module_checks_sizes_too(segmenter):
         segmenter._n.segment((b"\0" * 11, 2, 2), ["cat"], "auto", False, None)
     with pytest.raises(ValueError, match="not one of auto"):
         segmenter.segment(np.zeros((8, 8, 3), np.uint8), classes=["cat"], engine="fast")
+
+
+def test_presets_are_named_layouts(segmenter, bank):
+    fast = segmenter.segment(VOC_IMAGE, classes=["person", "cat"], preset="fast")
+    whole = segmenter.segment(VOC_IMAGE, classes=["person", "cat"],
+                              windows={"short_side": 448, "sizes": [], "include_whole": True})
+    assert np.array_equal(fast.labels, whole.labels)
+    with pytest.raises(ValueError, match="accurate, balanced or fast"):
+        segmenter.segment(VOC_IMAGE, classes=["cat"], preset="quick")
+    with pytest.raises(ValueError, match="not both"):
+        segmenter.segment(VOC_IMAGE, classes=["cat"], preset="fast", windows=SMALL)

@@ -768,3 +768,30 @@ fn the_page_and_the_overlay_in_the_json() {
     let bad = post(&s.at("/v1/segment?classes=red&overlay=maybe"), &image, &[]);
     assert_eq!(bad.status, 400);
 }
+
+#[test]
+fn presets_choose_the_windows_and_a_bad_one_is_a_400() {
+    let Some((sb, _data, _bank, img)) = kit() else {
+        return;
+    };
+    let s = Server::start(&sb, &[]);
+    let image = std::fs::read(&img).unwrap();
+    let windows = |preset: &str| {
+        let a = post(
+            &s.at(&format!("/v1/segment?classes=red&preset={preset}")),
+            &image,
+            &[],
+        );
+        assert_eq!(a.status, 200, "{}", a.text());
+        a.json()["windows"].as_u64().unwrap()
+    };
+    assert_eq!(windows("fast"), 1);
+    assert!(windows("balanced") < windows("accurate"));
+    let a = post(&s.at("/v1/segment?classes=red&preset=quick"), &image, &[]);
+    assert_eq!(a.status, 400);
+    assert!(
+        a.text().contains("accurate, balanced or fast"),
+        "{}",
+        a.text()
+    );
+}

@@ -1,4 +1,4 @@
-//! `POST /v1/segment?bank=B&classes=a,b|all&engine=auto&explain=false&overlay=false`:
+//! `POST /v1/segment?bank=B&classes=a,b|all&engine=auto&preset=accurate&explain=false&overlay=false`:
 //! the image (raw JPEG or PNG body, or a multipart field) through the
 //! bank's segmenter, behind the work queue.
 //!
@@ -40,6 +40,7 @@ pub(crate) struct SegmentParams {
     explain: Option<String>,
     format: Option<String>,
     overlay: Option<String>,
+    preset: Option<String>,
 }
 
 /// What the answer is.
@@ -171,6 +172,12 @@ fn query_of(v: &Version, p: &SegmentParams) -> Result<Query, ApiError> {
             )))
         }
     });
+    if let Some(name) = p.preset.as_deref() {
+        let preset: ovdiff_segment::WindowPreset = name
+            .parse()
+            .map_err(|e: String| ApiError::bad_request(format!("preset={name}: {e}")))?;
+        q = q.with_windows(preset.layout());
+    }
     Ok(q.with_explain(flag("explain", p.explain.as_deref())?))
 }
 
